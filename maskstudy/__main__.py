@@ -1,0 +1,48 @@
+"""Command line: ``python -m maskstudy run ...`` (the study pipeline)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .pipeline import PipelineError, parse_parameter, run_pipeline
+
+    try:
+        overrides = dict(parse_parameter(p) for p in args.param)
+        run_pipeline(args.profile, overrides, only=args.only, start=args.start, run_dir=args.run_dir,
+                     kernel_name=args.kernel, progress=not args.no_progress)
+    except PipelineError as error:
+        print(f"maskstudy: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        print(f"maskstudy: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m maskstudy", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the numbered notebooks with papermill and export HTML reports")
+    run.add_argument("--profile", choices=None, default=None,
+                     help="smoke | cpu | gpu (default: gpu when CUDA is present, else cpu)")
+    run.add_argument("--only", help="comma-separated notebook numbers, e.g. 01,02")
+    run.add_argument("--from", dest="start", help="start at this notebook number and run the rest, e.g. 03")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a profile parameter (YAML value), repeatable")
+    run.add_argument("--run-dir", help="output folder (default: reports/<profile>)")
+    run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

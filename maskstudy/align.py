@@ -1,0 +1,82 @@
+"""Face alignment: a similarity transform of 5 landmarks onto the ArcFace 112x112 template.
+
+The template is the one used by insightface / ArcFace (Deng et al., CVPR 2019) for 112x112 crops; the
+transform is the least-squares similarity of Umeyama (IEEE TPAMI 1991).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+#: 5-point template for a 112x112 crop: left eye, right eye, nose tip, left and right mouth corners.
+ARCFACE_TEMPLATE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+
+#: Index of each landmark in the 5-point convention (MTCNN order).
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+def template(size: int = 112) -> np.ndarray:
+    """The ArcFace template scaled to a ``size`` x ``size`` crop."""
+    return ARCFACE_TEMPLATE_112 * (size / 112.0)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """2x3 matrix ``M`` of the similarity (rotation, uniform scale, translation) that maps ``src`` onto ``dst``
+    in the least-squares sense (Umeyama 1991, without reflection)."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError(f"need two matching (N>=2, 2) point sets, got {src.shape} and {dst.shape}")
+    if not np.all(np.isfinite(src)):
+        raise ValueError("landmarks contain NaN or inf")
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    src_var = (src_c**2).sum() / len(src)
+    if src_var < 1e-12:
+        raise ValueError("degenerate landmarks: all points coincide")
+    cov = dst_c.T @ src_c / len(src)
+    u, sigma, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[-1] = -1
+    rotation = u @ np.diag(d) @ vt
+    scale = (sigma * d).sum() / src_var
+    translation = dst_mean - scale * rotation @ src_mean
+    return np.hstack([scale * rotation, translation[:, None]])
+
+
+def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 2x3 affine matrix to (N, 2) points."""
+    points = np.asarray(points, dtype=np.float64)
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def estimate_alignment(landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """2x3 matrix mapping image coordinates onto the ``size`` x ``size`` ArcFace template."""
+    return similarity_transform(np.asarray(landmarks).reshape(5, 2), template(size))
+
+
+def warp(image: Image.Image, matrix: np.ndarray, size: int = 112) -> Image.Image:
+    """Warp ``image`` with the 2x3 ``matrix`` (image -> crop coordinates) into a ``size`` x ``size`` crop.
+
+    PIL's affine transform wants the inverse map (crop -> image); pixels outside the photo are black.
+    """
+    full = np.vstack([matrix, [0.0, 0.0, 1.0]])
+    inverse = np.linalg.inv(full)[:2].ravel()
+    return image.transform((size, size), Image.Transform.AFFINE, data=tuple(inverse), resample=Image.Resampling.BILINEAR)
+
+
+def align_face(image: Image.Image, landmarks: np.ndarray, size: int = 112) -> tuple[Image.Image, np.ndarray]:
+    """Aligned ``size`` x ``size`` crop and the transform used; see :func:`estimate_alignment`."""
+    matrix = estimate_alignment(landmarks, size)
+    return warp(image, matrix, size), matrix

@@ -1,0 +1,88 @@
+"""Profiles: the study's sizes as plain data, in one place.
+
+``smoke`` runs the whole pipeline in minutes for tests; ``cpu`` is the whole study on a 2-core laptop-class
+CPU; ``gpu`` is full size. Notebooks receive the resolved profile as papermill parameters; opened in JupyterLab
+they resolve the same values through :func:`resolve_config`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+#: Values every profile shares unless it overrides them.
+BASE: dict[str, Any] = {
+    "seed": 0,
+    "data_dir": "data/processed",
+    # data sources: None = $MASKSTUDY_LFW, else ../shared/data/lfw, else the download folder
+    "lfw_root": None,
+    "download_lfw": True,
+    "download_dir": "data/raw",
+    # extra identity-folder training sets {name: path}; "auto" = $MASKSTUDY_CELEBA or ../shared/data/celeba
+    "extra_datasets": "auto",
+    "eval_folds": None,  # None: the protocol's default (all 10 with extra data, fold 1 with LFW alone)
+    # subsetting (None = everything)
+    "lfw_pairs_per_fold": None,  # matched and mismatched pairs kept per fold of pairs.txt (of 300 each)
+    "max_train_identities": None,
+    "max_images_per_identity": None,
+    # detection, alignment, masks
+    "crop_size": 112,
+    "min_face_size": 20,
+    "min_prob": 0.9,
+    "detect_batch_size": 32,
+    "save_masked_photos": True,
+    # cleaning (notebook 02)
+    "max_deviation": 0.12,
+    "generated_pairs_per_fold": 300,
+    "figure_dpi": 110,
+}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "data_dir": "data/smoke",
+        "lfw_pairs_per_fold": 6,
+        "max_train_identities": 12,
+        "max_images_per_identity": 4,
+        "generated_pairs_per_fold": 4,
+        "detect_batch_size": 16,
+        "figure_dpi": 60,
+    },
+    "cpu": {},
+    "gpu": {
+        "detect_batch_size": 128,
+    },
+}
+
+
+class UnknownSettingError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; this one should read as a sentence
+        return str(self.args[0])
+
+
+def default_profile() -> str:
+    """``gpu`` when CUDA is present, else ``cpu``."""
+    try:
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "cpu"
+
+
+def resolve_config(profile: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The full parameter set of ``profile`` (``None``: :func:`default_profile`) with ``overrides`` applied.
+
+    Unknown profile names and unknown keys are errors that list the known ones.
+    """
+    profile = profile or default_profile()
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known profiles: {', '.join(PROFILES)}")
+    config = copy.deepcopy(BASE)
+    config.update(copy.deepcopy(PROFILES[profile]))
+    unknown = sorted(set(overrides or {}) - set(config) - {"profile", "run_dir"})
+    if unknown:
+        raise UnknownSettingError(
+            f"unknown parameter(s) {', '.join(unknown)}; known parameters: {', '.join(sorted(config))}")
+    config.update({k: v for k, v in (overrides or {}).items() if k not in ("profile", "run_dir")})
+    config["profile"] = profile
+    return config

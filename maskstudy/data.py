@@ -1,0 +1,268 @@
+"""Dataset build: find the photos, detect faces, align them, draw masked twins, keep a cached manifest.
+
+One manifest row per source image (``<data_dir>/<dataset>/manifest.csv``) records what happened to it: the
+file's digest, the faces MTCNN found and which one was chosen, its box, probability and 5 landmarks, the
+status and reason, the aligned crop and its masked twin (``<name>_mask.jpg``, the seed study's naming) and the
+mask style. Re-runs reuse rows whose image digest and settings are unchanged, so an interrupted build resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from . import storage
+from .align import align_face, estimate_alignment, warp
+from .detect import FaceDetector, file_digest, load_image
+from .masks import choose_style, draw_mask
+
+#: Bump when the way crops or masks are drawn changes: cached rows from an older version are rebuilt.
+BUILD_VERSION = 1
+
+LANDMARK_COLUMNS = [f"lm{i}_{axis}" for i in range(5) for axis in ("x", "y")]
+BOX_COLUMNS = ["box_x1", "box_y1", "box_x2", "box_y2"]
+MANIFEST_COLUMNS = [
+    "dataset", "identity", "image", "sha1", "width", "height", "load_notes", "status", "reason",
+    "n_faces", "face_index", "prob", *BOX_COLUMNS, *LANDMARK_COLUMNS,
+    "aligned_by", "aligned", "masked", "mask_style",
+]
+
+ENV_VARS = {"lfw": "MASKSTUDY_LFW", "celeba": "MASKSTUDY_CELEBA"}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset folder is missing; the message says where it was looked for and how to provide it."""
+
+
+def project_root() -> Path:
+    """The repository root: the nearest folder above the working directory holding maskstudy's pyproject.toml,
+    else the folder above the installed package (an editable install)."""
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file() and 'name = "maskstudy"' in candidate.read_text(encoding="utf-8", errors="ignore"):
+            return folder
+    return Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    """``../shared/data`` beside the checkout: the read-only photos for development and CI."""
+    return project_root().parent / "shared" / "data"
+
+
+def find_dataset(name: str, explicit: str | os.PathLike | None = None) -> Path | None:
+    """Locate a dataset folder: the explicit path, else ``$MASKSTUDY_<NAME>``, else ``../shared/data/<name>``.
+
+    An explicit path or environment variable that does not exist is an error (a typo should not silently fall
+    back to other data); ``None`` means nothing was given and nothing was found.
+    """
+    env_var = ENV_VARS.get(name, f"MASKSTUDY_{name.upper()}")
+    for source, value in (("parameter", explicit), (f"${env_var}", os.environ.get(env_var))):
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_dir():
+                raise DataNotFoundError(f"{name}: the folder given by {source} does not exist: {path}")
+            return path.resolve()
+    fallback = shared_data_dir() / name
+    return fallback.resolve() if fallback.is_dir() else None
+
+
+@dataclass
+class BuildSettings:
+    """Everything that changes a manifest row; a cached row is reused only under equal settings."""
+
+    crop_size: int = 112
+    min_face_size: int = 20
+    min_prob: float = 0.9
+    seed: int = 0
+    version: int = BUILD_VERSION
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _row_from_detection(base: dict, detection, settings: BuildSettings) -> dict:
+    row = dict(base)
+    row["n_faces"] = detection.n_faces
+    if detection.n_faces == 0:
+        row.update(status="no_face", reason="MTCNN found no face")
+        return row
+    index = detection.chosen
+    if index is None:
+        index = int(np.argmax(detection.probs))
+        row.update(status="low_prob",
+                   reason=f"best face probability {detection.probs[index]:.3f} < {settings.min_prob}")
+    else:
+        row.update(status="ok", reason="")
+    row["face_index"] = index
+    row["prob"] = float(detection.probs[index])
+    row.update(dict(zip(BOX_COLUMNS, map(float, detection.boxes[index]))))
+    row.update(dict(zip(LANDMARK_COLUMNS, map(float, detection.landmarks[index].ravel()))))
+    return row
+
+
+def masked_name(relative: str) -> str:
+    """``a/b.jpg`` -> ``a/b_mask.jpg`` (the seed study's naming of masked twins)."""
+    stem, ext = os.path.splitext(relative)
+    return f"{stem}_mask{ext or '.jpg'}"
+
+
+def row_landmarks(row) -> np.ndarray:
+    return np.array([row[c] for c in LANDMARK_COLUMNS], dtype=float).reshape(5, 2)
+
+
+def _write_crops(image, landmarks: np.ndarray, relative: str, out: Path, settings: BuildSettings,
+                 save_masked_photo: bool) -> dict:
+    """Align ``image`` and its masked version with the same transform and save both (atomically)."""
+    aligned_rel = os.path.splitext(relative)[0] + ".jpg"
+    masked_rel = masked_name(aligned_rel)
+    style = choose_style(relative, settings.seed)
+    masked_photo = draw_mask(image, landmarks, style, seed=int(file_seed(relative, settings.seed)))
+    matrix = estimate_alignment(landmarks, settings.crop_size)
+    storage.save_image(out / "aligned" / aligned_rel, warp(image, matrix, settings.crop_size))
+    storage.save_image(out / "aligned" / masked_rel, warp(masked_photo, matrix, settings.crop_size))
+    if save_masked_photo:
+        storage.save_image(out / "masked_photos" / masked_rel, masked_photo, quality=92)
+    return {"aligned": aligned_rel, "masked": masked_rel, "mask_style": style}
+
+
+def file_seed(relative: str, seed: int) -> int:
+    """A per-image seed that depends only on the image's name and the study seed (stable across runs)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{relative}".encode()).digest()[:4], "little")
+
+
+def _load_cache(manifest_path: Path, settings: BuildSettings) -> pd.DataFrame | None:
+    settings_path = manifest_path.with_suffix(".json")
+    if not manifest_path.is_file() or not settings_path.is_file():
+        return None
+    import json
+
+    if json.loads(settings_path.read_text()) != settings.as_dict():
+        return None
+    cached = pd.read_csv(manifest_path, dtype={"identity": str, "image": str, "load_notes": str, "reason": str,
+                                                "aligned": str, "masked": str, "mask_style": str, "aligned_by": str},
+                         keep_default_na=False, na_values={c: [""] for c in ["prob", *BOX_COLUMNS, *LANDMARK_COLUMNS,
+                                                                                "face_index", "n_faces"]})
+    return cached.set_index("image", drop=False)
+
+
+def _save_manifest(rows: Iterable[dict], manifest_path: Path, settings: BuildSettings) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows)).reindex(columns=MANIFEST_COLUMNS)
+    storage.write_csv(manifest_path, frame)
+    storage.write_json(manifest_path.with_suffix(".json"), settings.as_dict())
+    return frame
+
+
+def build_aligned_dataset(
+    name: str,
+    root: str | os.PathLike,
+    images: pd.DataFrame,
+    data_dir: str | os.PathLike,
+    settings: BuildSettings | None = None,
+    detector: FaceDetector | None = None,
+    batch_size: int = 32,
+    fallback_alignment: bool = False,
+    save_masked_photos: bool = True,
+    progress: bool = True,
+    checkpoint_every: int = 20,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Detect, align and mask every image of ``images`` (columns ``identity``, ``image`` relative to ``root``).
+
+    Writes ``<data_dir>/<name>/manifest.csv`` (+ ``.json`` settings), aligned crops and masked twins under
+    ``<data_dir>/<name>/aligned/`` and, optionally, the full masked photos under ``masked_photos/``.
+    ``fallback_alignment`` (for evaluation sets of pre-aligned photos such as deep-funneled LFW) aligns images
+    without a usable face with the mean landmarks of the detected ones, marked ``aligned_by='fallback'``, so that
+    every protocol pair stays evaluable. Returns the manifest (one row per requested image, in order).
+    """
+    from tqdm.auto import tqdm
+
+    settings = settings or BuildSettings()
+    root = Path(root)
+    out = Path(data_dir) / name
+    manifest_path = out / "manifest.csv"
+    cache = _load_cache(manifest_path, settings)
+    rows: dict[str, dict] = {}
+    todo: list[tuple[str, dict]] = []
+    started = time.perf_counter()
+    for identity, relative in zip(images["identity"], images["image"]):
+        path = root / relative
+        base = {"dataset": name, "identity": str(identity), "image": relative, "sha1": file_digest(path),
+                "load_notes": "", "aligned_by": "", "aligned": "", "masked": "", "mask_style": ""}
+        if cache is not None and relative in cache.index:
+            cached = cache.loc[relative].to_dict()
+            usable = cached["sha1"] == base["sha1"] and (
+                not cached["aligned"] or (out / "aligned" / cached["aligned"]).is_file())
+            if usable and cached["aligned_by"] != "fallback":
+                rows[relative] = cached
+                continue
+        rows[relative] = base
+        todo.append((relative, base))
+    log(f"{name}: {len(rows)} images, {len(rows) - len(todo)} reused from the cache, {len(todo)} to detect")
+
+    detector = detector if todo else None
+    if todo and detector is None:
+        detector = FaceDetector(min_face_size=settings.min_face_size, min_prob=settings.min_prob)
+    bar = tqdm(total=len(todo), desc=f"MTCNN {name}", unit="img", disable=not progress)
+    for batch_number, start in enumerate(range(0, len(todo), batch_size)):
+        batch = todo[start:start + batch_size]
+        loaded = [load_image(root / relative) for relative, _ in batch]
+        usable = [(item, entry) for item, entry in zip(batch, loaded) if entry.image is not None]
+        detections = detector.detect([entry.image for _, entry in usable]) if usable else []
+        found = {relative: (entry, det) for ((relative, _), entry), det in zip(usable, detections)}
+        for (relative, base), entry in zip(batch, loaded):
+            base = dict(base, load_notes="; ".join(entry.notes))
+            if entry.image is None:
+                rows[relative] = dict(base, status=entry.status, reason=entry.reason, n_faces=0)
+                continue
+            image, detection = found[relative]
+            row = _row_from_detection(dict(base, width=entry.image.size[0], height=entry.image.size[1]),
+                                      detection, settings)
+            if row["status"] == "ok":
+                try:
+                    row.update(_write_crops(entry.image, row_landmarks(row), relative, out, settings,
+                                            save_masked_photos), aligned_by="landmarks")
+                except ValueError as error:  # degenerate landmarks
+                    row.update(status="no_face", reason=f"alignment failed: {error}")
+            rows[relative] = row
+        bar.update(len(batch))
+        if (batch_number + 1) % checkpoint_every == 0:
+            _save_manifest(rows.values(), manifest_path, settings)
+    bar.close()
+
+    if fallback_alignment:
+        _align_with_mean_landmarks(rows, root, out, settings, save_masked_photos, log)
+    frame = _save_manifest(rows.values(), manifest_path, settings)
+    elapsed = time.perf_counter() - started
+    if todo:
+        log(f"{name}: detected {len(todo)} images in {elapsed:.0f} s ({len(todo) / max(elapsed, 1e-9):.1f} img/s)")
+    return frame
+
+
+def _align_with_mean_landmarks(rows: dict, root: Path, out: Path, settings: BuildSettings,
+                               save_masked_photos: bool, log) -> None:
+    detected = [r for r in rows.values() if r.get("status") == "ok"]
+    missing = [r for r in rows.values() if r.get("status") in ("no_face", "low_prob") and r.get("width")]
+    if not missing:
+        return
+    if not detected:
+        log("fallback alignment skipped: no detected face to average landmarks over")
+        return
+    # landmarks relative to the image size, so that images of any size share one mean
+    relative_landmarks = np.stack([row_landmarks(r) / [r["width"], r["height"]] for r in detected])
+    mean_landmarks = np.median(relative_landmarks, axis=0)
+    for row in missing:
+        entry = load_image(root / row["image"])
+        if entry.image is None:
+            continue
+        landmarks = mean_landmarks * [row["width"], row["height"]]
+        row.update(_write_crops(entry.image, landmarks, row["image"], out, settings, save_masked_photos),
+                   aligned_by="fallback")
+    log(f"fallback alignment (median landmarks of {len(detected)} detected faces) for {len(missing)} images")

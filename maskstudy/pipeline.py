@@ -1,0 +1,224 @@
+"""The study pipeline: run the numbered notebooks in order with papermill and export them to HTML.
+
+``python -m maskstudy run --profile cpu`` executes ``notebooks/NN_*.ipynb`` into ``reports/<profile>/`` (working
+directory: the repository root), exports each to self-contained HTML and writes ``index.html`` + ``run.json``
+with the run's metadata. It stops at the first failing notebook and says which cell failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import report, storage
+from .config import resolve_config
+from .data import project_root
+
+KERNEL_NAME = "python3"
+
+
+class PipelineError(RuntimeError):
+    """A notebook failed; the message names the notebook and the cell."""
+
+
+def notebooks(root: str | Path | None = None) -> list[Path]:
+    """The numbered study notebooks, in order."""
+    folder = Path(root or project_root()) / "notebooks"
+    found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) in {folder}")
+    return found
+
+
+def select_notebooks(paths: Sequence[Path], only: str | None = None, start: str | None = None) -> list[Path]:
+    """Filter by ``only`` ("01,02") and ``start`` ("03": that one and the rest); unknown numbers are errors."""
+    numbers = {p.name[:2]: p for p in paths}
+
+    def check(number: str) -> str:
+        number = number.strip().zfill(2)
+        if number not in numbers:
+            raise ValueError(f"no notebook numbered {number}; available: {', '.join(numbers)}")
+        return number
+
+    chosen = list(paths)
+    if only:
+        wanted = {check(n) for n in only.split(",") if n.strip()}
+        chosen = [p for p in chosen if p.name[:2] in wanted]
+    if start:
+        first = check(start)
+        chosen = [p for p in chosen if p.name[:2] >= first]
+    return chosen
+
+
+def parse_parameter(text: str) -> tuple[str, Any]:
+    """``key=value`` with a YAML value (``3``, ``0.5``, ``true``, ``null``, ``[1, 2]``, ``{a: b}``, ``text``)."""
+    import yaml
+
+    if "=" not in text:
+        raise ValueError(f"parameter {text!r} is not of the form key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value) if value.strip() else None
+
+
+def _now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _failure_details(error: Exception) -> tuple[int | None, str]:
+    cell = getattr(error, "exec_count", None)
+    ename, evalue = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
+    return cell, f"{ename}: {evalue}"
+
+
+def export_html(notebook_path: Path, html_path: Path) -> Path:
+    """Self-contained HTML (images embedded) of an executed notebook, written atomically."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(embed_images=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook_path, as_version=4))
+    return storage.write_text(html_path, body)
+
+
+def run_pipeline(
+    profile: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    only: str | None = None,
+    start: str | None = None,
+    run_dir: str | Path | None = None,
+    kernel_name: str = KERNEL_NAME,
+    progress: bool = True,
+    log=print,
+) -> dict[str, Any]:
+    """Execute the selected notebooks and export them; returns the run record (also saved as ``run.json``)."""
+    import papermill
+
+    root = project_root()
+    config = resolve_config(profile, overrides)
+    profile = config["profile"]
+    run_dir = Path(run_dir) if run_dir else root / "reports" / profile
+    run_dir = run_dir if run_dir.is_absolute() else root / run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    selected = select_notebooks(notebooks(root), only, start)
+    previous = _previous_run(run_dir)
+    record: dict[str, Any] = {
+        "profile": profile, "parameters": config, "git_commit": report.git_commit(root),
+        "device": report.device_description(), "packages": report.package_versions(), "started": _now(),
+        "command": " ".join(sys.argv), "notebooks": previous.get("notebooks", []),
+    }
+    executed = {p.stem for p in selected}
+    record["notebooks"] = [n for n in record["notebooks"] if n["name"] not in executed]
+    log(f"maskstudy: profile {profile}, {len(selected)} notebook(s) -> {run_dir}")
+    for path in selected:
+        out_nb, out_html = run_dir / path.name, run_dir / f"{path.stem}.html"
+        entry: dict[str, Any] = {"name": path.stem, "notebook": path.name, "started": _now(), "status": "running"}
+        record["notebooks"].append(entry)
+        record["notebooks"].sort(key=lambda n: n["name"])
+        report.write_index(record, run_dir)
+        log(f"--> {path.name}")
+        began = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(path), str(out_nb), parameters={"profile": profile, "run_dir": str(run_dir), "params": config},
+                kernel_name=kernel_name, cwd=str(root), progress_bar=progress, log_output=False,
+            )
+            entry["status"] = "ok"
+        except Exception as error:  # papermill raises PapermillExecutionError for a failing cell
+            cell, message = _failure_details(error)
+            entry.update(status="failed", failed_cell=cell, error=message)
+        entry["ended"] = _now()
+        entry["seconds"] = round(time.perf_counter() - began, 1)
+        if out_nb.exists():
+            export_html(out_nb, out_html)
+            entry["html"] = out_html.name
+        record["data_fingerprint"] = report.data_fingerprint(root / config["data_dir"])
+        record["ended"] = _now()
+        report.write_index(record, run_dir)
+        if entry["status"] == "failed":
+            raise PipelineError(f"{path.name} failed in cell {entry.get('failed_cell')}: {entry['error']}\n"
+                                f"See {out_html if out_html.exists() else out_nb} for the traceback.")
+        log(f"    {path.name} done in {entry['seconds']} s")
+    log(f"report: {run_dir / 'index.html'}")
+    return record
+
+
+def _previous_run(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass
+class Study:
+    """What a notebook needs: the resolved parameters and the run folder's layout."""
+
+    name: str
+    config: dict[str, Any]
+    run_dir: Path
+    root: Path = field(default_factory=project_root)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.config[key]
+
+    @property
+    def figures(self) -> Path:
+        return self.run_dir / "figures"
+
+    @property
+    def tables(self) -> Path:
+        return self.run_dir / "tables"
+
+    @property
+    def outputs(self) -> Path:
+        """Machine outputs of the run (manifests, checkpoints): git-ignored like the whole reports/ tree."""
+        return self.run_dir / "outputs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / self.config["data_dir"]
+
+    def save_figure(self, fig, name: str) -> Path:
+        return report.save_figure(fig, self.figures, name, dpi=self.config.get("figure_dpi", 110))
+
+    def save_table(self, frame, name: str) -> Path:
+        return report.save_table(frame, self.tables, name)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def start_notebook(name: str, profile: str | None = None, run_dir: str | Path | None = None,
+                   params: Mapping[str, Any] | None = None) -> Study:
+    """First call of every notebook: same behaviour under papermill and in JupyterLab.
+
+    Changes the working directory to the repository root, resolves the profile (``params`` from papermill
+    already hold it; in JupyterLab they are empty and the profile's defaults apply), seeds the RNGs, creates the
+    run folder and saves the parameters to ``<run_dir>/params/<name>.json``.
+    """
+    root = project_root()
+    os.chdir(root)
+    config = resolve_config(profile or (params or {}).get("profile"), params)
+    run_dir = Path(run_dir) if run_dir else root / "reports" / config["profile"]
+    for folder in ("figures", "tables", "outputs", "params"):
+        (run_dir / folder).mkdir(parents=True, exist_ok=True)
+    storage.write_json(run_dir / "params" / f"{name}.json", config)
+    seed_everything(int(config["seed"]))
+    return Study(name=name, config=config, run_dir=run_dir, root=root)

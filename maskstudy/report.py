@@ -1,0 +1,164 @@
+"""Report outputs: figures (PNG + SVG), tables (CSV + markdown), run metadata and the run's index.html."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from . import storage
+
+#: Packages whose versions every run records.
+RECORDED_PACKAGES = ("maskstudy", "torch", "torchvision", "facenet-pytorch", "timm", "grad-cam", "numpy",
+                     "pandas", "scikit-learn", "matplotlib", "papermill", "nbconvert", "pillow")
+
+
+def save_figure(fig, folder: str | Path, name: str, dpi: int = 110, svg: bool = True) -> Path:
+    """Save a matplotlib figure as ``<folder>/<name>.png`` (and ``.svg``), atomically."""
+    folder = Path(folder)
+    png = folder / f"{name}.png"
+    with storage.atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    if svg:
+        with storage.atomic_path(folder / f"{name}.svg") as tmp:
+            fig.savefig(tmp, format="svg", bbox_inches="tight")
+    return png
+
+
+def to_markdown(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
+    """A GitHub-flavoured markdown table (no extra dependency)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "" if pd.isna(value) else float_format.format(value)
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def save_table(frame: pd.DataFrame, folder: str | Path, name: str) -> Path:
+    """Save ``frame`` as ``<folder>/<name>.csv`` and ``<folder>/<name>.md``; returns the CSV path."""
+    folder = Path(folder)
+    storage.write_csv(folder / f"{name}.csv", frame)
+    storage.write_text(folder / f"{name}.md", to_markdown(frame))
+    return folder / f"{name}.csv"
+
+
+def git_commit(root: str | Path) -> str:
+    """``<sha>`` of HEAD, with ``-dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def device_description() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"CUDA: {torch.cuda.get_device_name(0)}"
+        return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    except ImportError:  # pragma: no cover
+        return platform.machine()
+
+
+def data_fingerprint(data_dir: str | Path) -> dict[str, Any]:
+    """File count and SHA-256 of each dataset manifest under ``data_dir``: what the run's data was."""
+    data_dir = Path(data_dir)
+    result: dict[str, Any] = {}
+    for manifest in sorted(data_dir.glob("*/manifest.csv")):
+        frame = pd.read_csv(manifest, usecols=["status"])
+        result[manifest.parent.name] = {
+            "images": int(len(frame)),
+            "ok": int((frame["status"] == "ok").sum()),
+            "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+        }
+    return result
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;
+vertical-align:top}th{background:#f3f3f3}.failed{color:#b00020;font-weight:bold}.ok{color:#1b7f3b}
+code{background:#f5f5f5;padding:0 .2em}.figs img{max-width:48%;margin:.3em;border:1px solid #ddd}
+details{margin:.5em 0}
+"""
+
+
+def _kv_table(mapping: Mapping[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td><code>{html.escape(json.dumps(v, default=str) if not isinstance(v, str) else v)}</code></td></tr>"
+                   for k, v in mapping.items())
+    return f"<table>{rows}</table>"
+
+
+def render_index(run: Mapping[str, Any], run_dir: str | Path) -> str:
+    """The run folder's ``index.html``: every notebook's HTML with its status and times, and the run metadata."""
+    run_dir = Path(run_dir)
+    title = f"maskstudy — {run.get('profile', '?')} run"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    failed = [n for n in run.get("notebooks", []) if n.get("status") == "failed"]
+    if failed:
+        first = failed[0]
+        parts.append(f"<p class='failed'>Run failed in {html.escape(first['name'])}, cell {first.get('failed_cell')}: "
+                     f"{html.escape(str(first.get('error', '')))}</p>")
+    parts.append("<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>started</th><th>ended</th>"
+                 "<th>seconds</th></tr>")
+    for entry in run.get("notebooks", []):
+        link = f"<a href='{html.escape(entry['html'])}'>{html.escape(entry['name'])}</a>" if entry.get("html") else html.escape(entry["name"])
+        status = entry.get("status", "")
+        parts.append(f"<tr><td>{link}</td><td class='{'failed' if status == 'failed' else 'ok'}'>{html.escape(status)}</td>"
+                     f"<td>{html.escape(str(entry.get('started', '')))}</td><td>{html.escape(str(entry.get('ended', '')))}</td>"
+                     f"<td>{entry.get('seconds', '')}</td></tr>")
+    parts.append("</table>")
+    figures = sorted((run_dir / "figures").glob("*.png"))
+    if figures:
+        parts.append("<h2>Figures</h2><div class='figs'>")
+        parts += [f"<a href='figures/{f.name}'><img src='figures/{f.name}' alt='{html.escape(f.stem)}' title='{html.escape(f.stem)}'></a>"
+                  for f in figures]
+        parts.append("</div>")
+    tables = sorted((run_dir / "tables").glob("*.md"))
+    if tables:
+        parts.append("<h2>Tables</h2><ul>")
+        parts += [f"<li><a href='tables/{t.stem}.csv'>{t.stem}.csv</a> · <a href='tables/{t.name}'>markdown</a></li>" for t in tables]
+        parts.append("</ul>")
+    parts.append("<h2>Run metadata</h2>")
+    meta = {k: run.get(k) for k in ("profile", "git_commit", "device", "started", "ended", "command") if k in run}
+    parts.append(_kv_table(meta))
+    parts.append("<details><summary>Parameters</summary>" + _kv_table(run.get("parameters", {})) + "</details>")
+    parts.append("<details open><summary>Data fingerprint</summary>" + _kv_table(run.get("data_fingerprint", {})) + "</details>")
+    parts.append("<details><summary>Package versions</summary>" + _kv_table(run.get("packages", {})) + "</details>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_index(run: Mapping[str, Any], run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    storage.write_json(run_dir / "run.json", dict(run))
+    return storage.write_text(run_dir / "index.html", render_index(run, run_dir))

@@ -1,0 +1,341 @@
+"""Writes the study notebooks (without outputs) from the cell sources below.
+
+The notebooks in notebooks/ are the source of truth for users; this script is how their skeleton was made and
+keeps the shared first cells identical. Run: python tools/make_notebooks.py
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PARAMETERS = '''# Parameters: papermill replaces this cell's values. In JupyterLab leave them as they are: the profile's
+# defaults apply (profile None = gpu when CUDA is present, else cpu); put overrides in `params`.
+profile = None
+run_dir = None
+params = {}'''
+
+
+def setup(name: str) -> str:
+    return f'''%matplotlib inline
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown, display
+
+from maskstudy.pipeline import start_notebook
+
+study = start_notebook("{name}", profile, run_dir, params)
+cfg = study.config
+display(Markdown(f"**Profile `{{cfg['profile']}}`**, run folder `{{study.run_dir}}`, data folder `{{study.data_dir}}`"))'''
+
+
+def notebook(name: str, cells: list) -> None:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    built = []
+    for kind, source in cells:
+        if kind == "md":
+            built.append(new_markdown_cell(source))
+        else:
+            cell = new_code_cell(source)
+            if kind == "parameters":
+                cell.metadata["tags"] = ["parameters"]
+            built.append(cell)
+    nb.cells = built
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"{name[:2]}-{i:02d}"
+    nbformat.write(nb, ROOT / "notebooks" / f"{name}.ipynb")
+
+
+NB01 = [
+    ("md", """# 01 · Data build
+
+Finds the photos, fixes the evaluation protocol, detects every face with **MTCNN** (P-Net, R-Net, O-Net;
+Zhang et al. 2016), aligns it onto the ArcFace 112x112 template with a similarity transform of its 5
+landmarks, and draws a synthetic **masked twin** (`<name>_mask.jpg`, the seed study's naming) in one of
+several mask styles. Everything is recorded per image in a manifest; nothing in the source folders changes.
+
+* **Evaluation**: LFW View 2 (`pairs.txt`, 10 folds x 600 pairs).
+* **Training**: identity folders disjoint from the evaluated identities (CelebA when given, else the LFW
+  identities of the folds not evaluated). The split is written to files and shown below."""),
+    ("parameters", PARAMETERS),
+    ("code", setup("01_data_build")),
+    ("md", "## Data sources"),
+    ("code", '''from pathlib import Path
+
+from maskstudy import storage
+from maskstudy.data import DataNotFoundError, find_dataset
+
+lfw_root = find_dataset("lfw", cfg["lfw_root"])
+if lfw_root is None:
+    if not cfg["download_lfw"]:
+        raise DataNotFoundError(
+            "LFW not found: set MASKSTUDY_LFW (or the lfw_root parameter) to a folder holding the identity "
+            "folders and pairs.txt, or allow the download with download_lfw=True")
+    from maskstudy.download import fetch_lfw
+    lfw_root = fetch_lfw(study.root / cfg["download_dir"])
+
+extra = cfg["extra_datasets"]
+if extra == "auto":
+    celeba = find_dataset("celeba")
+    extra = {"celeba": str(celeba)} if celeba else {}
+extra = {name: Path(path) for name, path in (extra or {}).items()}
+sources = {"lfw": str(lfw_root), **{k: str(v) for k, v in extra.items()}}
+storage.write_json(study.data_dir / "sources.json", sources)
+pd.DataFrame({"dataset": list(sources), "folder": list(sources.values())})'''),
+    ("md", "## Protocol and split"),
+    ("code", '''from maskstudy.protocol import identity_folds, make_split, read_lfw_pairs, read_lfw_people, scan_identity_folders
+
+lfw_pairs = read_lfw_pairs(lfw_root / "pairs.txt")
+people = read_lfw_people(lfw_root / "people.txt") if (lfw_root / "people.txt").is_file() else None
+folds = identity_folds(lfw_pairs, people)
+if cfg["lfw_pairs_per_fold"]:  # smoke runs: the first k matched and k mismatched pairs of every fold
+    k = int(cfg["lfw_pairs_per_fold"])
+    lfw_pairs = lfw_pairs.groupby(["fold", "label"], group_keys=False).head(k).reset_index(drop=True)
+lfw_images = scan_identity_folders(lfw_root)
+
+rng = np.random.default_rng(cfg["seed"])
+
+def subsample(images):
+    """Seeded cap on identities and images per identity (the smoke profile uses it)."""
+    if cfg["max_train_identities"]:
+        identities = sorted(images["identity"].unique())
+        chosen = rng.choice(identities, size=min(len(identities), cfg["max_train_identities"]), replace=False)
+        images = images[images["identity"].isin(chosen)]
+    if cfg["max_images_per_identity"]:
+        images = images.groupby("identity", group_keys=False).head(cfg["max_images_per_identity"])
+    return images.reset_index(drop=True)
+
+extra_images = {name: subsample(scan_identity_folders(path)) for name, path in extra.items()}
+split = make_split(lfw_images, lfw_pairs, folds, extra_images, eval_folds=cfg["eval_folds"])
+if not extra_images:
+    split.train = subsample(split.train)
+split.save(study.data_dir / "split")
+display(Markdown(f"**Protocol `{split.protocol}`.** {split.description}"))
+split_table = pd.DataFrame([{"protocol": split.protocol, **{k: v for k, v in split.counts().items() if k != "train_by_dataset"}}])
+study.save_table(split_table, "01_split")
+split_table'''),
+    ("md", """## Detection, alignment and masked twins
+
+Images needed by the split (the evaluated pairs and the training set) go through batched MTCNN. The manifest
+caches every result keyed by the file's SHA-1, so a re-run only detects new or changed images and an
+interrupted run resumes. For the evaluation set (deep-funneled LFW) an image without a usable face is still
+aligned, with the median landmarks of the detected faces, and marked `aligned_by = fallback`, so that every
+protocol pair stays evaluable; cleaning (notebook 02) keeps such images out of training."""),
+    ("code", '''import time
+from maskstudy.data import BuildSettings, build_aligned_dataset
+
+settings = BuildSettings(crop_size=cfg["crop_size"], min_face_size=cfg["min_face_size"], min_prob=cfg["min_prob"], seed=cfg["seed"])
+eval_images = pd.DataFrame({
+    "identity": pd.concat([split.eval_pairs["identity_a"], split.eval_pairs["identity_b"]]),
+    "image": pd.concat([split.eval_pairs["image_a"], split.eval_pairs["image_b"]]),
+}).drop_duplicates("image")
+jobs = {}
+for name, root in sources.items():
+    train_part = split.train[split.train["dataset"] == name][["identity", "image"]]
+    wanted = pd.concat([eval_images, train_part]) if name == "lfw" else train_part
+    jobs[name] = wanted.drop_duplicates("image").sort_values("image").reset_index(drop=True)
+
+manifests, timings = {}, []
+for name, wanted in jobs.items():
+    began = time.perf_counter()
+    manifests[name] = build_aligned_dataset(
+        name, sources[name], wanted, study.data_dir, settings, batch_size=cfg["detect_batch_size"],
+        fallback_alignment=(name == "lfw"), save_masked_photos=cfg["save_masked_photos"])
+    timings.append({"dataset": name, "images": len(wanted), "seconds": round(time.perf_counter() - began, 1)})
+manifest = pd.concat(manifests.values(), ignore_index=True)
+timing_table = pd.DataFrame(timings)
+timing_table["images_per_s"] = (timing_table["images"] / timing_table["seconds"].clip(lower=1e-3)).round(1)
+study.save_table(timing_table, "01_detection_time")
+timing_table'''),
+    ("md", "## What the detector found"),
+    ("code", '''status = manifest.groupby(["dataset", "status"]).size().unstack(fill_value=0)
+status["total"] = status.sum(axis=1)
+status_table = status.reset_index()
+fallback = manifest[manifest["aligned_by"] == "fallback"].groupby("dataset").size().rename("fallback_aligned")
+status_table = status_table.merge(fallback.reset_index(), on="dataset", how="left").fillna({"fallback_aligned": 0})
+study.save_table(status_table, "01_detection_status")
+notes = manifest.loc[manifest["load_notes"].fillna("") != "", ["dataset", "image", "load_notes"]]
+display(status_table)
+if len(notes):
+    display(Markdown(f"{len(notes)} images needed a conversion on load:"), notes.head(20))'''),
+    ("code", '''fig, ax = plt.subplots(figsize=(7, 2.8))
+status.drop(columns="total").plot.barh(stacked=True, ax=ax, colormap="tab10")
+ax.set_xlabel("images"); ax.set_title("MTCNN outcome per dataset")
+study.save_figure(fig, "01_detection_status")
+plt.show()'''),
+    ("code", '''from maskstudy.figures import detection_grid, image_grid
+
+shown = []
+for name in sources:
+    ok = manifest[(manifest["dataset"] == name) & (manifest["status"] == "ok")]
+    shown.append((name, ok.sample(min(6, len(ok)), random_state=cfg["seed"])))
+for name, sample in shown:
+    if len(sample):
+        fig = detection_grid(sample.to_dict("records"), sources, ncols=6,
+                             titles=[f"p={p:.3f}" for p in sample["prob"]],
+                             suptitle=f"{name}: chosen face, 5 landmarks, box centre (+) and eye centre (x)")
+        study.save_figure(fig, f"01_detections_{name}")
+        plt.show()'''),
+    ("code", '''ok = manifest[manifest["status"] == "ok"].sample(min(8, int((manifest["status"] == "ok").sum())), random_state=cfg["seed"])
+aligned_root = lambda row: study.data_dir / row["dataset"] / "aligned"
+images, titles = [], []
+for row in ok.to_dict("records"):
+    images += [aligned_root(row) / row["aligned"], aligned_root(row) / row["masked"]]
+    titles += [row["identity"][:14], row["mask_style"]]
+fig = image_grid(images, titles, ncols=8, suptitle="Aligned 112x112 crops and their masked twins")
+study.save_figure(fig, "01_aligned_and_masked")
+plt.show()'''),
+    ("code", '''if cfg["save_masked_photos"] and len(ok):
+    photos = [study.data_dir / r["dataset"] / "masked_photos" / r["masked"] for r in ok.head(6).to_dict("records")]
+    fig = image_grid(photos, [r["mask_style"] for r in ok.head(6).to_dict("records")], ncols=6, size=2.0,
+                     suptitle="Masked photos (full frame): what a recognizer meets in the wild")
+    study.save_figure(fig, "01_masked_photos")
+    plt.show()'''),
+    ("md", "Outputs: `manifest.csv` per dataset, aligned crops and masked twins under `aligned/`, the split under `split/`, all in the data folder shown at the top."),
+]
+
+NB02 = [
+    ("md", """# 02 · MTCNN cleaning
+
+The seed study's rule: a face whose **eye centre** (mean of the two eye landmarks) deviates too far from the
+**centre of the detection window** is a side face, and side faces mislead attention, so they leave the
+training set. The deviation rate is `|eye_x - box_centre_x| / box_width`. A landmark-only yaw estimate is
+reported beside it. Cleaning only writes a new manifest (`cleaned.csv`) with a `keep` column and a
+`drop_reason`; the photos and the detection manifest are never changed or deleted.
+
+The evaluation pairs follow the official protocol and keep all their pairs; pair files for the three
+scenarios unmasked–unmasked, masked–unmasked and masked–masked are written here."""),
+    ("parameters", PARAMETERS),
+    ("code", setup("02_mtcnn_cleaning")),
+    ("code", '''import json
+from pathlib import Path
+
+from maskstudy import storage
+from maskstudy.cleaning import clean_manifest, cleaning_summary
+from maskstudy.protocol import Split
+
+sources_file = study.data_dir / "sources.json"
+if not sources_file.is_file():
+    raise FileNotFoundError(f"{sources_file} is missing: run notebook 01 (data build) first")
+sources = json.loads(sources_file.read_text())
+manifests = {}
+for name in sources:
+    path = study.data_dir / name / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run notebook 01 (data build) first")
+    manifests[name] = pd.read_csv(path, dtype={"identity": str, "image": str}, keep_default_na=False,
+                                  na_values={"prob": [""]})
+manifest = pd.concat(manifests.values(), ignore_index=True)
+for column in manifest.columns:
+    if column.startswith(("box_", "lm")) or column in ("prob", "width", "height", "n_faces", "face_index"):
+        manifest[column] = pd.to_numeric(manifest[column], errors="coerce")
+split = Split.load(study.data_dir / "split")
+cleaned = clean_manifest(manifest, max_deviation=cfg["max_deviation"], min_prob=cfg["min_prob"])
+for name, part in cleaned.groupby("dataset"):
+    storage.write_csv(study.data_dir / name / "cleaned.csv", part)
+display(Markdown(f"Side-face threshold: deviation rate > **{cfg['max_deviation']}**; minimum face probability **{cfg['min_prob']}**."))'''),
+    ("md", "## Counts per reason"),
+    ("code", '''summary = cleaning_summary(cleaned)
+study.save_table(summary, "02_cleaning_summary")
+summary'''),
+    ("md", "## Deviation rate and yaw"),
+    ("code", '''detected = cleaned[cleaned["deviation_rate"].notna() & (cleaned["status"] == "ok")]
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+for name, part in detected.groupby("dataset"):
+    axes[0].hist(part["deviation_rate"], bins=np.linspace(0, max(0.4, detected["deviation_rate"].max()), 60),
+                 alpha=0.6, label=f"{name} (n={len(part)})", density=True)
+axes[0].axvline(cfg["max_deviation"], color="red", ls="--", label=f"threshold {cfg['max_deviation']}")
+axes[0].set_xlabel("deviation rate |eye centre - box centre| / box width"); axes[0].set_ylabel("density")
+axes[0].legend(); axes[0].set_title("Eye-centre deviation from the detection window's centre")
+colors = np.where(detected["deviation_rate"] > cfg["max_deviation"], "tab:red", "tab:blue")
+axes[1].scatter(detected["yaw_deg"], detected["deviation_rate"], s=3, c=colors, alpha=0.5)
+axes[1].axhline(cfg["max_deviation"], color="red", ls="--")
+axes[1].set_xlabel("yaw estimate from landmarks (degrees)"); axes[1].set_ylabel("deviation rate")
+axes[1].set_title("Deviation rate against estimated yaw (red: removed)")
+fig.tight_layout()
+study.save_figure(fig, "02_deviation_rate")
+plt.show()
+corr = detected[["deviation_rate", "yaw_deg"]].assign(abs_yaw=detected["yaw_deg"].abs()).corr(method="spearman").loc["deviation_rate", "abs_yaw"]
+display(Markdown(f"Spearman correlation of the deviation rate with |yaw|: **{corr:.2f}** over {len(detected)} detected faces."))'''),
+    ("md", "## Kept frontal faces and removed side faces"),
+    ("code", '''from maskstudy.figures import detection_grid, image_grid
+
+kept = detected[detected["keep"]].sample(min(12, int(detected["keep"].sum())), random_state=cfg["seed"])
+side = cleaned[cleaned["drop_reason"] == "side_face"].sort_values("deviation_rate", ascending=False).head(12)
+for title, rows, name in [("Kept: frontal faces", kept, "02_kept_frontal"), ("Removed: side faces", side, "02_removed_side")]:
+    if len(rows) == 0:
+        display(Markdown(f"*{title}: none in this run.*"))
+        continue
+    records = rows.to_dict("records")
+    fig = detection_grid(records, sources, ncols=6, suptitle=f"{title} (box centre +, eye centre x)",
+                         titles=[f"{r['dataset']} dev={r['deviation_rate']:.2f} yaw={r['yaw_deg']:.0f}" for r in records])
+    study.save_figure(fig, name)
+    plt.show()'''),
+    ("md", "## Masked twins per style"),
+    ("code", '''ok = cleaned[(cleaned["status"] == "ok") & cleaned["keep"]]
+styles = sorted(ok["mask_style"].unique())
+images, titles = [], []
+for style in styles:
+    for row in ok[ok["mask_style"] == style].sample(min(6, int((ok["mask_style"] == style).sum())), random_state=cfg["seed"]).to_dict("records"):
+        images.append(study.data_dir / row["dataset"] / "aligned" / row["masked"])
+        titles.append(style)
+fig = image_grid(images, titles, ncols=6, suptitle="Masked twins, by mask style")
+study.save_figure(fig, "02_mask_styles")
+plt.show()
+style_table = ok.groupby(["dataset", "mask_style"]).size().rename("images").reset_index()
+study.save_table(style_table, "02_mask_styles")
+style_table'''),
+    ("md", """## Verification pairs
+
+`a b 1|0` per line, paths relative to the dataset's `aligned/` folder. LFW pairs come from `pairs.txt` (same
+folds, same labels, same order) in three scenarios; in masked–unmasked exactly one image of each pair wears the
+mask, which one is chosen per pair from the seed. For each training identity-folder set, balanced pairs are
+generated in identity-disjoint folds from the images that cleaning kept (for validation during training)."""),
+    ("code", '''from maskstudy.pairs import SCENARIOS, generate_pairs, scenario_pairs, write_pair_folds, write_pairs
+
+to_jpg = lambda s: s.str.replace(r"\\.[^.]+$", ".jpg", regex=True)
+pair_counts = []
+lfw_pairs = split.eval_pairs.assign(image_a=to_jpg(split.eval_pairs["image_a"]), image_b=to_jpg(split.eval_pairs["image_b"]))
+for scenario in SCENARIOS:
+    pairs = scenario_pairs(lfw_pairs, scenario, seed=cfg["seed"])
+    write_pairs(pairs, study.data_dir / "lfw" / "pairs" / f"{scenario}.txt")
+    write_pair_folds(pairs, study.data_dir / "lfw" / "pairs" / f"{scenario}.csv")
+    pair_counts.append({"dataset": "lfw", "scenario": scenario, "pairs": len(pairs), "positive": int(pairs["label"].sum()),
+                        "folds": pairs["fold"].nunique()})
+kept_train = cleaned[cleaned["keep"]].merge(split.train[["dataset", "image"]], on=["dataset", "image"])
+for name, part in kept_train.groupby("dataset"):
+    if name == "lfw":
+        continue
+    generated = generate_pairs(part[["identity", "aligned"]].rename(columns={"aligned": "image"}),
+                               pairs_per_fold=cfg["generated_pairs_per_fold"], seed=cfg["seed"])
+    for scenario in SCENARIOS:
+        pairs = scenario_pairs(generated, scenario, seed=cfg["seed"])
+        write_pairs(pairs, study.data_dir / name / "pairs" / f"{scenario}.txt")
+        write_pair_folds(pairs, study.data_dir / name / "pairs" / f"{scenario}.csv")
+        pair_counts.append({"dataset": name, "scenario": scenario, "pairs": len(pairs), "positive": int(pairs["label"].sum()),
+                            "folds": pairs["fold"].nunique()})
+storage.write_csv(study.data_dir / "split" / "train_clean.csv", kept_train[["dataset", "identity", "image", "aligned", "masked", "mask_style"]])
+pair_table = pd.DataFrame(pair_counts)
+study.save_table(pair_table, "02_pairs")
+pair_table'''),
+    ("code", '''flags = cleaned.set_index(["dataset", "image"])
+def flag(images, column):
+    return flags.loc[[("lfw", i) for i in images], column].to_numpy()
+eval_quality = pd.DataFrame({
+    "pairs": [len(split.eval_pairs)],
+    "with a fallback-aligned image": [int(((flag(split.eval_pairs["image_a"], "aligned_by") == "fallback") | (flag(split.eval_pairs["image_b"], "aligned_by") == "fallback")).sum())],
+    "with a side face": [int(((flag(split.eval_pairs["image_a"], "drop_reason") == "side_face") | (flag(split.eval_pairs["image_b"], "drop_reason") == "side_face")).sum())],
+})
+study.save_table(eval_quality, "02_eval_pair_quality")
+display(Markdown("Evaluation pairs are never dropped (the protocol is fixed); this is how many involve an image that cleaning flags:"), eval_quality)
+display(Markdown(f"Training images kept after cleaning: **{len(kept_train)}** of {len(split.train)}."))'''),
+]
+
+if __name__ == "__main__":
+    notebook("01_data_build", NB01)
+    notebook("02_mtcnn_cleaning", NB02)
