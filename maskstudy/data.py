@@ -21,6 +21,7 @@ from . import storage
 from .align import align_face, estimate_alignment, warp
 from .detect import FaceDetector, file_digest, load_image
 from .masks import choose_style, draw_mask
+from .pairs import masked_name
 
 #: Bump when the way crops or masks are drawn changes: cached rows from an older version are rebuilt.
 BUILD_VERSION = 1
@@ -104,12 +105,6 @@ def _row_from_detection(base: dict, detection, settings: BuildSettings) -> dict:
     row.update(dict(zip(BOX_COLUMNS, map(float, detection.boxes[index]))))
     row.update(dict(zip(LANDMARK_COLUMNS, map(float, detection.landmarks[index].ravel()))))
     return row
-
-
-def masked_name(relative: str) -> str:
-    """``a/b.jpg`` -> ``a/b_mask.jpg`` (the seed study's naming of masked twins)."""
-    stem, ext = os.path.splitext(relative)
-    return f"{stem}_mask{ext or '.jpg'}"
 
 
 def row_landmarks(row) -> np.ndarray:

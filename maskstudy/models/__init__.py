@@ -1,0 +1,24 @@
+"""Face-recognition backbones and their registry.
+
+``build_backbone("ir50_se", width=1.0, input_size=112, embedding_size=512)`` builds any name in
+``available_backbones()``. Importing this package registers every backbone family.
+"""
+
+from .registry import (
+    UnknownNameError,
+    available_backbones,
+    build_backbone,
+    count_flops,
+    count_parameters,
+    register_backbone,
+)
+from . import iresnet as _iresnet  # noqa: F401  (registers the ir* backbones)
+
+__all__ = [
+    "UnknownNameError",
+    "available_backbones",
+    "build_backbone",
+    "count_flops",
+    "count_parameters",
+    "register_backbone",
+]

@@ -1,0 +1,221 @@
+"""Tests for maskstudy.masks: geometry, coverage, determinism, robustness of the synthetic masks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from maskstudy import masks
+from maskstudy.masks import MASK_STYLES, choose_style, draw_mask, mask_alpha, mask_polygon
+
+STYLES = sorted(MASK_STYLES)
+
+# ArcFace 112x112 template: left eye, right eye, nose tip, left / right mouth corner (x, y)
+TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+CHIN = np.array([56.1, 108.0])  # below the mouth line, on the chin
+
+
+def transform(points, deg=20.0, scale=2.0, offset=(50.0, 30.0)):
+    """Rotate by ``deg`` about the template centre, scale, and shift (image coordinates)."""
+    c = TEMPLATE.mean(axis=0)
+    th = np.deg2rad(deg)
+    r = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    return (np.asarray(points, float) - c) @ r.T * scale + c * scale + np.asarray(offset)
+
+
+def noise_image(w, h, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8), mode="RGB")
+
+
+def grey_image(w, h):
+    return Image.new("RGB", (w, h), (128, 128, 128))
+
+
+def window(arr, xy, r):
+    x, y = int(round(xy[0])), int(round(xy[1]))
+    return arr[y - r : y + r + 1, x - r : x + r + 1]
+
+
+# (image size, landmarks, chin point, eye-neighbourhood radius)
+CASES = {
+    "template": ((112, 112), TEMPLATE, CHIN, 3),
+    "rotated_scaled": ((300, 300), transform(TEMPLATE), transform(CHIN[None])[0], 3),
+    "rotated_other_way": ((300, 300), transform(TEMPLATE, deg=-25, scale=1.6, offset=(70, 40)),
+                          transform(CHIN[None], deg=-25, scale=1.6, offset=(70, 40))[0], 3),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("base", ["grey", "noise"])
+def test_mask_covers_nose_mouth_chin_not_eyes(style, case, base):
+    (w, h), lm, chin, r = CASES[case]
+    img = grey_image(w, h) if base == "grey" else noise_image(w, h)
+    before = np.asarray(img).copy()
+    out = draw_mask(img, lm, style, seed=1)
+    assert isinstance(out, Image.Image) and out.mode == "RGB" and out.size == (w, h)
+    assert np.array_equal(np.asarray(img), before), "input image was modified"
+    a0 = before.astype(int)
+    a1 = np.asarray(out).astype(int)
+    diff = np.abs(a1 - a0).sum(axis=2)
+    for name, pt in [("nose", lm[2]), ("left mouth", lm[3]), ("right mouth", lm[4]), ("chin", chin)]:
+        assert window(diff, pt, 1).min() > 0, f"{name} not masked"
+        assert window(diff, pt, 1).mean() > 15, f"{name} barely changed"
+    for name, pt in [("left eye", lm[0]), ("right eye", lm[1])]:
+        assert window(diff, pt, r).max() == 0, f"{name} neighbourhood changed"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_mask_alpha_coverage(case):
+    (w, h), lm, chin, r = CASES[case]
+    alpha = mask_alpha((w, h), lm)
+    assert alpha.shape == (h, w) and alpha.dtype == np.float32
+    assert alpha.min() >= 0.0 and alpha.max() <= 1.0
+    for pt in (lm[2], lm[3], lm[4], chin):
+        assert window(alpha, pt, 1).min() > 0.99
+    for pt in (lm[0], lm[1]):
+        assert window(alpha, pt, r).max() == 0.0
+    # the mask is a sizeable but partial part of the image
+    assert 0.05 < alpha.mean() < 0.6
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_drawing_agrees_with_alpha(case):
+    (w, h), lm, _, _ = CASES[case]
+    img = noise_image(w, h, seed=3)
+    out = draw_mask(img, lm, "surgical_blue", seed=0)
+    changed = np.any(np.asarray(out) != np.asarray(img), axis=2)
+    alpha = mask_alpha((w, h), lm)
+    full = alpha >= 0.999
+    assert changed[full].mean() > 0.95
+    # outside the mask only the thin ear straps may change
+    frame = masks.face_frame(lm)
+    outside = ~changed[alpha == 0]
+    assert outside.mean() > 0.9
+    # nothing changes above the eye line (straps and mask are all below it)
+    ys, xs = np.mgrid[0:h, 0:w]
+    _, b = frame.to_frame(xs + 0.5, ys + 0.5)
+    assert not changed[b < -0.05].any()
+
+
+def test_polygon_rotates_with_face():
+    base = mask_polygon(TEMPLATE)
+    moved = mask_polygon(transform(TEMPLATE))
+    assert base.ndim == 2 and base.shape[1] == 2 and base.shape[0] >= 20
+    np.testing.assert_allclose(moved, transform(base), atol=1e-6)
+
+
+def test_polygon_geometry_on_template():
+    poly = mask_polygon(TEMPLATE)
+    eye_y = TEMPLATE[:2, 1].mean()
+    nose_y = TEMPLATE[2, 1]
+    mouth_y = TEMPLATE[3:, 1].mean()
+    iod = TEMPLATE[1, 0] - TEMPLATE[0, 0]
+    centre_x = TEMPLATE[:2, 0].mean()
+    top = poly[:, 1].min()
+    assert eye_y + 0.3 * (nose_y - eye_y) < top < eye_y + 0.5 * (nose_y - eye_y)
+    half_width = np.abs(poly[:, 0] - centre_x).max() / iod
+    assert 0.95 <= half_width <= 1.15
+    depth = (poly[:, 1].max() - mouth_y) / (mouth_y - eye_y)
+    assert 0.6 <= depth <= 1.1
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_deterministic_per_seed(style):
+    img = noise_image(112, 112, seed=7)
+    a = np.asarray(draw_mask(img, TEMPLATE, style, seed=42))
+    b = np.asarray(draw_mask(img, TEMPLATE, style, seed=42))
+    assert np.array_equal(a, b)
+    g = np.asarray(draw_mask(img, TEMPLATE, style, seed=np.random.default_rng(42)))
+    assert np.array_equal(a, g)
+    others = [np.asarray(draw_mask(img, TEMPLATE, style, seed=s)) for s in (1, 2, 3)]
+    assert any(not np.array_equal(a, o) for o in others)
+
+
+def test_choose_style_deterministic_and_covering():
+    keys = [f"Person_{i:03d}/Person_{i:03d}_0001.jpg" for i in range(200)]
+    picks = [choose_style(k, 0) for k in keys]
+    assert picks == [choose_style(k, 0) for k in keys]
+    assert set(picks) == set(MASK_STYLES)
+    counts = {s: picks.count(s) for s in MASK_STYLES}
+    assert min(counts.values()) >= 200 / len(MASK_STYLES) * 0.5, counts
+    assert picks != [choose_style(k, 1) for k in keys]
+
+
+@pytest.mark.parametrize(
+    "shift",
+    [(-45.0, -40.0), (60.0, 50.0), (-30.0, 20.0), (0.0, 40.0), (1000.0, 1000.0), (-500.0, 0.0)],
+)
+@pytest.mark.parametrize("style", STYLES)
+def test_landmarks_partly_or_fully_outside(style, shift):
+    img = noise_image(112, 112)
+    lm = TEMPLATE + np.asarray(shift)
+    out = draw_mask(img, lm, style, seed=0)
+    assert out.size == img.size and out.mode == "RGB"
+    alpha = mask_alpha(img.size, lm)
+    assert alpha.shape == (112, 112)
+    if abs(shift[0]) >= 500:
+        assert np.array_equal(np.asarray(out), np.asarray(img))
+        assert alpha.max() == 0.0
+
+
+def test_unknown_style_lists_known():
+    with pytest.raises(ValueError) as info:
+        draw_mask(grey_image(112, 112), TEMPLATE, "space_helmet", seed=0)
+    for name in MASK_STYLES:
+        assert name in str(info.value)
+
+
+def test_bad_landmarks_rejected():
+    with pytest.raises(ValueError):
+        mask_polygon(np.zeros((4, 2)))
+    with pytest.raises(ValueError):
+        mask_polygon(np.array([[10, 10], [10, 10], [10, 20], [5, 30], [15, 30]], float))
+
+
+def test_other_modes_and_sizes():
+    grey = Image.new("L", (160, 120), 100)
+    out = draw_mask(grey, TEMPLATE + [20, 0], "black_cloth", seed=0)
+    assert out.mode == "RGB" and out.size == (160, 120) and grey.mode == "L"
+    rgba = Image.new("RGBA", (112, 112), (10, 20, 30, 255))
+    assert draw_mask(rgba, TEMPLATE, "n95_white", seed=0).mode == "RGB"
+    alpha = mask_alpha((160, 120), TEMPLATE + [20, 0])
+    assert alpha.shape == (120, 160)
+    assert np.array_equal(alpha, mask_alpha(grey, TEMPLATE + [20, 0]))
+
+
+def _lfw_root() -> Path | None:
+    env = os.environ.get("MASKSTUDY_LFW")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw")
+    candidates.append(Path("/work/shared/data/lfw"))
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+@pytest.mark.realdata
+def test_real_photo_smoke():
+    root = _lfw_root()
+    if root is None:
+        pytest.skip("LFW photos not available (set MASKSTUDY_LFW)")
+    photo = next(iter(sorted(root.glob("*/*_0001.jpg"))), None)
+    if photo is None:
+        pytest.skip(f"no photos under {root}")
+    img = Image.open(photo).convert("RGB")
+    # rough landmarks of a centred LFW face (250x250)
+    lm = np.array([[105, 115], [145, 115], [125, 140], [108, 165], [142, 165]], float)
+    lm = lm * (np.array(img.size) / 250.0)
+    for style in STYLES:
+        out = draw_mask(img, lm, style, seed=0)
+        diff = np.abs(np.asarray(out).astype(int) - np.asarray(img).astype(int)).sum(axis=2)
+        assert window(diff, lm[2], 1).mean() > 0
+        assert window(diff, lm[0], 3).max() == 0 and window(diff, lm[1], 3).max() == 0
