@@ -133,6 +133,27 @@ def file_seed(relative: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{relative}".encode()).digest()[:4], "little")
 
 
+TEXT_COLUMNS = ["dataset", "identity", "image", "sha1", "load_notes", "status", "reason", "aligned_by", "aligned",
+                "masked", "mask_style"]
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a manifest (or a cleaned manifest) with stable types: text columns as strings ('' when empty),
+    everything else numeric (NaN when empty)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run notebook 01 (data build) first")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in frame.columns:
+        if column in TEXT_COLUMNS or column == "drop_reason":
+            continue
+        if column == "keep":
+            frame[column] = frame[column].map({"True": True, "False": False})
+        else:
+            frame[column] = pd.to_numeric(frame[column].replace("", np.nan), errors="coerce")
+    return frame
+
+
 def _load_cache(manifest_path: Path, settings: BuildSettings) -> pd.DataFrame | None:
     settings_path = manifest_path.with_suffix(".json")
     if not manifest_path.is_file() or not settings_path.is_file():
@@ -141,10 +162,7 @@ def _load_cache(manifest_path: Path, settings: BuildSettings) -> pd.DataFrame | 
 
     if json.loads(settings_path.read_text()) != settings.as_dict():
         return None
-    cached = pd.read_csv(manifest_path, dtype={"identity": str, "image": str, "load_notes": str, "reason": str,
-                                                "aligned": str, "masked": str, "mask_style": str, "aligned_by": str},
-                         keep_default_na=False, na_values={c: [""] for c in ["prob", *BOX_COLUMNS, *LANDMARK_COLUMNS,
-                                                                                "face_index", "n_faces"]})
+    cached = read_manifest(manifest_path)
     return cached.set_index("image", drop=False)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -191,22 +190,9 @@ def test_other_modes_and_sizes():
     assert np.array_equal(alpha, mask_alpha(grey, TEMPLATE + [20, 0]))
 
 
-def _lfw_root() -> Path | None:
-    env = os.environ.get("MASKSTUDY_LFW")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw")
-    candidates.append(Path("/work/shared/data/lfw"))
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return None
-
-
 @pytest.mark.realdata
-def test_real_photo_smoke():
-    root = _lfw_root()
-    if root is None:
-        pytest.skip("LFW photos not available (set MASKSTUDY_LFW)")
+def test_real_photo_smoke(lfw_root):
+    root = lfw_root
     photo = next(iter(sorted(root.glob("*/*_0001.jpg"))), None)
     if photo is None:
         pytest.skip(f"no photos under {root}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -20,31 +19,6 @@ from maskstudy.protocol import (
     scan_identity_folders,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def real_data_dir(env_var: str, default_name: str) -> Path:
-    """The real dataset folder (env ``env_var`` or ``../shared/data/<default_name>``).
-
-    Missing folder: skip with the reason, except under CI (``CI == "true"``), where it fails.
-    """
-    path = Path(os.environ.get(env_var) or REPO.parent / "shared" / "data" / default_name)
-    if not path.is_dir():
-        msg = f"real data folder {path} is absent (set {env_var} to its location)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg + "; CI=true requires the real data")
-        pytest.skip(msg)
-    return path
-
-
-@pytest.fixture(scope="module")
-def lfw_root() -> Path:
-    return real_data_dir("MASKSTUDY_LFW", "lfw")
-
-
-@pytest.fixture(scope="module")
-def celeba_root() -> Path:
-    return real_data_dir("MASKSTUDY_CELEBA", "celeba")
 
 
 @pytest.fixture(scope="module")

@@ -217,23 +217,14 @@ from pathlib import Path
 
 from maskstudy import storage
 from maskstudy.cleaning import clean_manifest, cleaning_summary
+from maskstudy.data import read_manifest
 from maskstudy.protocol import Split
 
 sources_file = study.data_dir / "sources.json"
 if not sources_file.is_file():
     raise FileNotFoundError(f"{sources_file} is missing: run notebook 01 (data build) first")
 sources = json.loads(sources_file.read_text())
-manifests = {}
-for name in sources:
-    path = study.data_dir / name / "manifest.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run notebook 01 (data build) first")
-    manifests[name] = pd.read_csv(path, dtype={"identity": str, "image": str}, keep_default_na=False,
-                                  na_values={"prob": [""]})
-manifest = pd.concat(manifests.values(), ignore_index=True)
-for column in manifest.columns:
-    if column.startswith(("box_", "lm")) or column in ("prob", "width", "height", "n_faces", "face_index"):
-        manifest[column] = pd.to_numeric(manifest[column], errors="coerce")
+manifest = pd.concat([read_manifest(study.data_dir / name / "manifest.csv") for name in sources], ignore_index=True)
 split = Split.load(study.data_dir / "split")
 cleaned = clean_manifest(manifest, max_deviation=cfg["max_deviation"], min_prob=cfg["min_prob"])
 for name, part in cleaned.groupby("dataset"):

@@ -1,0 +1,31 @@
+# maskstudy: `make study` regenerates the study's reports, `make test` runs the tests, `make lab` opens JupyterLab.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?=
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install study test lab clean-reports
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## the whole study with the default profile (gpu with CUDA, else cpu); PROFILE=smoke|cpu|gpu, ARGS="--only 01 -p seed=1"
+study: install
+	$(PY) -m maskstudy run $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lab: install
+	$(PY) -m ipykernel install --user --name maskstudy --display-name "Python (maskstudy)"
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-reports:
+	rm -rf reports/smoke reports/cpu reports/gpu

@@ -1,0 +1,158 @@
+"""The study pipeline: profiles, the runner's command line, notebook hygiene, and a papermill smoke run."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from maskstudy.config import PROFILES, resolve_config
+from maskstudy.pipeline import PipelineError, notebooks, parse_parameter, run_pipeline, select_notebooks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_profiles_resolve_and_reject_unknown_names():
+    smoke = resolve_config("smoke", {"max_deviation": 0.2})
+    assert smoke["profile"] == "smoke" and smoke["max_deviation"] == 0.2
+    assert set(PROFILES) == {"smoke", "cpu", "gpu"}
+    with pytest.raises(ValueError, match="known profiles: smoke, cpu, gpu"):
+        resolve_config("huge")
+    with pytest.raises(KeyError, match="known parameters:.*max_deviation"):
+        resolve_config("cpu", {"max_deviaton": 0.2})
+
+
+@pytest.mark.parametrize("text,expected", [("seed=3", ("seed", 3)), ("max_deviation=0.15", ("max_deviation", 0.15)),
+                                           ("download_lfw=false", ("download_lfw", False)),
+                                           ("eval_folds=[1, 2]", ("eval_folds", [1, 2])),
+                                           ("lfw_root=/data/lfw", ("lfw_root", "/data/lfw")),
+                                           ("lfw_root=", ("lfw_root", None))])
+def test_parse_parameter(text, expected):
+    assert parse_parameter(text) == expected
+
+
+def test_parse_parameter_needs_key_value():
+    with pytest.raises(ValueError, match="key=value"):
+        parse_parameter("seed")
+
+
+def test_select_notebooks():
+    paths = [Path(f"{n:02d}_x.ipynb") for n in range(1, 7)]
+    assert [p.name[:2] for p in select_notebooks(paths, only="01,02")] == ["01", "02"]
+    assert [p.name[:2] for p in select_notebooks(paths, start="3")] == ["03", "04", "05", "06"]
+    with pytest.raises(ValueError, match="no notebook numbered 09"):
+        select_notebooks(paths, only="09")
+
+
+@pytest.mark.parametrize("path", notebooks(REPO), ids=lambda p: p.name)
+def test_notebooks_are_stored_clean_with_a_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert not any(c.get("outputs") for c in code), "commit notebooks without outputs"
+    assert not any(c.get("execution_count") for c in code)
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    assert re.search(r"^profile = None$", tagged[0].source, re.M) and re.search(r"^params = \{\}$", tagged[0].source, re.M)
+    assert "start_notebook(" in code[1].source  # the same setup in JupyterLab and under papermill
+
+
+def _names(requirements):
+    return {re.split(r"[<>=!~\[ ;]", r.strip(), maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+
+def test_environment_yml_matches_pyproject():
+    import yaml
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert any(str(d).startswith("python") for d in env["dependencies"] if isinstance(d, str))
+    # the environment installs the package itself (with its test extra), so pyproject stays the one list
+    assert any(re.fullmatch(r"-e \.(\[test\])?", p.strip()) for p in pip_section)
+    pinned = {p for p in pip_section if not p.startswith("-e")}
+    by_name = {re.split(r"[<>=!~ ]", p, maxsplit=1)[0].lower(): p for p in pinned}
+    deps = {re.split(r"[<>=!~ ]", d, maxsplit=1)[0].lower(): d for d in project["dependencies"]}
+    for name, spec in by_name.items():  # anything pinned in both places must agree
+        assert name in deps, f"environment.yml pins {name}, which pyproject.toml does not list"
+        assert spec.replace(" ", "") == deps[name].replace(" ", ""), f"{spec} != {deps[name]}"
+    assert deps["facenet-pytorch"] == "facenet-pytorch==2.5.3"
+
+
+def test_cli_reports_bad_arguments_clearly():
+    result = subprocess.run([sys.executable, "-m", "maskstudy", "run", "--profile", "huge"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown profile 'huge'" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "maskstudy", "run", "--profile", "smoke", "-p", "nope=1"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown parameter(s) nope" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, lfw_root, celeba_root):
+    """Notebooks 01-02 under papermill with the smoke profile, into temporary run and data folders."""
+    base = tmp_path_factory.mktemp("smoke")
+    overrides = {"data_dir": str(base / "data"), "lfw_root": str(lfw_root),
+                 "extra_datasets": {"celeba": str(celeba_root)}}
+    record = run_pipeline("smoke", overrides, only="01,02", run_dir=base / "run", progress=False, log=lambda *_: None)
+    return base, record
+
+
+@pytest.mark.slow
+def test_smoke_run_of_notebooks_01_02(smoke_run):
+    base, record = smoke_run
+    run = base / "run"
+    assert [n["status"] for n in record["notebooks"]] == ["ok", "ok"]
+    for name in ("01_data_build", "02_mtcnn_cleaning"):
+        html = (run / f"{name}.html").read_text()
+        assert "data:image/png;base64" in html  # self-contained, with figures
+        assert (run / f"{name}.ipynb").is_file()
+    index = (run / "index.html").read_text()
+    assert "01_data_build.html" in index and "02_mtcnn_cleaning.html" in index
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["profile"] == "smoke" and meta["git_commit"] and meta["packages"]["torch"]
+    assert meta["data_fingerprint"]["lfw"]["images"] > 0 and len(meta["data_fingerprint"]["lfw"]["manifest_sha256"]) == 64
+    for figure in ("01_detection_status", "01_aligned_and_masked", "02_deviation_rate", "02_kept_frontal",
+                   "02_removed_side", "02_mask_styles"):
+        assert (run / "figures" / f"{figure}.png").is_file() and (run / "figures" / f"{figure}.svg").is_file()
+
+    split = pd.read_csv(run / "tables" / "01_split.csv")
+    assert split.loc[0, "protocol"] == "extra-train/lfw-10fold"
+    assert split.loc[0, "eval_pairs"] == 10 * 2 * PROFILES["smoke"]["lfw_pairs_per_fold"]
+    status = pd.read_csv(run / "tables" / "01_detection_status.csv").set_index("dataset")
+    assert status.loc["lfw", "total"] > 0 and status.loc["celeba", "total"] > 0
+    summary = pd.read_csv(run / "tables" / "02_cleaning_summary.csv")
+    for dataset, part in summary[summary["dataset"] != "all"].groupby("dataset"):
+        assert part["count"].sum() == status.loc[dataset, "total"]
+    pairs = pd.read_csv(run / "tables" / "02_pairs.csv")
+    assert set(pairs[pairs["dataset"] == "lfw"]["scenario"]) == {"unmasked_unmasked", "masked_unmasked", "masked_masked"}
+
+    data = base / "data"
+    for scenario in ("unmasked_unmasked", "masked_unmasked", "masked_masked"):
+        lines = (data / "lfw" / "pairs" / f"{scenario}.txt").read_text().split("\n")
+        for line in filter(None, lines):
+            a, b, label = line.split(" ")
+            assert label in ("0", "1")
+            assert (data / "lfw" / "aligned" / a).is_file() and (data / "lfw" / "aligned" / b).is_file()
+            masked = int(a.endswith("_mask.jpg")) + int(b.endswith("_mask.jpg"))
+            assert masked == {"unmasked_unmasked": 0, "masked_unmasked": 1, "masked_masked": 2}[scenario]
+    cleaned = pd.read_csv(data / "celeba" / "cleaned.csv")
+    assert {"deviation_rate", "yaw_deg", "keep", "drop_reason"} <= set(cleaned.columns)
+    assert (cleaned.loc[cleaned["drop_reason"] == "side_face", "deviation_rate"] > PROFILES["smoke"].get("max_deviation", resolve_config("smoke")["max_deviation"])).all()
+
+
+@pytest.mark.slow
+def test_failing_notebook_names_the_notebook_and_cell(smoke_run, tmp_path):
+    base, _ = smoke_run
+    with pytest.raises(PipelineError, match=r"02_mtcnn_cleaning.ipynb failed in cell \d+: FileNotFoundError.*notebook 01"):
+        run_pipeline("smoke", {"data_dir": str(tmp_path / "empty")}, only="02", run_dir=tmp_path / "run",
+                     progress=False, log=lambda *_: None)
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["notebooks"][-1]["status"] == "failed"
+    assert "failed" in (tmp_path / "run" / "index.html").read_text()
