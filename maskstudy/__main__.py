@@ -1,4 +1,4 @@
-"""Command line: ``python -m maskstudy run ...`` (the study pipeline)."""
+"""Command line: ``python -m maskstudy run ...`` (the study pipeline), ``python -m maskstudy verify ...``."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
+    from .evaluate import add_verify_arguments
+
+    add_verify_arguments(commands.add_parser(
+        "verify", help="10-fold verification accuracy of a checkpoint on a pair file (aligned crops or raw photos)"))
     return parser
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import storage
 from .align import align_face, estimate_alignment, warp
-from .detect import FaceDetector, file_digest, load_image
+from .detect import STATUSES, FaceDetector, file_digest, load_image
 from .masks import choose_style, draw_mask
 from .pairs import masked_name
 
@@ -195,7 +195,7 @@ def build_aligned_dataset(
     without a usable face with the mean landmarks of the detected ones, marked ``aligned_by='fallback'``, so that
     every protocol pair stays evaluable. Returns the manifest (one row per requested image, in order).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars: they render in terminals, notebooks and the exported HTML alike
 
     settings = settings or BuildSettings()
     root = Path(root)
@@ -211,8 +211,8 @@ def build_aligned_dataset(
                 "load_notes": "", "aligned_by": "", "aligned": "", "masked": "", "mask_style": ""}
         if cache is not None and relative in cache.index:
             cached = cache.loc[relative].to_dict()
-            usable = cached["sha1"] == base["sha1"] and (
-                not cached["aligned"] or (out / "aligned" / cached["aligned"]).is_file())
+            usable = (cached["sha1"] == base["sha1"] and cached["status"] in STATUSES
+                      and (not cached["aligned"] or (out / "aligned" / cached["aligned"]).is_file()))
             if usable and cached["aligned_by"] != "fallback":
                 rows[relative] = cached
                 continue
@@ -246,8 +246,8 @@ def build_aligned_dataset(
                     row.update(status="no_face", reason=f"alignment failed: {error}")
             rows[relative] = row
         bar.update(len(batch))
-        if (batch_number + 1) % checkpoint_every == 0:
-            _save_manifest(rows.values(), manifest_path, settings)
+        if (batch_number + 1) % checkpoint_every == 0:  # resumable: a rerun reuses the rows done so far
+            _save_manifest((r for r in rows.values() if r.get("status")), manifest_path, settings)
     bar.close()
 
     if fallback_alignment:

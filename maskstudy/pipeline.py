@@ -127,7 +127,9 @@ def run_pipeline(
         try:
             papermill.execute_notebook(
                 str(path), str(out_nb), parameters={"profile": profile, "run_dir": str(run_dir), "params": config},
-                kernel_name=kernel_name, cwd=str(root), progress_bar=progress, log_output=False,
+                kernel_name=kernel_name, cwd=str(root), progress_bar=False, log_output=False,
+                # the kernel's own progress bars (detection, training) stream to this terminal
+                stderr_file=sys.stderr if progress else None,
             )
             entry["status"] = "ok"
         except Exception as error:  # papermill raises PapermillExecutionError for a failing cell

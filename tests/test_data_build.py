@@ -110,3 +110,35 @@ def test_find_dataset_errors_on_a_wrong_explicit_path(tmp_path, monkeypatch):
         find_dataset("lfw")
     monkeypatch.setenv("MASKSTUDY_LFW", str(tmp_path))
     assert find_dataset("lfw") == tmp_path.resolve()
+
+
+def test_interrupted_build_resumes_without_losing_rows(small_tree, tmp_path, detector):
+    """A build stopped mid-way (here: the detector fails on the second batch) keeps the finished batches;
+    the rerun detects only the rest and ends with the same manifest as an uninterrupted build."""
+    out = tmp_path / "processed"
+
+    class FailingDetector(CountingDetector):
+        def detect(self, images):
+            if self.seen >= 2:
+                raise KeyboardInterrupt
+            return super().detect(images)
+
+    images = scan_identity_folders(small_tree)
+    with pytest.raises(KeyboardInterrupt):
+        build_aligned_dataset("toy", small_tree, images, out, BuildSettings(), detector=FailingDetector(detector),
+                              batch_size=2, checkpoint_every=1, progress=False, log=lambda *_: None)
+    partial = pd.read_csv(out / "toy" / "manifest.csv")
+    assert 0 < len(partial) < len(images) and partial["status"].notna().all()
+    counting = CountingDetector(detector)
+    resumed = build(small_tree, out, counting)
+    assert counting.seen == 7 - 2  # readable images minus the two detected before the interruption
+    assert resumed["status"].isin(["ok", "no_face", "unreadable"]).all()
+    assert oct((out / "toy" / "manifest.csv").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    import os
+
+    current = os.umask(0)
+    os.umask(current)
+    return current
