@@ -35,6 +35,25 @@ BASE: dict[str, Any] = {
     "max_deviation": 0.12,
     "generated_pairs_per_fold": 300,
     "figure_dpi": 110,
+    # training (notebook 03): the same seed, data and schedule for every variant compared
+    "attention_variants": ["none", "se", "cbam"],
+    "nomask_baseline": True,  # also train the plain network on unmasked crops only (the seed's baseline)
+    "train_backbone": "ir18",
+    "train_width": 0.25,
+    "train_input_size": 56,
+    "train_embedding_size": 512,
+    "train_margin": "arcface",
+    "train_scale": 32.0,  # ArcFace's s=64 is for 10^5 identities; a few hundred train better with s~32
+    "train_epochs": 10,
+    "train_batch_size": 64,
+    "train_lr": 0.1,
+    "train_warmup_epochs": 1.0,
+    "train_masked_share": 0.5,
+    "train_max_per_identity": 20,
+    "train_val_identities": 0.05,
+    "train_max_steps": None,
+    "eval_batch_size": 256,
+    "bootstrap_samples": 2000,
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -46,10 +65,22 @@ PROFILES: dict[str, dict[str, Any]] = {
         "generated_pairs_per_fold": 4,
         "detect_batch_size": 16,
         "figure_dpi": 60,
+        "train_width": 0.125,
+        "train_input_size": 32,
+        "train_epochs": 2,
+        "train_batch_size": 32,
+        "train_val_identities": 2,
+        "train_max_steps": 4,
+        "bootstrap_samples": 200,
     },
     "cpu": {},
     "gpu": {
         "detect_batch_size": 128,
+        "train_backbone": "ir50",
+        "train_width": 1.0,
+        "train_input_size": 112,
+        "train_epochs": 30,
+        "train_batch_size": 128,
     },
 }
 
@@ -86,3 +117,25 @@ def resolve_config(profile: str | None = None, overrides: Mapping[str, Any] | No
     config.update({k: v for k, v in (overrides or {}).items() if k not in ("profile", "run_dir")})
     config["profile"] = profile
     return config
+
+
+#: Profile key -> TrainConfig field, for the settings notebook 03 passes to every variant alike.
+TRAIN_KEYS = {"train_width": "width", "train_input_size": "input_size", "train_embedding_size": "embedding_size",
+              "train_margin": "margin", "train_scale": "scale", "train_epochs": "epochs",
+              "train_batch_size": "batch_size", "train_lr": "lr", "train_warmup_epochs": "warmup_epochs",
+              "train_masked_share": "masked_share", "train_max_per_identity": "max_per_identity",
+              "train_val_identities": "val_identities", "train_max_steps": "max_steps", "seed": "seed"}
+
+
+def backbone_name(depth: str, attention: str) -> str:
+    """``("ir18", "cbam")`` -> ``"ir18_cbam"``; ``"none"`` is the plain network."""
+    return depth if attention in ("none", "", None) else f"{depth}_{attention}"
+
+
+def train_settings(config: Mapping[str, Any], attention: str = "none", **changes: Any) -> dict[str, Any]:
+    """The TrainConfig fields of one variant: the profile's shared settings, the variant's backbone, and
+    ``changes`` (e.g. ``masked_share=0.0`` for the unmasked-only baseline)."""
+    settings = {field: config[key] for key, field in TRAIN_KEYS.items()}
+    settings["backbone"] = backbone_name(config["train_backbone"], attention)
+    settings.update(changes)
+    return settings

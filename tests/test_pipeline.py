@@ -96,11 +96,11 @@ def test_cli_reports_bad_arguments_clearly():
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, lfw_root, celeba_root):
-    """Notebooks 01-02 under papermill with the smoke profile, into temporary run and data folders."""
+    """Every notebook under papermill with the smoke profile, into temporary run and data folders."""
     base = tmp_path_factory.mktemp("smoke")
     overrides = {"data_dir": str(base / "data"), "lfw_root": str(lfw_root),
                  "extra_datasets": {"celeba": str(celeba_root)}}
-    record = run_pipeline("smoke", overrides, only="01,02", run_dir=base / "run", progress=False, log=lambda *_: None)
+    record = run_pipeline("smoke", overrides, run_dir=base / "run", progress=False, log=lambda *_: None)
     return base, record
 
 
@@ -108,7 +108,7 @@ def smoke_run(tmp_path_factory, lfw_root, celeba_root):
 def test_smoke_run_of_notebooks_01_02(smoke_run):
     base, record = smoke_run
     run = base / "run"
-    assert [n["status"] for n in record["notebooks"]] == ["ok", "ok"]
+    assert [n["status"] for n in record["notebooks"]] == ["ok"] * len(notebooks(REPO))
     for name in ("01_data_build", "02_mtcnn_cleaning"):
         html = (run / f"{name}.html").read_text()
         assert "data:image/png;base64" in html  # self-contained, with figures
@@ -156,3 +156,28 @@ def test_failing_notebook_names_the_notebook_and_cell(smoke_run, tmp_path):
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["notebooks"][-1]["status"] == "failed"
     assert "failed" in (tmp_path / "run" / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_smoke_run_of_notebook_03_training(smoke_run):
+    base, _ = smoke_run
+    run = base / "run"
+    assert "data:image/png;base64" in (run / "03_se_cbam_training.html").read_text()
+    verification = pd.read_csv(run / "tables" / "03_verification.csv")
+    assert set(verification["model"]) == {"plain", "se", "cbam", "plain_nomask"}
+    assert set(verification["scenario"]) == {"unmasked_unmasked", "masked_unmasked", "masked_masked"}
+    assert verification["accuracy_mean"].between(0, 1).all()
+    assert (verification["acc_ci_low"] <= verification["acc_ci_high"]).all()
+    identification = pd.read_csv(run / "tables" / "03_identification.csv")
+    assert identification["rank1"].between(0, 1).all() and (identification["probes"] > 0).all()
+    differences = pd.read_csv(run / "tables" / "03_differences.csv")
+    assert {"se - plain", "cbam - plain", "cbam - se", "plain - plain_nomask"} == set(differences["comparison"])
+    training = pd.read_csv(run / "tables" / "03_training.csv").set_index("model")
+    assert training.loc["plain_nomask", "masked_share"] == 0.0 and training.loc["cbam", "masked_share"] == 0.5
+    # same schedule for every variant: equal epochs, and CBAM has the most parameters
+    assert training["epochs"].nunique() == 1
+    assert training.loc["cbam", "params"] > training.loc["se", "params"] > training.loc["plain", "params"]
+    for name in training.index:
+        assert (run / "outputs" / "checkpoints" / name / "last.pt").is_file()
+        assert (run / "outputs" / "checkpoints" / name / "log.csv").is_file()
+    assert (run / "figures" / "03_learning_curves.png").is_file() and (run / "figures" / "03_accuracy.png").is_file()
