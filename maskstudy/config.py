@@ -54,6 +54,21 @@ BASE: dict[str, Any] = {
     "train_max_steps": None,
     "eval_batch_size": 256,
     "bootstrap_samples": 2000,
+    # margin-loss comparison on the plain backbone (notebook 03; ArcFace is the plain model itself)
+    "margin_losses": ["softmax", "sphereface", "cosface"],
+    # ViT trial (notebook 04): same head, data, seed and evaluation as notebook 03
+    "vit_backbone": "vit_tiny",
+    "vit_width": 0.5,
+    "vit_kwargs": {"depth": 6},
+    "vit_lr": 0.02,  # plain SGD at the CNN's 0.1 diverges for a transformer trained from scratch
+    "hybrid_backbone": "hybrid_ir18_cbam_vit",
+    "hybrid_kwargs": {},
+    "data_fractions": [0.25, 0.5, 1.0],  # shares of the training identities for the data-size curve
+    # Grad-CAM analysis (notebook 05)
+    "cam_method": "gradcam",
+    "cam_images": 600,  # masked probes from the evaluated identities whose CAM mass is measured
+    "faithfulness_images": 150,
+    "cam_examples": 6,
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -72,6 +87,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train_val_identities": 2,
         "train_max_steps": 4,
         "bootstrap_samples": 200,
+        "margin_losses": [],
+        "vit_width": 0.25,
+        "vit_kwargs": {"depth": 2},
+        "hybrid_kwargs": {"depth": 1},
+        "data_fractions": [0.5, 1.0],
+        "cam_images": 12,
+        "faithfulness_images": 6,
+        "cam_examples": 3,
     },
     "cpu": {},
     "gpu": {
@@ -81,6 +104,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train_input_size": 112,
         "train_epochs": 30,
         "train_batch_size": 128,
+        "vit_width": 1.0,
+        "vit_kwargs": {"depth": 12},
+        "cam_images": 3000,
+        "faithfulness_images": 600,
     },
 }
 
@@ -126,6 +153,10 @@ TRAIN_KEYS = {"train_width": "width", "train_input_size": "input_size", "train_e
               "train_masked_share": "masked_share", "train_max_per_identity": "max_per_identity",
               "train_val_identities": "val_identities", "train_max_steps": "max_steps", "seed": "seed"}
 
+#: Backbone families notebook 04 trains besides the CNN: profile keys of their name, width, kwargs and lr.
+TRANSFORMER_KEYS = {"vit": ("vit_backbone", "vit_width", "vit_kwargs", "vit_lr"),
+                    "hybrid": ("hybrid_backbone", "vit_width", "hybrid_kwargs", "vit_lr")}
+
 
 def backbone_name(depth: str, attention: str) -> str:
     """``("ir18", "cbam")`` -> ``"ir18_cbam"``; ``"none"`` is the plain network."""
@@ -139,3 +170,11 @@ def train_settings(config: Mapping[str, Any], attention: str = "none", **changes
     settings["backbone"] = backbone_name(config["train_backbone"], attention)
     settings.update(changes)
     return settings
+
+
+def transformer_settings(config: Mapping[str, Any], family: str, **changes: Any) -> dict[str, Any]:
+    """TrainConfig fields of the ViT (``family="vit"``) or the hybrid CNN+ViT: the shared training settings
+    of :func:`train_settings` with the family's backbone, width, builder arguments and learning rate."""
+    name_key, width_key, kwargs_key, lr_key = TRANSFORMER_KEYS[family]
+    return train_settings(config, backbone=config[name_key], width=config[width_key],
+                          backbone_kwargs=dict(config[kwargs_key] or {}), lr=config[lr_key], **changes)

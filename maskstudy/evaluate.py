@@ -612,6 +612,7 @@ def backbone_from_checkpoint(checkpoint: Mapping, path: str | os.PathLike = "che
         width=float(config.get("width", 1.0)),
         input_size=int(config.get("input_size", CROP_SIZE)),
         embedding_size=int(config.get("embedding_size", 512)),
+        **dict(config.get("backbone_kwargs") or {}),
     )
     try:
         model.load_state_dict(_strip_prefixes(checkpoint["model"]), strict=True)

@@ -123,6 +123,7 @@ class TrainConfig:
     input_size: int = 112
     embedding_size: int = 512
     dropout: float = 0.0
+    backbone_kwargs: dict = field(default_factory=dict)  # extra builder arguments, e.g. {"depth": 6} for a ViT
     # margin head: scale s=64 is ArcFace's; small data sets (a few hundred identities) train better with s~32
     margin: str = "arcface"
     scale: float = 64.0
@@ -775,11 +776,11 @@ def _checkpoint_config(checkpoint: Mapping[str, Any]) -> TrainConfig:
 
 def load_backbone(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.Module, TrainConfig]:
     """The trained backbone of a checkpoint (eval mode, on ``map_location``) and its :class:`TrainConfig`."""
+    from .evaluate import backbone_from_checkpoint
+
     checkpoint = load_checkpoint(path, map_location)
     config = _checkpoint_config(checkpoint)
-    model = build_backbone(config.backbone, width=config.width, input_size=config.input_size,
-                           embedding_size=config.embedding_size, dropout=config.dropout)
-    model.load_state_dict(checkpoint["model"])
+    model = backbone_from_checkpoint(checkpoint, path)
     device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
     return model.to(device).eval(), config
 
@@ -897,7 +898,8 @@ def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, 
     # Model, head, optimizer (seeded init: the same on every rank).
     _seed_everything(derive_seed(config.seed, _INIT))
     backbone = build_backbone(config.backbone, width=config.width, input_size=config.input_size,
-                              embedding_size=config.embedding_size, dropout=config.dropout)
+                              embedding_size=config.embedding_size, dropout=config.dropout,
+                              **config.backbone_kwargs)
     head = build_margin_head(config.margin, config.embedding_size, dataset.num_classes, s=config.scale)
     if checkpoint is not None:
         backbone.load_state_dict(checkpoint["model"])

@@ -361,6 +361,12 @@ display(Markdown(f"**Protocol `{split.protocol}`.** {split.description}"))
 models = {("plain" if a == "none" else a): train_settings(cfg, a) for a in cfg["attention_variants"]}
 if cfg["nomask_baseline"]:
     models["plain_nomask"] = train_settings(cfg, "none", masked_share=0.0)
+# the margin-loss comparison: the plain backbone under other heads (its ArcFace run is "plain" itself)
+margin_models = [f"plain_{m}" for m in cfg["margin_losses"]]
+for margin in cfg["margin_losses"]:
+    models[f"plain_{margin}"] = train_settings(cfg, "none", margin=margin)
+if not margin_models:
+    display(Markdown("*This profile skips the margin-loss comparison (`margin_losses` is empty).*"))
 pd.DataFrame(models).T"""),
     ("md", "## Training\n\nCheckpoints are written after every epoch; rerunning the notebook resumes unfinished runs and reuses finished ones."),
     ("code", """results = {}
@@ -371,7 +377,7 @@ for name, settings in models.items():
 history = pd.concat([r.history.assign(model=name) for name, r in results.items()], ignore_index=True)
 study.save_table(history, "03_training_log")"""),
     ("code", """fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-for name, part in history.groupby("model", sort=False):
+for name, part in history[~history["model"].isin(margin_models)].groupby("model", sort=False):
     axes[0].plot(part["epoch"], part["loss"], marker="o", ms=3, label=name)
     axes[1].plot(part["epoch"], part["train_acc"], marker="o", ms=3, label=name)
     axes[2].plot(part["epoch"], part["val_acc"], marker="o", ms=3, label=name)
@@ -434,7 +440,7 @@ study.save_table(seed_table, "03_seed_table")
 seed_table"""),
     ("code", """fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [3, 1]})
 scenarios = list(dict.fromkeys(verification["scenario"]))
-names = list(backbones)
+names = [n for n in backbones if n not in margin_models]
 width = 0.8 / len(names)
 for i, name in enumerate(names):
     part = verification[verification["model"] == name].set_index("scenario").loc[scenarios]
@@ -445,8 +451,8 @@ axes[0].set_xticks(np.arange(len(scenarios)) + width * (len(names) - 1) / 2, sce
 lowest = verification["acc_ci_low"].min()
 axes[0].set_ylim(max(0.45, lowest - 0.05), 1.0); axes[0].set_ylabel("10-fold accuracy (95% bootstrap CI)")
 axes[0].legend(fontsize=8); axes[0].set_title("LFW verification")
-axes[1].bar(identification["model"], identification["rank1"],
-            yerr=[identification["rank1"] - identification["ci_low"], identification["ci_high"] - identification["rank1"]], capsize=3)
+shown = identification[identification["model"].isin(names)]
+axes[1].bar(shown["model"], shown["rank1"], yerr=[shown["rank1"] - shown["ci_low"], shown["ci_high"] - shown["rank1"]], capsize=3)
 axes[1].set_title("Masked identification, rank-1"); axes[1].tick_params(axis="x", rotation=30)
 fig.tight_layout()
 study.save_figure(fig, "03_accuracy")
@@ -455,7 +461,7 @@ plt.show()"""),
     ("code", """from maskstudy.evaluate import paired_bootstrap_difference
 
 comparisons = [(a, b) for a, b in [("se", "plain"), ("cbam", "plain"), ("cbam", "se"), ("plain", "plain_nomask")]
-               if a in details and b in details]
+               if a in details and b in details] + [("plain", m) for m in margin_models]
 differences = []
 for a, b in comparisons:
     for scenario in scenarios:
@@ -476,6 +482,11 @@ display(Markdown(
     f"{len(separated)} of {len(differences)} comparisons have a 95% interval that excludes 0"
     + (": " + "; ".join(f"{r.comparison} on {r.scenario} ({100 * r.difference:+.1f} points)" for r in separated.itertuples()) if len(separated) else
        ": at this profile's size the models cannot be told apart.")))"""),
+    ("code", """if margin_models:
+    margin_table = verification[verification["model"].isin(["plain"] + margin_models)].copy()
+    margin_table.insert(1, "margin", margin_table["model"].map(lambda m: models[m]["margin"]))
+    study.save_table(margin_table, "03_margin_losses")
+    display(Markdown("### Margin losses on the plain backbone (same data and schedule)"), margin_table)"""),
 ]
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from .registry import (
     register_backbone,
 )
 from . import iresnet as _iresnet  # noqa: F401  (registers the ir* backbones)
+from . import vit as _vit  # noqa: F401  (registers vit_* and hybrid_*_vit; teaches count_flops CPU attention)
 
 __all__ = [
     "UnknownNameError",
