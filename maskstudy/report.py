@@ -54,6 +54,44 @@ def save_table(frame: pd.DataFrame, folder: str | Path, name: str) -> Path:
     return folder / f"{name}.csv"
 
 
+#: Which notebook writes each result table; notebook 06 reads them and never recomputes or retypes a number.
+PRODUCERS = {"01": "01_data_build", "02": "02_mtcnn_cleaning", "03": "03_se_cbam_training", "04": "04_vit_trial",
+             "05": "05_gradcam_analysis"}
+
+#: Published results, typed from the papers (the only hand-typed numbers, shown apart and labelled as such).
+PUBLISHED_ANCHORS = [
+    {"method": "ArcFace, ResNet-100", "training data": "MS1MV2 (5.8M images, 85k identities)", "benchmark": "LFW",
+     "accuracy %": 99.83, "source": "Deng et al., ArcFace, CVPR 2019, Table 8"},
+    {"method": "CosFace, ResNet-64", "training data": "CASIA-WebFace + private (5M images)", "benchmark": "LFW",
+     "accuracy %": 99.73, "source": "Wang et al., CosFace, CVPR 2018, Table 4"},
+    {"method": "SphereFace, 64-layer CNN", "training data": "CASIA-WebFace (0.49M images)", "benchmark": "LFW",
+     "accuracy %": 99.42, "source": "Liu et al., SphereFace, CVPR 2017, Table 3"},
+    {"method": "dlib ResNet-29 face recognition model", "training data": "about 3M images", "benchmark": "LFW",
+     "accuracy %": 99.38, "source": "dlib documentation (dlib_face_recognition_resnet_model_v1)"},
+]
+
+
+class MissingResultError(FileNotFoundError):
+    """An upstream result table is missing; the message names the file and the notebook that writes it."""
+
+
+def read_results(tables: str | Path, names: list[str], optional: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
+    """Read result tables ``<tables>/<name>.csv``. Missing required tables raise :class:`MissingResultError`
+    naming every missing file and the notebook to run; missing optional ones are left out of the result."""
+    tables = Path(tables)
+    found, missing = {}, []
+    for name in list(names) + list(optional):
+        path = tables / f"{name}.csv"
+        if path.is_file():
+            found[name] = pd.read_csv(path)
+        elif name not in optional:
+            missing.append(f"{path} (written by notebook {PRODUCERS.get(name[:2], name[:2])})")
+    if missing:
+        raise MissingResultError("upstream results are missing; run the notebooks that write them first:\n  "
+                                 + "\n  ".join(missing))
+    return found
+
+
 def git_commit(root: str | Path) -> str:
     """``<sha>`` of HEAD, with ``-dirty`` when tracked files differ from it; ``unknown`` outside git."""
     try:
@@ -128,6 +166,7 @@ def render_index(run: Mapping[str, Any], run_dir: str | Path) -> str:
         first = failed[0]
         parts.append(f"<p class='failed'>Run failed in {html.escape(first['name'])}, cell {first.get('failed_cell')}: "
                      f"{html.escape(str(first.get('error', '')))}</p>")
+    parts += _summary_section(run_dir)
     parts.append("<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>started</th><th>ended</th>"
                  "<th>seconds</th></tr>")
     for entry in run.get("notebooks", []):
@@ -156,6 +195,43 @@ def render_index(run: Mapping[str, Any], run_dir: str | Path) -> str:
     parts.append("<details><summary>Package versions</summary>" + _kv_table(run.get("packages", {})) + "</details>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _markdown_table_to_html(markdown: str) -> str:
+    lines = [line.strip() for line in markdown.strip().splitlines() if line.strip().startswith("|")]
+    if len(lines) < 2:
+        return ""
+    cells = [[html.escape(c.strip()) for c in line.strip("|").split(" | ")] for line in lines]
+    head = "".join(f"<th>{c}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[2:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_summary(run_dir: str | Path, findings: list[str], warnings: list[str], key_tables: list[str],
+                  key_figures: list[str]) -> Path:
+    """Record the study summary that ``index.html`` shows first: sentences computed by notebook 06, warnings,
+    and the names of the key tables (``tables/<name>.md``) and figures (``figures/<name>.png``)."""
+    return storage.write_json(Path(run_dir) / "summary.json", {"findings": findings, "warnings": warnings,
+                                                               "key_tables": key_tables, "key_figures": key_figures})
+
+
+def _summary_section(run_dir: Path) -> list[str]:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return []
+    parts = ["<h2>Findings</h2><ul>"] + [f"<li>{html.escape(f)}</li>" for f in summary.get("findings", [])] + ["</ul>"]
+    if summary.get("warnings"):
+        parts += ["<h3>Warnings</h3><ul>"] + [f"<li class='failed'>{html.escape(w)}</li>" for w in summary["warnings"]] + ["</ul>"]
+    for name in summary.get("key_tables", []):
+        table = run_dir / "tables" / f"{name}.md"
+        if table.is_file():
+            parts.append(f"<h3>{html.escape(name)}</h3>" + _markdown_table_to_html(table.read_text()))
+    figures = [f for f in summary.get("key_figures", []) if (run_dir / "figures" / f"{f}.png").is_file()]
+    if figures:
+        parts.append("<div class='figs'>" + "".join(
+            f"<a href='figures/{f}.png'><img src='figures/{f}.png' alt='{html.escape(f)}'></a>" for f in figures) + "</div>")
+    return parts
 
 
 def write_index(run: Mapping[str, Any], run_dir: str | Path) -> Path:

@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -181,3 +182,66 @@ def test_smoke_run_of_notebook_03_training(smoke_run):
         assert (run / "outputs" / "checkpoints" / name / "last.pt").is_file()
         assert (run / "outputs" / "checkpoints" / name / "log.csv").is_file()
     assert (run / "figures" / "03_learning_curves.png").is_file() and (run / "figures" / "03_accuracy.png").is_file()
+
+
+@pytest.mark.slow
+def test_smoke_run_of_notebook_04_vit_trial(smoke_run):
+    base, _ = smoke_run
+    tables = base / "run" / "tables"
+    vit = pd.read_csv(tables / "04_vit.csv")
+    assert {"vit", "hybrid"} <= set(vit["model"]) and len(set(vit["model"])) == 3  # plus the best CNN of 03
+    curve = pd.read_csv(tables / "04_data_size.csv")
+    fractions = sorted(resolve_config("smoke")["data_fractions"])
+    assert sorted(curve["fraction"].unique()) == fractions
+    assert curve.groupby("fraction")["images"].first().is_monotonic_increasing
+    assert (base / "run" / "figures" / "04_data_size.png").is_file()
+
+
+@pytest.mark.slow
+def test_smoke_run_of_notebook_05_gradcam(smoke_run):
+    base, _ = smoke_run
+    attention = pd.read_csv(base / "run" / "tables" / "05_attention_regions.csv")
+    assert {"plain", "se", "cbam", "vit", "hybrid"} <= set(attention["model"])
+    assert attention["eye_share"].between(0, 1).all() and attention["mask_share"].between(0, 1).all()
+    assert ((attention["eye_share"] + attention["mask_share"]) <= 1 + 1e-6).all()  # the regions do not overlap
+    faith = pd.read_csv(base / "run" / "tables" / "05_faithfulness.csv")
+    assert np.isfinite(faith[["drop_top_cam", "drop_random"]].to_numpy()).all()
+    assert (base / "run" / "figures" / "05_cams_masked.png").is_file()
+
+
+@pytest.mark.slow
+def test_smoke_run_of_notebook_06_and_the_report(smoke_run):
+    base, _ = smoke_run
+    run = base / "run"
+    key = pd.read_csv(run / "tables" / "06_key_results.csv")
+    assert {"plain", "se", "cbam", "plain_nomask", "vit", "hybrid"} <= set(key["model"])
+    # notebook 06 copies numbers, it does not recompute them: its key table equals notebook 03's seed table
+    seed = pd.read_csv(run / "tables" / "03_seed_table.csv").set_index("model")
+    pd.testing.assert_series_equal(key.set_index("model").loc[seed.index, "Id %"], seed["Id %"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["findings"] and any("smoke profile" in w for w in summary["warnings"])
+    index = (run / "index.html").read_text()
+    assert "Findings" in index and "06_key_results" in index and "06_result_tables.html" in index
+    assert (run / "tables" / "06_published_anchors.csv").is_file()
+
+
+@pytest.mark.slow
+def test_notebook_06_fails_loudly_when_an_upstream_result_is_missing(smoke_run, tmp_path):
+    import shutil
+
+    base, _ = smoke_run
+    run = tmp_path / "run"
+    shutil.copytree(base / "run", run)
+    (run / "tables" / "05_faithfulness.csv").unlink()
+    with pytest.raises(PipelineError, match=r"(?s)06_result_tables.ipynb failed.*05_faithfulness.csv.*05_gradcam_analysis"):
+        run_pipeline("smoke", {"data_dir": str(base / "data")}, only="06", run_dir=run, progress=False, log=lambda *_: None)
+
+
+def test_read_results_names_missing_tables_and_their_notebooks(tmp_path):
+    from maskstudy.report import MissingResultError, read_results
+
+    pd.DataFrame({"a": [1]}).to_csv(tmp_path / "03_verification.csv", index=False)
+    found = read_results(tmp_path, ["03_verification"], optional=("03_margin_losses",))
+    assert list(found) == ["03_verification"]
+    with pytest.raises(MissingResultError, match=r"04_vit.csv \(written by notebook 04_vit_trial\)"):
+        read_results(tmp_path, ["03_verification", "04_vit"])

@@ -489,7 +489,404 @@ display(Markdown(
     display(Markdown("### Margin losses on the plain backbone (same data and schedule)"), margin_table)"""),
 ]
 
+COMMON_EVAL = """def evaluate_model(name, checkpoint, scenarios=("unmasked_unmasked", "masked_unmasked", "masked_masked")):
+    backbone = backbone_from_checkpoint(load_checkpoint(checkpoint))
+    input_size = int(load_checkpoint(checkpoint)["config"]["input_size"])
+    table, per_pair = evaluate_scenarios(backbone, input_size, pairs_dir, aligned_root, scenarios=scenarios,
+                                         batch_size=cfg["eval_batch_size"], n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
+    return table.assign(model=name), per_pair"""
+
+NB04 = [
+    ("md", """# 04 · ViT trial
+
+The seed study trained a Vision Transformer (Dosovitskiy et al., ICLR 2021) on 500 identities x 10 masked
+images and found it worse than the CNN; small data was the suspected cause, and a hybrid CNN + transformer the
+proposed next step. Here a ViT (timm, trained from scratch: no weights can be downloaded) and a hybrid (the
+IR-ResNet's first stages as a convolutional stem feeding transformer blocks) are trained with **the same ArcFace
+head, data, seed and evaluation** as notebook 03. A **data-size curve** (the CNN of notebook 03 that did best on
+masked–unmasked pairs, and the ViT, on growing shares of the training identities) is the evidence for or against
+"the ViT is worse because the data is small": if the gap closes as data grows, the claim gains support."""),
+    ("parameters", PARAMETERS),
+    ("code", setup("04_vit_trial")),
+    ("code", """from maskstudy.config import train_settings, transformer_settings
+from maskstudy.evaluate import backbone_from_checkpoint, evaluate_scenarios, load_checkpoint
+from maskstudy.models import count_flops, count_parameters
+from maskstudy.train import TrainConfig, train
+from maskstudy import storage
+
+train_csv = study.data_dir / "split" / "train_clean.csv"
+pairs_dir = study.data_dir / "lfw" / "pairs"
+aligned_root = study.data_dir / "lfw" / "aligned"
+verification_03 = study.tables / "03_verification.csv"
+for needed in (train_csv, verification_03):
+    if not needed.exists():
+        raise FileNotFoundError(f"{needed} is missing: run notebooks 01-03 first")
+cnn_results = pd.read_csv(verification_03)
+attention_models = {"plain": "none", "se": "se", "cbam": "cbam"}
+masked = cnn_results[(cnn_results["scenario"] == "masked_unmasked") & cnn_results["model"].isin(attention_models)]
+best_cnn = masked.sort_values("accuracy_mean", ascending=False)["model"].iloc[0]
+display(Markdown(f"Best CNN of notebook 03 on masked–unmasked pairs: **{best_cnn}**."))
+""" + COMMON_EVAL),
+    ("md", "## ViT and hybrid on all the training data"),
+    ("code", """models = {"vit": transformer_settings(cfg, "vit"), "hybrid": transformer_settings(cfg, "hybrid")}
+results, tables, details = {}, [], {}
+for name, settings in models.items():
+    print(f"== {name}: {settings['backbone']} {settings['backbone_kwargs']}")
+    results[name] = train(TrainConfig.from_dict(settings), train_csv, study.data_dir, study.outputs / "checkpoints" / name)
+    table, details[name] = evaluate_model(name, results[name].checkpoint)
+    tables.append(table)
+cnn_table = cnn_results[cnn_results["model"] == best_cnn]
+vit_table = pd.concat([cnn_table] + tables, ignore_index=True)
+vit_table = vit_table[["model"] + [c for c in vit_table.columns if c != "model"]]
+size = []
+for name, settings in [(best_cnn, train_settings(cfg, attention_models[best_cnn]))] + list(models.items()):
+    backbone = backbone_from_checkpoint(load_checkpoint(study.outputs / "checkpoints" / name / "last.pt"))
+    size.append({"model": name, "backbone": settings["backbone"], "params": count_parameters(backbone),
+                 "gflops": count_flops(backbone, settings["input_size"]) / 1e9, "lr": settings["lr"]})
+study.save_table(vit_table, "04_vit")
+study.save_table(pd.DataFrame(size), "04_model_size")
+display(pd.DataFrame(size), vit_table)"""),
+    ("code", """history = pd.concat([r.history.assign(model=n) for n, r in results.items()]
+                    + [pd.read_csv(study.outputs / "checkpoints" / best_cnn / "log.csv").assign(model=best_cnn)], ignore_index=True)
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+for name, part in history.groupby("model", sort=False):
+    axes[0].plot(part["epoch"], part["loss"], marker="o", ms=3, label=name)
+    axes[1].plot(part["epoch"], part["val_acc"], marker="o", ms=3, label=name)
+axes[0].set_title("training loss"); axes[1].set_title("validation accuracy (masked-unmasked, held-out identities)")
+for ax in axes:
+    ax.set_xlabel("epoch"); ax.grid(alpha=0.3)
+axes[0].legend()
+fig.tight_layout()
+study.save_figure(fig, "04_learning_curves")
+plt.show()"""),
+    ("md", "## Data-size curve\n\nThe same recipe on a seeded subset of the training identities (all their cleaned images); the 100 % points are the runs above and notebook 03's."),
+    ("code", """rows = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
+identities = np.array(sorted(rows["identity"].unique()))
+order = np.random.default_rng(cfg["seed"]).permutation(len(identities))
+curve = []
+for fraction in cfg["data_fractions"]:
+    chosen = set(identities[order[: max(4, int(round(fraction * len(identities))))]])
+    subset_csv = study.outputs / "data_size" / f"train_{int(round(100 * fraction))}.csv"
+    storage.write_csv(subset_csv, rows[rows["identity"].isin(chosen)])
+    for name, settings in [(best_cnn, train_settings(cfg, attention_models[best_cnn])), ("vit", models["vit"])]:
+        if fraction == 1.0:
+            checkpoint = study.outputs / "checkpoints" / name / "last.pt"
+        else:
+            out = study.outputs / "data_size" / f"{name}_{int(round(100 * fraction))}"
+            checkpoint = train(TrainConfig.from_dict(settings), subset_csv, study.data_dir, out).checkpoint
+        table, _ = evaluate_model(name, checkpoint, scenarios=("unmasked_unmasked", "masked_unmasked"))
+        for row in table.to_dict("records"):
+            curve.append({"model": name, "fraction": fraction, "identities": len(chosen),
+                          "images": int(rows["identity"].isin(chosen).sum()), **row})
+curve = pd.DataFrame(curve)
+study.save_table(curve, "04_data_size")
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+for ax, scenario in zip(axes, ["unmasked_unmasked", "masked_unmasked"]):
+    for name, part in curve[curve["scenario"] == scenario].groupby("model", sort=False):
+        ax.errorbar(part["images"], part["accuracy_mean"], yerr=[part["accuracy_mean"] - part["acc_ci_low"], part["acc_ci_high"] - part["accuracy_mean"]],
+                    marker="o", capsize=3, label=name)
+    ax.set_xscale("log"); ax.set_xlabel("training images (log scale)"); ax.set_title(scenario); ax.grid(alpha=0.3)
+axes[0].set_ylabel("LFW 10-fold accuracy (95% CI)"); axes[0].legend()
+fig.tight_layout()
+study.save_figure(fig, "04_data_size")
+plt.show()
+gap = curve[curve["scenario"] == "masked_unmasked"].pivot(index="fraction", columns="model", values="accuracy_mean")
+gap["cnn_minus_vit"] = gap[best_cnn] - gap["vit"]
+study.save_table(gap.reset_index(), "04_data_size_gap")
+trend = np.polyfit(np.log(curve[curve["scenario"] == "masked_unmasked"].groupby("fraction")["images"].first()), gap["cnn_minus_vit"], 1)[0] if len(gap) > 1 else float("nan")
+display(gap)
+display(Markdown(f"CNN minus ViT on masked–unmasked pairs goes from **{100 * gap['cnn_minus_vit'].iloc[0]:+.1f}** points at "
+                 f"{100 * gap.index[0]:.0f} % of the identities to **{100 * gap['cnn_minus_vit'].iloc[-1]:+.1f}** at {100 * gap.index[-1]:.0f} % "
+                 f"(slope {100 * trend:+.1f} points per e-fold of data). A gap that shrinks as data grows supports the small-data "
+                 "explanation; with intervals this wide, read it as a trend, not a proof."))"""),
+]
+
+NB05 = [
+    ("md", """# 05 · Grad-CAM analysis
+
+Where does each network look when it matches a **masked** face to the same person's **unmasked** photo?
+Grad-CAM (Selvaraju et al., ICCV 2017, via pytorch-grad-cam) is computed on the embedding networks with a target
+that is the cosine similarity between the probe's embedding and the embedding of the person's unmasked reference
+photo; for IR-ResNets the last stage (`layer4`), for transformers the last block's first LayerNorm with a
+token-to-grid reshape. Autocast is off while computing CAMs.
+
+Beyond pictures, two numbers: the **share of CAM mass** in the eye band versus the mask region (from the aligned
+template's geometry and the synthetic mask's polygon), over many evaluation faces with bootstrap intervals; and
+a **faithfulness check**: how much the similarity drops when the most-attended 10 % of pixels are blurred,
+against blurring a random region of the same size."""),
+    ("parameters", PARAMETERS),
+    ("code", setup("05_gradcam_analysis")),
+    ("code", """from maskstudy.data import read_manifest
+from maskstudy.evaluate import backbone_from_checkpoint, bootstrap_ci, load_checkpoint
+from maskstudy.explain import attention_on_regions, compute_cams, deletion_check, eye_band_mask, mask_region, overlay
+from maskstudy.preprocess import load_crops
+from maskstudy.protocol import Split
+
+checkpoints = {name: study.outputs / "checkpoints" / name / "last.pt" for name in ["plain", "se", "cbam", "vit", "hybrid"]}
+missing = [n for n in ["plain", "se", "cbam"] if not checkpoints[n].is_file()]
+if missing:
+    raise FileNotFoundError(f"checkpoints of {missing} are missing under {study.outputs / 'checkpoints'}: run notebook 03 first")
+skipped = [n for n, p in checkpoints.items() if not p.is_file()]
+if skipped:
+    display(Markdown(f"*No checkpoint for {skipped} (notebook 04 not run): they are left out.*"))
+networks = {}
+for name, path in checkpoints.items():
+    if path.is_file():
+        checkpoint = load_checkpoint(path)
+        networks[name] = (backbone_from_checkpoint(checkpoint, path), int(checkpoint["config"]["input_size"]))
+
+aligned_root = study.data_dir / "lfw" / "aligned"
+split = Split.load(study.data_dir / "split")
+lfw = read_manifest(study.data_dir / "lfw" / "cleaned.csv")
+lfw = lfw[lfw["identity"].isin(set(split.eval_identities["identity"])) & (lfw["aligned"] != "")]
+frontal = lfw[lfw["keep"]].sort_values(["identity", "image"])
+# reference: each identity's first frontal photo (unmasked); probes: its other frontal photos, masked and unmasked
+references = frontal.groupby("identity").head(1).set_index("identity")["aligned"]
+probes = frontal[~frontal["aligned"].isin(references.values) & frontal["identity"].isin(references.index)]
+probes = probes.sample(min(cfg["cam_images"], len(probes)), random_state=cfg["seed"]).reset_index(drop=True)
+side = lfw[(lfw["drop_reason"] == "side_face") & lfw["identity"].isin(references.index)]
+side = side.sample(min(cfg["cam_examples"], len(side)), random_state=cfg["seed"]).reset_index(drop=True)
+display(Markdown(f"{len(probes)} probes from {probes['identity'].nunique()} evaluated identities; {len(side)} side faces for the failure figure."))
+
+reference_crops = load_crops([aligned_root / references[i] for i in probes["identity"]])
+masked_crops = load_crops([aligned_root / p for p in probes["masked"]])
+unmasked_crops = load_crops([aligned_root / p for p in probes["aligned"]])
+side_crops = load_crops([aligned_root / p for p in side["masked"]])
+side_references = load_crops([aligned_root / references[i] for i in side["identity"]])"""),
+    ("code", """cams = {}
+for name, (model, input_size) in networks.items():
+    print(f"Grad-CAM: {name}", flush=True)
+    cams[name] = {
+        "masked": compute_cams(model, masked_crops, reference_crops, input_size, method=cfg["cam_method"]),
+        "unmasked": compute_cams(model, unmasked_crops, reference_crops, input_size, method=cfg["cam_method"]),
+        "side": compute_cams(model, side_crops, side_references, input_size, method=cfg["cam_method"]) if len(side) else None,
+    }"""),
+    ("md", "## Where the networks look"),
+    ("code", """def cam_figure(crops, maps, title, n):
+    names = list(maps)
+    fig, axes = plt.subplots(n, len(names) + 1, figsize=(1.7 * (len(names) + 1), 1.8 * n), squeeze=False)
+    for row in range(n):
+        axes[row, 0].imshow(crops[row]); axes[row, 0].set_title("input" if row == 0 else "", fontsize=8)
+        for col, name in enumerate(names, start=1):
+            axes[row, col].imshow(overlay(crops[row], maps[name][row]))
+            if row == 0:
+                axes[row, col].set_title(name, fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+n = min(cfg["cam_examples"], len(probes))
+for kind, crops, title in [("masked", masked_crops, "Masked probes: Grad-CAM of the similarity to the unmasked reference"),
+                           ("unmasked", unmasked_crops, "The same probes without masks")]:
+    fig = cam_figure(crops, {name: cams[name][kind] for name in networks}, title, n)
+    study.save_figure(fig, f"05_cams_{kind}")
+    plt.show()
+if len(side):
+    fig = cam_figure(side_crops, {name: cams[name]["side"] for name in networks}, "Side faces (removed by cleaning): attention fails", len(side))
+    study.save_figure(fig, "05_cams_side_faces")
+    plt.show()"""),
+    ("md", "## How much attention falls on the eyes and on the mask"),
+    ("code", """eye, mouth = eye_band_mask(112), mask_region(112)
+fig, ax = plt.subplots(1, 2, figsize=(5, 2.6))
+mean_face = masked_crops.mean(axis=0).astype(np.uint8)
+ax[0].imshow(mean_face); ax[0].set_title("mean masked probe", fontsize=8)
+regions = np.zeros((112, 112, 3)); regions[eye] = [0.1, 0.8, 0.2]; regions[mouth] = [0.9, 0.2, 0.2]
+ax[1].imshow(mean_face); ax[1].imshow(regions, alpha=0.45); ax[1].set_title("eye band (green), mask region (red)", fontsize=8)
+for a in ax:
+    a.axis("off")
+study.save_figure(fig, "05_regions")
+plt.show()
+
+rows = []
+for name in networks:
+    for kind in ("masked", "unmasked", "side"):
+        if cams[name][kind] is None:
+            continue
+        shares = attention_on_regions(cams[name][kind]).dropna()
+        eye_ci = bootstrap_ci(shares["eye_share"].to_numpy(), n=cfg["bootstrap_samples"], seed=cfg["seed"])
+        mask_ci = bootstrap_ci(shares["mask_share"].to_numpy(), n=cfg["bootstrap_samples"], seed=cfg["seed"])
+        rows.append({"model": name, "input": kind, "images": len(shares),
+                     "eye_share": shares["eye_share"].mean(), "eye_ci_low": eye_ci[0], "eye_ci_high": eye_ci[1],
+                     "mask_share": shares["mask_share"].mean(), "mask_ci_low": mask_ci[0], "mask_ci_high": mask_ci[1]})
+attention = pd.DataFrame(rows)
+attention["eye_band_area_share"] = eye.mean()
+attention["mask_area_share"] = mouth.mean()
+study.save_table(attention, "05_attention_regions")
+attention"""),
+    ("code", """fig, ax = plt.subplots(figsize=(8, 3.4))
+part = attention[attention["input"] == "masked"]
+x = np.arange(len(part))
+ax.bar(x - 0.2, part["eye_share"], 0.4, yerr=[part["eye_share"] - part["eye_ci_low"], part["eye_ci_high"] - part["eye_share"]], capsize=3, label="eye band")
+ax.bar(x + 0.2, part["mask_share"], 0.4, yerr=[part["mask_share"] - part["mask_ci_low"], part["mask_ci_high"] - part["mask_share"]], capsize=3, label="mask region")
+ax.axhline(eye.mean(), color="tab:blue", ls=":", lw=1, label="eye band's share of the crop area")
+ax.axhline(mouth.mean(), color="tab:orange", ls=":", lw=1, label="mask's share of the crop area")
+ax.set_xticks(x, part["model"]); ax.set_ylabel("share of CAM mass (95% CI)"); ax.set_title("Masked probes: where the CAM mass lies")
+ax.legend(fontsize=7)
+fig.tight_layout()
+study.save_figure(fig, "05_attention_regions")
+plt.show()"""),
+    ("md", "## Faithfulness: blur what the CAM points at, or a random region of the same size"),
+    ("code", """k = min(cfg["faithfulness_images"], len(probes))
+faith = []
+for name, (model, input_size) in networks.items():
+    check = deletion_check(model, masked_crops[:k], reference_crops[:k], cams[name]["masked"][:k], input_size, seed=cfg["seed"])
+    difference = (check["drop_top"] - check["drop_random"]).to_numpy()
+    ci = bootstrap_ci(difference, n=cfg["bootstrap_samples"], seed=cfg["seed"])
+    faith.append({"model": name, "images": k, "drop_top_cam": check["drop_top"].mean(), "drop_random": check["drop_random"].mean(),
+                  "difference": difference.mean(), "ci_low": ci[0], "ci_high": ci[1], "share_top_larger": float((difference > 0).mean())})
+faith = pd.DataFrame(faith)
+study.save_table(faith, "05_faithfulness")
+display(faith)
+display(Markdown("A positive difference with an interval above 0 means the CAM points at pixels the match really depends on."))"""),
+]
+
+NB06 = [
+    ("md", """# 06 · Result tables
+
+Everything here is **read** from what notebooks 02–05 saved; no number is recomputed or typed, except the
+published anchors, which are shown apart, with their sources. A missing upstream file stops this notebook with
+the name of the notebook to run. The summary at the end becomes the top of the run's `index.html`."""),
+    ("parameters", PARAMETERS),
+    ("code", setup("06_result_tables")),
+    ("code", """import json
+from maskstudy.protocol import Split
+from maskstudy.report import PUBLISHED_ANCHORS, read_results, write_summary
+
+required = ["01_split", "02_cleaning_summary", "03_verification", "03_identification", "03_differences", "03_masked_gap",
+            "03_seed_table", "03_training", "04_vit", "04_data_size", "04_data_size_gap", "05_attention_regions", "05_faithfulness"]
+results = read_results(study.tables, required, optional=("03_margin_losses",))
+split = json.loads((study.data_dir / "split" / "split.json").read_text())
+display(Markdown(f"**Protocol `{split['protocol']}`.** {split['description']}"))"""),
+    ("md", "## Identification and verification per method (the seed study's table)"),
+    ("code", """verification = results["03_verification"]
+vit = results["04_vit"]
+extra = vit[vit["model"].isin(["vit", "hybrid"])]
+key = results["03_seed_table"].copy()
+for name in ["vit", "hybrid"]:
+    part = extra[extra["model"] == name].set_index("scenario")
+    if len(part):
+        row = {"model": name, "Id %": float("nan")}
+        for scenario in ["unmasked_unmasked", "masked_unmasked", "masked_masked"]:
+            row[f"Ver % {scenario}"] = round(100 * part.loc[scenario, "accuracy_mean"], 2)
+            row[f"± {scenario}"] = round(100 * part.loc[scenario, "accuracy_std"], 2)
+        key = pd.concat([key, pd.DataFrame([row])], ignore_index=True)
+key = key[~key["model"].str.startswith("plain_") | (key["model"] == "plain_nomask")]
+study.save_table(key, "06_key_results")
+display(Markdown("Id %: rank-1 of masked probes against an unmasked gallery (ViT/hybrid: not measured). "
+                 "Ver %: LFW 10-fold accuracy ± std over folds."), key)"""),
+    ("code", """fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), sharey=True)
+both = pd.concat([verification, extra], ignore_index=True)
+both = both[~both["model"].isin([m for m in both["model"].unique() if m.startswith("plain_") and m != "plain_nomask"])]
+for ax, scenario in zip(axes, ["unmasked_unmasked", "masked_unmasked", "masked_masked"]):
+    part = both[both["scenario"] == scenario]
+    ax.bar(part["model"], part["accuracy_mean"], yerr=[part["accuracy_mean"] - part["acc_ci_low"], part["acc_ci_high"] - part["accuracy_mean"]],
+           capsize=3, color=plt.cm.tab10(np.arange(len(part))))
+    ax.set_title(scenario); ax.tick_params(axis="x", rotation=35)
+axes[0].set_ylabel("LFW 10-fold accuracy (95% bootstrap CI)")
+axes[0].set_ylim(max(0.4, both["acc_ci_low"].min() - 0.05), 1)
+fig.tight_layout()
+study.save_figure(fig, "06_accuracy_by_scenario")
+plt.show()"""),
+    ("md", "## ROC curves per scenario"),
+    ("code", """from sklearn.metrics import roc_curve
+
+scores_file = study.outputs / "03_pair_scores.npz"
+if not scores_file.is_file():
+    raise FileNotFoundError(f"{scores_file} is missing: run notebook 03 first")
+scores = np.load(scores_file)
+names = sorted({k.split("__")[0] for k in scores.files}, key=list(verification["model"].unique()).index)
+names = [n for n in names if not n.startswith("plain_") or n == "plain_nomask"]
+fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+for ax, scenario in zip(axes, ["unmasked_unmasked", "masked_unmasked", "masked_masked"]):
+    for name in names:
+        fpr, tpr, _ = roc_curve(scores[f"{name}__{scenario}__labels"], scores[f"{name}__{scenario}__scores"])
+        ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.set_xscale("log"); ax.set_xlim(1e-3, 1)
+    ax.set_xlabel("false accept rate"); ax.set_title(scenario); ax.grid(alpha=0.3)
+axes[0].set_ylabel("true accept rate"); axes[0].legend(fontsize=8)
+fig.tight_layout()
+study.save_figure(fig, "06_roc")
+plt.show()"""),
+    ("md", "## Differences between models (paired bootstrap over the same pairs)"),
+    ("code", """differences = results["03_differences"]
+display(differences)
+fig, ax = plt.subplots(figsize=(8, 0.35 * len(differences) + 1))
+labels = differences["comparison"] + "  ·  " + differences["scenario"]
+y = np.arange(len(differences))
+ax.errorbar(differences["difference"] * 100, y, xerr=[(differences["difference"] - differences["ci_low"]) * 100,
+            (differences["ci_high"] - differences["difference"]) * 100], fmt="o", capsize=3)
+ax.axvline(0, color="k", lw=0.8); ax.set_yticks(y, labels, fontsize=8); ax.invert_yaxis()
+ax.set_xlabel("accuracy difference, points (95% CI)")
+fig.tight_layout()
+study.save_figure(fig, "06_differences")
+plt.show()"""),
+    ("md", "## No-mask baseline, margin losses, ViT and hybrid"),
+    ("code", """display(Markdown("**Masked-unmasked gap** (unmasked accuracy minus masked-unmasked accuracy) per model:"), results["03_masked_gap"])
+if "03_margin_losses" in results:
+    margins = results["03_margin_losses"]
+    display(Markdown("**Margin losses** on the plain backbone (ArcFace is `plain`):"), margins)
+else:
+    display(Markdown("*This profile did not train the margin-loss comparison (`margin_losses` empty).*"))
+display(Markdown("**ViT and hybrid** against the best CNN (same head, data, seed, evaluation):"), vit)
+display(Markdown("**Data-size curve**, CNN minus ViT on masked-unmasked pairs:"), results["04_data_size_gap"])"""),
+    ("md", "## Attention on the eyes (Grad-CAM, notebook 05)"),
+    ("code", """attention = results["05_attention_regions"]
+display(attention, results["05_faithfulness"])"""),
+    ("md", "## Cleaning statistics and split"),
+    ("code", """display(results["02_cleaning_summary"], results["01_split"])"""),
+    ("md", "## Published anchors (typed from the papers; far larger training sets)\n\nThese come from networks trained on millions of images and a thousand times more identities than this study's training set; they show the scale of the gap, not a comparison of methods."),
+    ("code", """anchors = pd.DataFrame(PUBLISHED_ANCHORS)
+study.save_table(anchors, "06_published_anchors")
+anchors"""),
+    ("md", "## Summary"),
+    ("code", """def pct(x):
+    return f"{100 * x:.1f} %"
+
+ver = verification.set_index(["model", "scenario"])
+findings, warnings = [], []
+train_images = int(results["01_split"]["train_images"].iloc[0])
+findings.append(f"Protocol {split['protocol']}: trained on {train_images:,} photos ({split['counts']['train_identities']:,} identities) before cleaning; "
+                f"evaluated on {split['counts']['eval_pairs']:,} LFW pairs.")
+for name in ["plain", "se", "cbam"]:
+    if (name, "masked_unmasked") in ver.index:
+        findings.append(f"{name}: {pct(ver.loc[(name, 'unmasked_unmasked'), 'accuracy_mean'])} unmasked, "
+                        f"{pct(ver.loc[(name, 'masked_unmasked'), 'accuracy_mean'])} masked-unmasked, "
+                        f"{pct(ver.loc[(name, 'masked_masked'), 'accuracy_mean'])} masked-masked (LFW 10-fold).")
+for row in differences.itertuples():
+    if row.comparison in ("se - plain", "cbam - plain") and row.scenario == "masked_unmasked":
+        verdict = "a difference this run can separate from 0" if row.separated else "not separable from 0 at this size"
+        findings.append(f"{row.comparison} on masked-unmasked pairs: {100 * row.difference:+.1f} points "
+                        f"[{100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}], {verdict}.")
+if ("plain_nomask", "masked_unmasked") in ver.index:
+    findings.append(f"Training with masked twins vs without (plain): masked-unmasked {pct(ver.loc[('plain', 'masked_unmasked'), 'accuracy_mean'])} vs "
+                    f"{pct(ver.loc[('plain_nomask', 'masked_unmasked'), 'accuracy_mean'])}.")
+vit_mu = vit.set_index(["model", "scenario"])
+if ("vit", "masked_unmasked") in vit_mu.index:
+    findings.append(f"ViT {pct(vit_mu.loc[('vit', 'masked_unmasked'), 'accuracy_mean'])} and hybrid "
+                    f"{pct(vit_mu.loc[('hybrid', 'masked_unmasked'), 'accuracy_mean'])} on masked-unmasked pairs.")
+masked_attention = attention[attention["input"] == "masked"].set_index("model")
+if {"plain", "cbam"} <= set(masked_attention.index):
+    findings.append(f"Share of Grad-CAM mass in the eye band on masked probes: plain {pct(masked_attention.loc['plain', 'eye_share'])}, "
+                    f"SE {pct(masked_attention.loc['se', 'eye_share'])}, CBAM {pct(masked_attention.loc['cbam', 'eye_share'])} "
+                    f"(the band is {pct(masked_attention['eye_band_area_share'].iloc[0])} of the crop).")
+unseparated = differences[~differences["separated"]]
+if len(unseparated):
+    warnings.append(f"{len(unseparated)} of {len(differences)} model comparisons have 95% intervals that include 0: "
+                    "at this profile's size those models cannot be told apart.")
+if cfg["profile"] == "smoke":
+    warnings.append("smoke profile: a few training steps on a handful of images; the numbers test the pipeline, not the methods.")
+warnings.append("CelebA identity numbers cannot be matched to LFW names: a person in both sets cannot be excluded from training.")
+write_summary(study.run_dir, findings, warnings, ["06_key_results"],
+              ["06_accuracy_by_scenario", "06_differences", "03_learning_curves", "04_data_size", "05_cams_masked", "05_attention_regions"])
+display(Markdown("\\n".join(f"* {f}" for f in findings) + "\\n\\n**Warnings**\\n\\n" + "\\n".join(f"* {w}" for w in warnings)))"""),
+]
+
 if __name__ == "__main__":
     notebook("01_data_build", NB01)
     notebook("02_mtcnn_cleaning", NB02)
     notebook("03_se_cbam_training", NB03)
+    notebook("04_vit_trial", NB04)
+    notebook("05_gradcam_analysis", NB05)
+    notebook("06_result_tables", NB06)
