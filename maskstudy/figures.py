@@ -12,27 +12,33 @@ from .data import BOX_COLUMNS, row_landmarks
 from .detect import load_image
 
 
-def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 8, size: float = 1.6,
-               suptitle: str | None = None):
-    """A matplotlib figure showing ``images`` (PIL images, arrays or paths) in a grid."""
+def _grid(n: int, ncols: int, size: float, suptitle: str | None):
+    """An empty grid of image axes (axis lines off) for ``n`` panels."""
     import matplotlib.pyplot as plt
 
-    n = max(len(images), 1)
+    n = max(n, 1)
     ncols = min(ncols, n)
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
                              squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, index in zip(axes.ravel(), range(len(images))):
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig, axes.ravel()
+
+
+def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 8, size: float = 1.6,
+               suptitle: str | None = None):
+    """A matplotlib figure showing ``images`` (PIL images, arrays or paths) in a grid."""
+    fig, axes = _grid(len(images), ncols, size, suptitle)
+    for index, ax in zip(range(len(images)), axes):
         image = images[index]
         if isinstance(image, (str, Path)):
             image = Image.open(image)
         ax.imshow(np.asarray(image))
         if titles is not None:
             ax.set_title(str(titles[index]), fontsize=7)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -62,22 +68,12 @@ def draw_detection(ax, image, row, show_centres: bool = True, title: str | None 
 def detection_grid(rows, roots: Mapping[str, str | Path], ncols: int = 6, size: float = 2.0,
                    titles: Sequence[str] | None = None, suptitle: str | None = None):
     """Photos (``roots[row['dataset']] / row['image']``) with their detections, in a grid."""
-    import matplotlib.pyplot as plt
-
     rows = list(rows)
-    n = max(len(rows), 1)
-    ncols = min(ncols, n)
-    nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
-                             squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for index, (ax, row) in enumerate(zip(axes.ravel(), rows)):
+    fig, axes = _grid(len(rows), ncols, size, suptitle)
+    for index, (ax, row) in enumerate(zip(axes, rows)):
         image = load_image(Path(roots[row["dataset"]]) / row["image"]).image
         if image is None:
             continue
         draw_detection(ax, image, row, title=None if titles is None else titles[index])
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     return fig
