@@ -88,6 +88,7 @@ CHECKPOINT_FORMAT = "maskstudy-checkpoint-v1"
 CROP_SIZE = 112
 LOG_COLUMNS = ["epoch", "step", "loss", "train_acc", "lr", "val_acc", "images_per_s", "seconds"]
 SCHEDULES = ("cosine", "poly")
+OPTIMIZERS = ("sgd", "adamw")
 SAMPLERS = ("capped", "balanced", "uniform")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 
@@ -130,8 +131,9 @@ class TrainConfig:
     # optimisation
     epochs: int = 20
     batch_size: int = 128  # per process
+    optimizer: str = "sgd"  # "sgd" (the ArcFace recipe) | "adamw" (for transformers)
     lr: float = 0.1
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD only
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
     schedule: str = "cosine"  # "cosine" | "poly" (power 2, as arcface_torch)
@@ -166,6 +168,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {options}, got {getattr(self, name)!r}")
 
         choice("schedule", SCHEDULES)
+        choice("optimizer", OPTIMIZERS)
         choice("sampler", SAMPLERS)
         choice("amp", AMP_MODES)
         choice("channels_last", ("auto", True, False))
@@ -908,10 +911,11 @@ def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, 
     head.to(rt.device)
     if rt.channels_last:
         backbone.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        [{"params": [p for p in backbone.parameters() if p.requires_grad]}, {"params": list(head.parameters())}],
-        lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-    )
+    groups = [{"params": [p for p in backbone.parameters() if p.requires_grad]}, {"params": list(head.parameters())}]
+    if config.optimizer == "adamw":  # transformers trained from scratch (Dosovitskiy et al. 2021 used Adam)
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     use_scaler = rt.amp_dtype is torch.float16
     scaler = torch.amp.GradScaler(rt.device.type, enabled=use_scaler)
 

@@ -542,7 +542,7 @@ size = []
 for name, settings in [(best_cnn, train_settings(cfg, attention_models[best_cnn]))] + list(models.items()):
     backbone = backbone_from_checkpoint(load_checkpoint(study.outputs / "checkpoints" / name / "last.pt"))
     size.append({"model": name, "backbone": settings["backbone"], "params": count_parameters(backbone),
-                 "gflops": count_flops(backbone, settings["input_size"]) / 1e9, "lr": settings["lr"]})
+                 "gflops": count_flops(backbone, settings["input_size"]) / 1e9, "optimizer": settings.get("optimizer", "sgd"), "lr": settings["lr"]})
 study.save_table(vit_table, "04_vit")
 study.save_table(pd.DataFrame(size), "04_model_size")
 display(pd.DataFrame(size), vit_table)"""),
