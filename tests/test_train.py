@@ -145,6 +145,18 @@ def test_smoke_training_lowers_loss_and_writes_outputs(data, tmp_path):
     assert TrainConfig.from_json(out / "config.json") == _config(epochs=4, val_identities=2, masked_share=0.5)
 
 
+def test_adamw_and_backbone_kwargs_train_a_vit(data, tmp_path):
+    config = _config(backbone="vit_tiny", width=0.25, backbone_kwargs={"depth": 1}, optimizer="adamw", lr=3e-3,
+                     weight_decay=0.05, epochs=4)
+    result = _run(config, data, tmp_path / "vit")
+    assert result.history["loss"].iloc[0] > result.history["loss"].iloc[-1]
+    checkpoint = _state(result.checkpoint)
+    assert checkpoint["config"]["backbone_kwargs"] == {"depth": 1} and checkpoint["config"]["optimizer"] == "adamw"
+    assert "exp_avg" in str(checkpoint["optimizer"]["state"][0].keys())  # an AdamW state, resumable
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        _config(optimizer="lbfgs")
+
+
 def test_same_seed_gives_identical_history_and_weights(data, tmp_path):
     config = _config(epochs=2, masked_share=0.5, sampler="capped", max_per_identity=3, dropout=0.1)
     a = _run(config, data, tmp_path / "a")
