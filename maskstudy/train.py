@@ -866,6 +866,18 @@ def train(
             dist.destroy_process_group()
 
 
+def train_or_restart(config: TrainConfig | Mapping[str, Any], train_csv: str | os.PathLike,
+                     data_dir: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True,
+                     log: Log | None = print) -> TrainResult:
+    """:func:`train` for notebooks: resume a run of the same recipe, and start over (saying so) when the recipe
+    or the training identities changed since the checkpoint in ``out_dir`` was written."""
+    try:
+        return train(config, train_csv, data_dir, out_dir, resume=True, progress=progress, log=log)
+    except ConfigMismatchError as error:
+        (log or _noop)(f"{out_dir}: {error}; training from scratch")
+        return train(config, train_csv, data_dir, out_dir, resume=False, progress=progress, log=log)
+
+
 def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, resume: bool, progress: bool,
            log: Log, rt: _Runtime) -> TrainResult:
     from tqdm import tqdm

@@ -157,6 +157,21 @@ def test_adamw_and_backbone_kwargs_train_a_vit(data, tmp_path):
         _config(optimizer="lbfgs")
 
 
+def test_train_or_restart_starts_over_when_the_recipe_changed(data, tmp_path):
+    from maskstudy.train import train_or_restart
+
+    csv, root = data
+    first = train_or_restart(_config(epochs=1), csv, root, tmp_path / "run", progress=False, log=None)
+    messages = []
+    second = train_or_restart(_config(epochs=1, lr=0.05), csv, root, tmp_path / "run", progress=False,
+                              log=messages.append)
+    assert any("lr: 0.1 -> 0.05" in m and "training from scratch" in m for m in messages)
+    assert _state(second.checkpoint)["config"]["lr"] == 0.05 and len(second.history) == 1
+    again = train_or_restart(_config(epochs=1, lr=0.05), csv, root, tmp_path / "run", progress=False, log=None)
+    pd.testing.assert_frame_equal(again.history, second.history)  # the same recipe resumes (here: is done)
+    assert len(first.history) == 1
+
+
 def test_same_seed_gives_identical_history_and_weights(data, tmp_path):
     config = _config(epochs=2, masked_share=0.5, sampler="capped", max_per_identity=3, dropout=0.1)
     a = _run(config, data, tmp_path / "a")

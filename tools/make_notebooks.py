@@ -348,7 +348,7 @@ intervals over the same pairs."""),
     ("code", """from maskstudy.config import train_settings
 from maskstudy.data import read_manifest
 from maskstudy.protocol import Split
-from maskstudy.train import TrainConfig, train
+from maskstudy.train import TrainConfig, train_or_restart
 
 train_csv = study.data_dir / "split" / "train_clean.csv"
 pairs_dir = study.data_dir / "lfw" / "pairs"
@@ -372,7 +372,7 @@ pd.DataFrame(models).T"""),
     ("code", """results = {}
 for name, settings in models.items():
     print(f"== {name}: {settings['backbone']}, masked share {settings['masked_share']}")
-    results[name] = train(TrainConfig.from_dict(settings), train_csv, study.data_dir,
+    results[name] = train_or_restart(TrainConfig.from_dict(settings), train_csv, study.data_dir,
                           study.outputs / "checkpoints" / name)
 history = pd.concat([r.history.assign(model=name) for name, r in results.items()], ignore_index=True)
 study.save_table(history, "03_training_log")"""),
@@ -511,7 +511,7 @@ masked–unmasked pairs, and the ViT, on growing shares of the training identiti
     ("code", """from maskstudy.config import train_settings, transformer_settings
 from maskstudy.evaluate import backbone_from_checkpoint, evaluate_scenarios, load_checkpoint
 from maskstudy.models import count_flops, count_parameters
-from maskstudy.train import TrainConfig, train
+from maskstudy.train import TrainConfig, train_or_restart
 from maskstudy import storage
 
 train_csv = study.data_dir / "split" / "train_clean.csv"
@@ -532,7 +532,7 @@ display(Markdown(f"Best CNN of notebook 03 on masked–unmasked pairs: **{best_c
 results, tables, details = {}, [], {}
 for name, settings in models.items():
     print(f"== {name}: {settings['backbone']} {settings['backbone_kwargs']}")
-    results[name] = train(TrainConfig.from_dict(settings), train_csv, study.data_dir, study.outputs / "checkpoints" / name)
+    results[name] = train_or_restart(TrainConfig.from_dict(settings), train_csv, study.data_dir, study.outputs / "checkpoints" / name)
     table, details[name] = evaluate_model(name, results[name].checkpoint)
     tables.append(table)
 cnn_table = cnn_results[cnn_results["model"] == best_cnn]
@@ -573,7 +573,7 @@ for fraction in cfg["data_fractions"]:
             checkpoint = study.outputs / "checkpoints" / name / "last.pt"
         else:
             out = study.outputs / "data_size" / f"{name}_{int(round(100 * fraction))}"
-            checkpoint = train(TrainConfig.from_dict(settings), subset_csv, study.data_dir, out).checkpoint
+            checkpoint = train_or_restart(TrainConfig.from_dict(settings), subset_csv, study.data_dir, out).checkpoint
         table, _ = evaluate_model(name, checkpoint, scenarios=("unmasked_unmasked", "masked_unmasked"))
         for row in table.to_dict("records"):
             curve.append({"model": name, "fraction": fraction, "identities": len(chosen),
