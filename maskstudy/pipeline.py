@@ -118,7 +118,8 @@ def run_pipeline(
     log(f"maskstudy: profile {profile}, {len(selected)} notebook(s) -> {run_dir}")
     for path in selected:
         out_nb, out_html = run_dir / path.name, run_dir / f"{path.stem}.html"
-        entry: dict[str, Any] = {"name": path.stem, "notebook": path.name, "started": _now(), "status": "running"}
+        entry: dict[str, Any] = {"name": path.stem, "notebook": path.name, "started": _now(), "status": "running",
+                                 "git_commit": record["git_commit"]}  # partial reruns can mix commits: say which
         record["notebooks"].append(entry)
         record["notebooks"].sort(key=lambda n: n["name"])
         report.write_index(record, run_dir)

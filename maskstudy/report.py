@@ -168,13 +168,13 @@ def render_index(run: Mapping[str, Any], run_dir: str | Path) -> str:
                      f"{html.escape(str(first.get('error', '')))}</p>")
     parts += _summary_section(run_dir)
     parts.append("<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>started</th><th>ended</th>"
-                 "<th>seconds</th></tr>")
+                 "<th>seconds</th><th>commit</th></tr>")
     for entry in run.get("notebooks", []):
         link = f"<a href='{html.escape(entry['html'])}'>{html.escape(entry['name'])}</a>" if entry.get("html") else html.escape(entry["name"])
         status = entry.get("status", "")
         parts.append(f"<tr><td>{link}</td><td class='{'failed' if status == 'failed' else 'ok'}'>{html.escape(status)}</td>"
                      f"<td>{html.escape(str(entry.get('started', '')))}</td><td>{html.escape(str(entry.get('ended', '')))}</td>"
-                     f"<td>{entry.get('seconds', '')}</td></tr>")
+                     f"<td>{entry.get('seconds', '')}</td><td><code>{html.escape(str(entry.get('git_commit', ''))[:12])}</code></td></tr>")
     parts.append("</table>")
     figures = sorted((run_dir / "figures").glob("*.png"))
     if figures:

@@ -118,6 +118,7 @@ def test_smoke_run_of_notebooks_01_02(smoke_run):
     assert "01_data_build.html" in index and "02_mtcnn_cleaning.html" in index
     meta = json.loads((run / "run.json").read_text())
     assert meta["profile"] == "smoke" and meta["git_commit"] and meta["packages"]["torch"]
+    assert all(n["git_commit"] == meta["git_commit"] for n in meta["notebooks"])
     assert meta["data_fingerprint"]["lfw"]["images"] > 0 and len(meta["data_fingerprint"]["lfw"]["manifest_sha256"]) == 64
     for figure in ("01_detection_status", "01_aligned_and_masked", "02_deviation_rate", "02_kept_frontal",
                    "02_removed_side", "02_mask_styles"):
