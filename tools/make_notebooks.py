@@ -505,7 +505,11 @@ proposed next step. Here a ViT (timm, trained from scratch: no weights can be do
 IR-ResNet's first stages as a convolutional stem feeding transformer blocks) are trained with **the same ArcFace
 head, data, seed and evaluation** as notebook 03. A **data-size curve** (the CNN of notebook 03 that did best on
 masked–unmasked pairs, and the ViT, on growing shares of the training identities) is the evidence for or against
-"the ViT is worse because the data is small": if the gap closes as data grows, the claim gains support."""),
+"the ViT is worse because the data is small": if the gap closes as data grows, the claim gains support.
+
+One difference is deliberate: the transformers train with AdamW (`vit_optimizer`, `vit_lr`), the CNNs with the
+ArcFace SGD recipe. Plain SGD leaves a transformer trained from scratch near chance on this data, which would make
+the comparison say nothing about architecture. The table below lists each model's optimizer."""),
     ("parameters", PARAMETERS),
     ("code", setup("04_vit_trial")),
     ("code", """from maskstudy.config import train_settings, transformer_settings
