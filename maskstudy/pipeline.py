@@ -216,6 +216,10 @@ def start_notebook(name: str, profile: str | None = None, run_dir: str | Path | 
     already hold it; in JupyterLab they are empty and the profile's defaults apply), seeds the RNGs, creates the
     run folder and saves the parameters to ``<run_dir>/params/<name>.json``.
     """
+    import warnings
+
+    # libraries import tqdm.auto, which warns in kernels without ipywidgets; our bars are plain text on purpose
+    warnings.filterwarnings("ignore", message="IProgress not found")
     root = project_root()
     os.chdir(root)
     config = resolve_config(profile or (params or {}).get("profile"), params)
