@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .losses import build_margin_head
+from .evaluate import CHECKPOINT_FORMAT, load_checkpoint  # one safe loader (weights_only=True) for both
 from .models import build_backbone
 from .pairs import generate_pairs, masked_name, scenario_pairs
 from .preprocess import load_crops, to_input
@@ -84,7 +85,6 @@ __all__ = [
     "train",
 ]
 
-CHECKPOINT_FORMAT = "maskstudy-checkpoint-v1"
 CROP_SIZE = 112
 LOG_COLUMNS = ["epoch", "step", "loss", "train_acc", "lr", "val_acc", "images_per_s", "seconds"]
 SCHEDULES = ("cosine", "poly")
@@ -758,18 +758,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a training checkpoint safely (``weights_only=True``) and check its format tag."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format: {found!r})")
-    return checkpoint
 
 
 def _checkpoint_config(checkpoint: Mapping[str, Any]) -> TrainConfig:
