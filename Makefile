@@ -6,7 +6,7 @@ PROFILE ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install study test lab clean-reports
+.PHONY: install study test lint lab clean-reports
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ study: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+lint: install
+	$(VENV)/bin/ruff check .
+
+## opens the text notebooks (notebooks/NN_*.py) as notebooks through jupytext's contents manager
 lab: install
 	$(PY) -m ipykernel install --user --name maskstudy --display-name "Python (maskstudy)"
 	$(VENV)/bin/jupyter lab notebooks/

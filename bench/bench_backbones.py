@@ -11,7 +11,6 @@ relative to plain, and evaluation throughput (forward only, images/s). Writes JS
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path

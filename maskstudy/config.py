@@ -8,7 +8,8 @@ they resolve the same values through :func:`resolve_config`.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 #: Values every profile shares unless it overrides them.
 BASE: dict[str, Any] = {

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 
 from . import storage
-from .align import align_face, estimate_alignment, warp
+from .align import estimate_alignment, warp
 from .detect import STATUSES, FaceDetector, file_digest, load_image
 from .masks import choose_style, draw_mask
 from .pairs import masked_name

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -163,9 +163,9 @@ class FaceDetector:
             warnings.simplefilter("ignore")  # facenet-pytorch warns about deprecated numpy/torch calls
             boxes, probs, landmarks = self.mtcnn.detect(np.stack(batch), landmarks=True)
         results = []
-        for image, b, p, l in zip(images, boxes, probs, landmarks):
+        for image, b, p, marks in zip(images, boxes, probs, landmarks):
             if b is None:
-                b, p, l = np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
-            b, p, l = np.asarray(b, float), np.asarray(p, float), np.asarray(l, float)
-            results.append(Detection(b, p, l, choose_face(b, p, image.size, self.min_prob)))
+                b, p, marks = np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
+            b, p, marks = np.asarray(b, float), np.asarray(p, float), np.asarray(marks, float)
+            results.append(Detection(b, p, marks, choose_face(b, p, image.size, self.min_prob)))
         return results

@@ -24,9 +24,10 @@ import os
 import pickle
 import sys
 import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -693,7 +694,7 @@ class FaceRecognizer:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: torch.device | str | None = None, detector=None,
-                        **kw) -> "FaceRecognizer":
+                        **kw) -> FaceRecognizer:
         """Load a ``maskstudy-checkpoint-v1`` (see :func:`load_checkpoint`; ``weights_only=True``) and rebuild
         its backbone from the stored config."""
         checkpoint = load_checkpoint(path, map_location="cpu")

@@ -29,8 +29,8 @@ Pieces, one concept each:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from functools import lru_cache
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd

@@ -39,8 +39,8 @@ positions, pattern colours) come from the ``seed``; the same seed gives the same
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -489,7 +489,7 @@ def choose_style(key: str, seed: int) -> str:
     Uses SHA-256 of ``"{seed}:{key}"`` (stable across processes, unlike ``hash()``).
     """
     names = list(MASK_STYLES)
-    digest = hashlib.sha256(f"{int(seed)}:{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{int(seed)}:{key}".encode()).digest()
     return names[int.from_bytes(digest[:8], "big") % len(names)]
 
 

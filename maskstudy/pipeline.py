@@ -1,8 +1,10 @@
 """The study pipeline: run the numbered notebooks in order with papermill and export them to HTML.
 
-``python -m maskstudy run --profile cpu`` executes ``notebooks/NN_*.ipynb`` into ``reports/<profile>/`` (working
-directory: the repository root), exports each to self-contained HTML and writes ``index.html`` + ``run.json``
-with the run's metadata. It stops at the first failing notebook and says which cell failed.
+The notebooks are stored as Jupytext ``py:percent`` text (``notebooks/NN_*.py``: one source, diffed and linted like
+code). ``python -m maskstudy run --profile cpu`` converts each to ``.ipynb`` in ``reports/<profile>/``, executes it
+there with papermill (working directory: the repository root), exports it to self-contained HTML and writes
+``index.html`` + ``run.json`` with the run's metadata. It stops at the first failing notebook and says which cell
+failed.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from . import report, storage
 from .config import resolve_config
@@ -29,12 +32,31 @@ class PipelineError(RuntimeError):
 
 
 def notebooks(root: str | Path | None = None) -> list[Path]:
-    """The numbered study notebooks, in order."""
+    """The numbered study notebooks (Jupytext ``py:percent`` files), in order."""
     folder = Path(root or project_root()) / "notebooks"
-    found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    found = sorted(p for p in folder.glob("[0-9][0-9]_*.py"))
     if not found:
-        raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) in {folder}")
+        raise FileNotFoundError(f"no numbered notebooks (NN_name.py, Jupytext py:percent) in {folder}")
     return found
+
+
+def read_notebook(path: str | Path):
+    """A text notebook as an nbformat notebook (no outputs), with the kernel papermill should start."""
+    import jupytext
+
+    nb = jupytext.read(path, fmt="py:percent")
+    nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for i, cell in enumerate(nb.cells):  # stable cell ids, so executed copies diff cleanly between runs
+        cell["id"] = f"{Path(path).name[:2]}-{i:02d}"
+    return nb
+
+
+def write_input_notebook(path: Path, destination: Path) -> Path:
+    """Convert the text notebook ``path`` to ``.ipynb`` at ``destination`` (atomically), for papermill."""
+    import nbformat
+
+    return storage.write_text(destination, nbformat.writes(read_notebook(path)))
 
 
 def select_notebooks(paths: Sequence[Path], only: str | None = None, start: str | None = None) -> list[Path]:
@@ -117,17 +139,18 @@ def run_pipeline(
     record["notebooks"] = [n for n in record["notebooks"] if n["name"] not in executed]
     log(f"maskstudy: profile {profile}, {len(selected)} notebook(s) -> {run_dir}")
     for path in selected:
-        out_nb, out_html = run_dir / path.name, run_dir / f"{path.stem}.html"
-        entry: dict[str, Any] = {"name": path.stem, "notebook": path.name, "started": _now(), "status": "running",
+        out_nb, out_html = run_dir / f"{path.stem}.ipynb", run_dir / f"{path.stem}.html"
+        entry: dict[str, Any] = {"name": path.stem, "notebook": out_nb.name, "started": _now(), "status": "running",
                                  "git_commit": record["git_commit"]}  # partial reruns can mix commits: say which
         record["notebooks"].append(entry)
         record["notebooks"].sort(key=lambda n: n["name"])
         report.write_index(record, run_dir)
-        log(f"--> {path.name}")
+        log(f"--> {path.stem}")
         began = time.perf_counter()
         try:
+            write_input_notebook(path, out_nb)
             papermill.execute_notebook(
-                str(path), str(out_nb), parameters={"profile": profile, "run_dir": str(run_dir), "params": config},
+                str(out_nb), str(out_nb), parameters={"profile": profile, "run_dir": str(run_dir), "params": config},
                 kernel_name=kernel_name, cwd=str(root), progress_bar=False, log_output=False,
                 # the kernel's own progress bars (detection, training) stream to this terminal
                 stderr_file=sys.stderr if progress else None,
@@ -145,9 +168,9 @@ def run_pipeline(
         record["ended"] = _now()
         report.write_index(record, run_dir)
         if entry["status"] == "failed":
-            raise PipelineError(f"{path.name} failed in cell {entry.get('failed_cell')}: {entry['error']}\n"
+            raise PipelineError(f"{out_nb.name} failed in cell {entry.get('failed_cell')}: {entry['error']}\n"
                                 f"See {out_html if out_html.exists() else out_nb} for the traceback.")
-        log(f"    {path.name} done in {entry['seconds']} s")
+        log(f"    {path.stem} done in {entry['seconds']} s")
     log(f"report: {run_dir / 'index.html'}")
     return record
 

@@ -378,7 +378,7 @@ class Split:
         return folder
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "Split":
+    def load(cls, folder: str | os.PathLike) -> Split:
         folder = Path(folder)
         meta_path = folder / "split.json"
         if not meta_path.is_file():

@@ -45,10 +45,11 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import build_margin_head
 from .evaluate import CHECKPOINT_FORMAT, load_checkpoint  # one safe loader (weights_only=True) for both
+from .losses import build_margin_head
 from .models import build_backbone
 from .pairs import generate_pairs, masked_name, scenario_pairs
 from .preprocess import load_crops, to_input
@@ -210,7 +211,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build from a dict (missing keys take their defaults); unknown keys are an error naming them."""
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in values if k not in known]
@@ -223,7 +224,7 @@ class TrainConfig:
         return cls(**dict(values))
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
+    def from_json(cls, path: str | os.PathLike) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def recipe(self) -> dict[str, Any]:
@@ -517,7 +518,7 @@ class EpochPlan:
     def __len__(self) -> int:
         return len(self.order)
 
-    def slice(self, lo: int, hi: int) -> "EpochPlan":
+    def slice(self, lo: int, hi: int) -> EpochPlan:
         return EpochPlan(self.order[lo:hi], self.masked[lo:hi], self.flip[lo:hi], self.brightness[lo:hi],
                          self.contrast[lo:hi])
 

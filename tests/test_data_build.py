@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from maskstudy.align import ARCFACE_TEMPLATE_112
-from maskstudy.data import BuildSettings, build_aligned_dataset, find_dataset, DataNotFoundError, row_landmarks
+from maskstudy.data import BuildSettings, DataNotFoundError, build_aligned_dataset, find_dataset, row_landmarks
 from maskstudy.masks import MASK_STYLES
 from maskstudy.protocol import scan_identity_folders
 

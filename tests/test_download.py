@@ -9,9 +9,9 @@ import io
 import re
 import tarfile
 import threading
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from PIL import Image

@@ -14,8 +14,8 @@ from maskstudy.models import (
     count_flops,
     count_parameters,
     register_backbone,
+    registry,
 )
-from maskstudy.models import registry
 from maskstudy.models.attention import ATTENTION, CBAM, SEModule, build_attention
 from maskstudy.models.iresnet import BASE_WIDTHS, STAGE_LAYERS, IRBlock, IResNet, feature_map_size, scaled_channels
 

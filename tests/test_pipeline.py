@@ -6,16 +6,16 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+import tomllib
 
 from maskstudy.config import PROFILES, resolve_config
-from maskstudy.pipeline import PipelineError, notebooks, parse_parameter, run_pipeline, select_notebooks
+from maskstudy.pipeline import PipelineError, notebooks, parse_parameter, read_notebook, run_pipeline, select_notebooks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,9 @@ def test_select_notebooks():
 
 @pytest.mark.parametrize("path", notebooks(REPO), ids=lambda p: p.name)
 def test_notebooks_are_stored_clean_with_a_parameters_cell(path):
-    nb = nbformat.read(path, as_version=4)
+    assert path.suffix == ".py", "notebooks are Jupytext py:percent text files"
+    nb = read_notebook(path)
+    nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert not any(c.get("outputs") for c in code), "commit notebooks without outputs"
     assert not any(c.get("execution_count") for c in code)

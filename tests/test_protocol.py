@@ -20,7 +20,6 @@ from maskstudy.protocol import (
 )
 
 
-
 @pytest.fixture(scope="module")
 def lfw_pairs(lfw_root) -> pd.DataFrame:
     return read_lfw_pairs(lfw_root / "pairs.txt")

@@ -12,7 +12,7 @@ from torch import nn
 
 from maskstudy.losses import build_margin_head
 from maskstudy.models import available_backbones, build_backbone, count_flops, count_parameters
-from maskstudy.models.iresnet import IResNet, STAGE_LAYERS
+from maskstudy.models.iresnet import STAGE_LAYERS, IResNet
 from maskstudy.models.vit import (
     HYBRID_VARIANTS,
     VIT_VARIANTS,

@@ -4,6 +4,8 @@
 ``available_backbones()``. Importing this package registers every backbone family.
 """
 
+from . import iresnet as _iresnet  # noqa: F401  (registers the ir* backbones)
+from . import vit as _vit  # noqa: F401  (registers vit_* and hybrid_*_vit; teaches count_flops CPU attention)
 from .registry import (
     UnknownNameError,
     available_backbones,
@@ -12,8 +14,6 @@ from .registry import (
     count_parameters,
     register_backbone,
 )
-from . import iresnet as _iresnet  # noqa: F401  (registers the ir* backbones)
-from . import vit as _vit  # noqa: F401  (registers vit_* and hybrid_*_vit; teaches count_flops CPU attention)
 
 __all__ = [
     "UnknownNameError",

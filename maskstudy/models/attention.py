@@ -5,7 +5,7 @@ Both modules keep the input's shape and work with contiguous or ``channels_last`
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -11,7 +11,8 @@ Registered names: ``ir{18,34,50,100}`` and ``ir{18,34,50,100}_{se,cbam}``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

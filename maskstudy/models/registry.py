@@ -13,7 +13,8 @@ to ``(B, embedding_size)`` embeddings.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import torch
 from torch import nn

@@ -1,0 +1,191 @@
+# %% [markdown]
+# # 01 · Data build
+#
+# Finds the photos, fixes the evaluation protocol, detects every face with **MTCNN** (P-Net, R-Net, O-Net;
+# Zhang et al. 2016), aligns it onto the ArcFace 112x112 template with a similarity transform of its 5
+# landmarks, and draws a synthetic **masked twin** (`<name>_mask.jpg`, the seed study's naming) in one of
+# several mask styles. Everything is recorded per image in a manifest; nothing in the source folders changes.
+#
+# * **Evaluation**: LFW View 2 (`pairs.txt`, 10 folds x 600 pairs).
+# * **Training**: identity folders disjoint from the evaluated identities (CelebA when given, else the LFW
+#   identities of the folds not evaluated). The split is written to files and shown below.
+
+# %% tags=["parameters"]
+# Parameters: papermill replaces this cell's values. In JupyterLab leave them as they are: the profile's
+# defaults apply (profile None = gpu when CUDA is present, else cpu); put overrides in `params`.
+profile = None
+run_dir = None
+params = {}
+
+# %%
+# %matplotlib inline
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown, display
+
+from maskstudy.pipeline import start_notebook
+
+study = start_notebook("01_data_build", profile, run_dir, params)
+cfg = study.config
+display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`, data folder `{study.data_dir}`"))
+
+# %% [markdown]
+# ## Data sources
+
+# %%
+from pathlib import Path
+
+from maskstudy import storage
+from maskstudy.data import DataNotFoundError, find_dataset
+
+lfw_root = find_dataset("lfw", cfg["lfw_root"])
+if lfw_root is None:
+    if not cfg["download_lfw"]:
+        raise DataNotFoundError(
+            "LFW not found: set MASKSTUDY_LFW (or the lfw_root parameter) to a folder holding the identity "
+            "folders and pairs.txt, or allow the download with download_lfw=True")
+    from maskstudy.download import fetch_lfw
+    lfw_root = fetch_lfw(study.root / cfg["download_dir"])
+
+extra = cfg["extra_datasets"]
+if extra == "auto":
+    celeba = find_dataset("celeba")
+    extra = {"celeba": str(celeba)} if celeba else {}
+extra = {name: Path(path) for name, path in (extra or {}).items()}
+sources = {"lfw": str(lfw_root), **{k: str(v) for k, v in extra.items()}}
+storage.write_json(study.data_dir / "sources.json", sources)
+pd.DataFrame({"dataset": list(sources), "folder": list(sources.values())})
+
+# %% [markdown]
+# ## Protocol and split
+
+# %%
+from maskstudy.protocol import identity_folds, make_split, read_lfw_pairs, read_lfw_people, scan_identity_folders
+
+lfw_pairs = read_lfw_pairs(lfw_root / "pairs.txt")
+people = read_lfw_people(lfw_root / "people.txt") if (lfw_root / "people.txt").is_file() else None
+folds = identity_folds(lfw_pairs, people)
+if cfg["lfw_pairs_per_fold"]:  # smoke runs: the first k matched and k mismatched pairs of every fold
+    k = int(cfg["lfw_pairs_per_fold"])
+    lfw_pairs = lfw_pairs.groupby(["fold", "label"], group_keys=False).head(k).reset_index(drop=True)
+lfw_images = scan_identity_folders(lfw_root)
+
+rng = np.random.default_rng(cfg["seed"])
+
+def subsample(images):
+    """Seeded cap on identities and images per identity (the smoke profile uses it)."""
+    if cfg["max_train_identities"]:
+        identities = sorted(images["identity"].unique())
+        chosen = rng.choice(identities, size=min(len(identities), cfg["max_train_identities"]), replace=False)
+        images = images[images["identity"].isin(chosen)]
+    if cfg["max_images_per_identity"]:
+        images = images.groupby("identity", group_keys=False).head(cfg["max_images_per_identity"])
+    return images.reset_index(drop=True)
+
+extra_images = {name: subsample(scan_identity_folders(path)) for name, path in extra.items()}
+split = make_split(lfw_images, lfw_pairs, folds, extra_images, eval_folds=cfg["eval_folds"])
+if not extra_images:
+    split.train = subsample(split.train)
+split.save(study.data_dir / "split")
+display(Markdown(f"**Protocol `{split.protocol}`.** {split.description}"))
+split_table = pd.DataFrame([{"protocol": split.protocol, **{k: v for k, v in split.counts().items() if k != "train_by_dataset"}}])
+study.save_table(split_table, "01_split")
+split_table
+
+# %% [markdown]
+# ## Detection, alignment and masked twins
+#
+# Images needed by the split (the evaluated pairs and the training set) go through batched MTCNN. The manifest
+# caches every result keyed by the file's SHA-1, so a re-run only detects new or changed images and an
+# interrupted run resumes. For the evaluation set (deep-funneled LFW) an image without a usable face is still
+# aligned, with the median landmarks of the detected faces, and marked `aligned_by = fallback`, so that every
+# protocol pair stays evaluable; cleaning (notebook 02) keeps such images out of training.
+
+# %%
+import time
+
+from maskstudy.data import BuildSettings, build_aligned_dataset
+
+settings = BuildSettings(crop_size=cfg["crop_size"], min_face_size=cfg["min_face_size"], min_prob=cfg["min_prob"], seed=cfg["seed"])
+eval_images = pd.DataFrame({
+    "identity": pd.concat([split.eval_pairs["identity_a"], split.eval_pairs["identity_b"]]),
+    "image": pd.concat([split.eval_pairs["image_a"], split.eval_pairs["image_b"]]),
+}).drop_duplicates("image")
+jobs = {}
+for name in sources:
+    train_part = split.train[split.train["dataset"] == name][["identity", "image"]]
+    wanted = pd.concat([eval_images, train_part]) if name == "lfw" else train_part
+    jobs[name] = wanted.drop_duplicates("image").sort_values("image").reset_index(drop=True)
+
+manifests, timings = {}, []
+for name, wanted in jobs.items():
+    began = time.perf_counter()
+    manifests[name] = build_aligned_dataset(
+        name, sources[name], wanted, study.data_dir, settings, batch_size=cfg["detect_batch_size"],
+        fallback_alignment=(name == "lfw"), save_masked_photos=cfg["save_masked_photos"])
+    timings.append({"dataset": name, "images": len(wanted), "seconds": round(time.perf_counter() - began, 1)})
+manifest = pd.concat(manifests.values(), ignore_index=True)
+timing_table = pd.DataFrame(timings)
+timing_table["images_per_s"] = (timing_table["images"] / timing_table["seconds"].clip(lower=1e-3)).round(1)
+study.save_table(timing_table, "01_detection_time")
+timing_table
+
+# %% [markdown]
+# ## What the detector found
+
+# %%
+status = manifest.groupby(["dataset", "status"]).size().unstack(fill_value=0)
+status["total"] = status.sum(axis=1)
+status_table = status.reset_index()
+fallback = manifest[manifest["aligned_by"] == "fallback"].groupby("dataset").size().rename("fallback_aligned")
+status_table = status_table.merge(fallback.reset_index(), on="dataset", how="left").fillna({"fallback_aligned": 0})
+study.save_table(status_table, "01_detection_status")
+notes = manifest.loc[manifest["load_notes"].fillna("") != "", ["dataset", "image", "load_notes"]]
+display(status_table)
+if len(notes):
+    display(Markdown(f"{len(notes)} images needed a conversion on load:"), notes.head(20))
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 2.8))
+status.drop(columns="total").plot.barh(stacked=True, ax=ax, colormap="tab10")
+ax.set_xlabel("images"); ax.set_title("MTCNN outcome per dataset")
+study.save_figure(fig, "01_detection_status")
+plt.show()
+
+# %%
+from maskstudy.figures import detection_grid, image_grid
+
+shown = []
+for name in sources:
+    ok = manifest[(manifest["dataset"] == name) & (manifest["status"] == "ok")]
+    shown.append((name, ok.sample(min(6, len(ok)), random_state=cfg["seed"])))
+for name, sample in shown:
+    if len(sample):
+        fig = detection_grid(sample.to_dict("records"), sources, ncols=6,
+                             titles=[f"p={p:.3f}" for p in sample["prob"]],
+                             suptitle=f"{name}: chosen face, 5 landmarks, box centre (+) and eye centre (x)")
+        study.save_figure(fig, f"01_detections_{name}")
+        plt.show()
+
+# %%
+ok = manifest[manifest["status"] == "ok"].sample(min(8, int((manifest["status"] == "ok").sum())), random_state=cfg["seed"])
+aligned_root = lambda row: study.data_dir / row["dataset"] / "aligned"
+images, titles = [], []
+for row in ok.to_dict("records"):
+    images += [aligned_root(row) / row["aligned"], aligned_root(row) / row["masked"]]
+    titles += [row["identity"][:14], row["mask_style"]]
+fig = image_grid(images, titles, ncols=8, suptitle="Aligned 112x112 crops and their masked twins")
+study.save_figure(fig, "01_aligned_and_masked")
+plt.show()
+
+# %%
+if cfg["save_masked_photos"] and len(ok):
+    photos = [study.data_dir / r["dataset"] / "masked_photos" / r["masked"] for r in ok.head(6).to_dict("records")]
+    fig = image_grid(photos, [r["mask_style"] for r in ok.head(6).to_dict("records")], ncols=6, size=2.0,
+                     suptitle="Masked photos (full frame): what a recognizer meets in the wild")
+    study.save_figure(fig, "01_masked_photos")
+    plt.show()
+
+# %% [markdown]
+# Outputs: `manifest.csv` per dataset, aligned crops and masked twins under `aligned/`, the split under `split/`, all in the data folder shown at the top.
