@@ -21,6 +21,8 @@ BASE: dict[str, Any] = {
     "download_dir": "data/raw",
     # extra identity-folder training sets {name: path}; "auto" = $MASKSTUDY_CELEBA or ../shared/data/celeba
     "extra_datasets": "auto",
+    # MFR2 (real masked faces, evaluation only): None = $MASKSTUDY_MFR2, else ../shared/data/mfr2, else skipped
+    "mfr2_root": None,
     "eval_folds": None,  # None: the protocol's default (all 10 with extra data, fold 1 with LFW alone)
     # subsetting (None = everything)
     "lfw_pairs_per_fold": None,  # matched and mismatched pairs kept per fold of pairs.txt (of 300 each)
@@ -32,12 +34,17 @@ BASE: dict[str, Any] = {
     "min_prob": 0.9,
     "detect_batch_size": 32,
     "save_masked_photos": True,
+    "mask_styles": ["surgical_blue", "n95_white", "black_cloth", "patterned_cloth"],  # drawn on training twins
+    "unseen_mask_styles": ["kn95_flaps", "below_nose"],  # drawn only on evaluation photos
+    "masked_variants": True,  # evaluation crops detected on the masked photo, and in unseen styles
     # cleaning (notebook 02)
     "max_deviation": 0.12,
     "generated_pairs_per_fold": 300,
     "figure_dpi": 110,
     # training (notebook 03): the same seed, data and schedule for every variant compared
     "attention_variants": ["none", "se", "cbam"],
+    "extra_seeds": [1, 2],  # the attention variants are also trained with these seeds (spread over seeds)
+    "leave_out_style": "surgical_blue",  # plain net trained without this style's twins, tested on it (None: skip)
     "nomask_baseline": True,  # also train the plain network on unmasked crops only (the seed's baseline)
     "train_backbone": "ir18",
     "train_width": 0.25,
@@ -55,6 +62,7 @@ BASE: dict[str, Any] = {
     "train_max_steps": None,
     "eval_batch_size": 256,
     "bootstrap_samples": 2000,
+    "fixed_fmr": [1e-3, 1e-2],  # FNMR on masked pairs at the threshold giving this FMR on unmasked pairs
     # margin-loss comparison on the plain backbone (notebook 03; ArcFace is the plain model itself)
     "margin_losses": ["softmax", "sphereface", "cosface"],
     # ViT trial (notebook 04): same head, data, seed and evaluation as notebook 03
@@ -94,6 +102,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train_max_steps": 4,
         "bootstrap_samples": 200,
         "margin_losses": [],
+        "extra_seeds": [1],
         "vit_width": 0.25,
         "vit_kwargs": {"depth": 2},
         "hybrid_kwargs": {"depth": 1},
@@ -102,7 +111,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "faithfulness_images": 6,
         "cam_examples": 3,
     },
-    "cpu": {},
+    "cpu": {
+        # the 2-core budget goes to seeds: the margin-loss comparison runs in the gpu profile (or -p margin_losses=...)
+        "margin_losses": [],
+        "data_fractions": [0.5, 1.0],
+        "train_epochs": 6,  # 3 seeds x 3 variants + baselines must fit the 2-core budget
+    },
     "gpu": {
         "detect_batch_size": 128,
         "train_backbone": "ir50",
@@ -110,6 +124,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train_input_size": 112,
         "train_epochs": 30,
         "train_batch_size": 128,
+        "extra_seeds": [1, 2, 3, 4],
         "vit_width": 1.0,
         "vit_kwargs": {"depth": 12},
         "cam_images": 3000,

@@ -20,7 +20,7 @@ import pandas as pd
 from . import storage
 from .align import estimate_alignment, warp
 from .detect import STATUSES, FaceDetector, file_digest, load_image
-from .masks import choose_style, draw_mask
+from .masks import TRAINING_STYLES, choose_style, draw_mask
 from .pairs import masked_name
 
 #: Bump when the way crops or masks are drawn changes: cached rows from an older version are rebuilt.
@@ -112,11 +112,11 @@ def row_landmarks(row) -> np.ndarray:
 
 
 def _write_crops(image, landmarks: np.ndarray, relative: str, out: Path, settings: BuildSettings,
-                 save_masked_photo: bool) -> dict:
+                 save_masked_photo: bool, styles: tuple[str, ...] = TRAINING_STYLES) -> dict:
     """Align ``image`` and its masked version with the same transform and save both (atomically)."""
     aligned_rel = os.path.splitext(relative)[0] + ".jpg"
     masked_rel = masked_name(aligned_rel)
-    style = choose_style(relative, settings.seed)
+    style = choose_style(relative, settings.seed, styles)
     masked_photo = draw_mask(image, landmarks, style, seed=int(file_seed(relative, settings.seed)))
     matrix = estimate_alignment(landmarks, settings.crop_size)
     storage.save_image(out / "aligned" / aligned_rel, warp(image, matrix, settings.crop_size))
@@ -186,8 +186,12 @@ def build_aligned_dataset(
     progress: bool = True,
     checkpoint_every: int = 20,
     log: Callable[[str], None] = print,
+    mask_styles: tuple[str, ...] = TRAINING_STYLES,
 ) -> pd.DataFrame:
     """Detect, align and mask every image of ``images`` (columns ``identity``, ``image`` relative to ``root``).
+
+    Each twin's style is chosen among ``mask_styles`` from the image name and seed; a cached row whose style is
+    no longer the one chosen (a style was added or removed) gets its twin drawn again from the cached landmarks.
 
     Writes ``<data_dir>/<name>/manifest.csv`` (+ ``.json`` settings), aligned crops and masked twins under
     ``<data_dir>/<name>/aligned/`` and, optionally, the full masked photos under ``masked_photos/``.
@@ -202,8 +206,10 @@ def build_aligned_dataset(
     out = Path(data_dir) / name
     manifest_path = out / "manifest.csv"
     cache = _load_cache(manifest_path, settings)
+    mask_styles = tuple(mask_styles)
     rows: dict[str, dict] = {}
     todo: list[tuple[str, dict]] = []
+    redraw: list[dict] = []
     started = time.perf_counter()
     for identity, relative in zip(images["identity"], images["image"]):
         path = root / relative
@@ -215,10 +221,17 @@ def build_aligned_dataset(
                       and (not cached["aligned"] or (out / "aligned" / cached["aligned"]).is_file()))
             if usable and cached["aligned_by"] != "fallback":
                 rows[relative] = cached
+                if cached["aligned"] and cached["mask_style"] != choose_style(relative, settings.seed, mask_styles):
+                    redraw.append(cached)
                 continue
         rows[relative] = base
         todo.append((relative, base))
-    log(f"{name}: {len(rows)} images, {len(rows) - len(todo)} reused from the cache, {len(todo)} to detect")
+    log(f"{name}: {len(rows)} images, {len(rows) - len(todo)} reused from the cache, {len(todo)} to detect"
+        + (f", {len(redraw)} twins to redraw (mask styles changed)" if redraw else ""))
+    for row in redraw:
+        entry = load_image(root / row["image"])
+        row.update(_write_crops(entry.image, row_landmarks(row), row["image"], out, settings, save_masked_photos,
+                                mask_styles))
 
     detector = detector if todo else None
     if todo and detector is None:
@@ -241,7 +254,7 @@ def build_aligned_dataset(
             if row["status"] == "ok":
                 try:
                     row.update(_write_crops(entry.image, row_landmarks(row), relative, out, settings,
-                                            save_masked_photos), aligned_by="landmarks")
+                                            save_masked_photos, mask_styles), aligned_by="landmarks")
                 except ValueError as error:  # degenerate landmarks
                     row.update(status="no_face", reason=f"alignment failed: {error}")
             rows[relative] = row
@@ -251,7 +264,7 @@ def build_aligned_dataset(
     bar.close()
 
     if fallback_alignment:
-        _align_with_mean_landmarks(rows, root, out, settings, save_masked_photos, log)
+        _align_with_mean_landmarks(rows, root, out, settings, save_masked_photos, log, mask_styles)
     frame = _save_manifest(rows.values(), manifest_path, settings)
     elapsed = time.perf_counter() - started
     if todo:
@@ -260,7 +273,7 @@ def build_aligned_dataset(
 
 
 def _align_with_mean_landmarks(rows: dict, root: Path, out: Path, settings: BuildSettings,
-                               save_masked_photos: bool, log) -> None:
+                               save_masked_photos: bool, log, mask_styles: tuple[str, ...] = TRAINING_STYLES) -> None:
     detected = [r for r in rows.values() if r.get("status") == "ok"]
     missing = [r for r in rows.values() if r.get("status") in ("no_face", "low_prob") and r.get("width")]
     if not missing:
@@ -276,6 +289,6 @@ def _align_with_mean_landmarks(rows: dict, root: Path, out: Path, settings: Buil
         if entry.image is None:
             continue
         landmarks = mean_landmarks * [row["width"], row["height"]]
-        row.update(_write_crops(entry.image, landmarks, row["image"], out, settings, save_masked_photos),
+        row.update(_write_crops(entry.image, landmarks, row["image"], out, settings, save_masked_photos, mask_styles),
                    aligned_by="fallback")
     log(f"fallback alignment (median landmarks of {len(detected)} detected faces) for {len(missing)} images")

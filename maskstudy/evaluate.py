@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .align import centre_crop  # noqa: F401  (public here since v0.1)
 from .pairs import SCENARIOS, read_pair_folds, read_pairs
 from .preprocess import load_crops, to_input
 
@@ -635,18 +636,6 @@ class EmbedResult:
     fallback: np.ndarray
 
 
-def centre_crop(image, size: int = CROP_SIZE) -> np.ndarray:
-    """Centre square of ``image`` (PIL) resized to ``size`` x ``size``: the crop of a photo that is already
-    roughly a face crop, used when no face is detected. uint8 (size, size, 3)."""
-    from PIL import Image
-
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    square = image.convert("RGB").crop((left, top, left + side, top + side))
-    return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
-
-
 def _read_image(item, index: int):
     """Path / PIL image / uint8 HxWx3 array -> RGB PIL image; unreadable files raise ValueError."""
     from PIL import Image
@@ -712,27 +701,12 @@ class FaceRecognizer:
         return self._detector
 
     def align(self, images: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Aligned 112x112 crops (N, 112, 112, 3) uint8 of raw photos, with ``face_found`` and ``fallback``."""
-        from .align import align_face
+        """Aligned 112x112 crops (N, 112, 112, 3) uint8 of raw photos, with ``face_found`` and ``fallback``
+        (see :func:`maskstudy.align.detect_and_align`)."""
+        from .align import detect_and_align
 
         pil = [_read_image(item, i) for i, item in enumerate(images)]
-        crops = np.empty((len(pil), CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
-        found = np.zeros(len(pil), dtype=bool)
-        fallback = np.zeros(len(pil), dtype=bool)
-        detections = []
-        for start in range(0, len(pil), 16):
-            detections += self.detector.detect(pil[start:start + 16])
-        for i, (image, detection) in enumerate(zip(pil, detections)):
-            if detection.chosen is not None:
-                found[i] = True
-                try:
-                    crop, _ = align_face(image, detection.landmarks[detection.chosen], CROP_SIZE)
-                    crops[i] = np.asarray(crop.convert("RGB"), dtype=np.uint8)
-                    continue
-                except ValueError:  # degenerate landmarks
-                    pass
-            fallback[i] = True
-            crops[i] = centre_crop(image)
+        crops, found, fallback, _ = detect_and_align(pil, self.detector, CROP_SIZE)
         return crops, found, fallback
 
     def embed_aligned(self, crops: np.ndarray | Sequence[str | os.PathLike], progress: bool = False) -> np.ndarray:

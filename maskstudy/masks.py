@@ -47,8 +47,11 @@ from PIL import Image, ImageDraw, ImageFilter
 
 __all__ = [
     "MASK_STYLES",
+    "TRAINING_STYLES",
+    "UNSEEN_STYLES",
     "MaskCanvas",
     "MaskFrame",
+    "MaskShape",
     "choose_style",
     "draw_mask",
     "face_frame",
@@ -76,6 +79,23 @@ CHIN_EXPONENT = 2.4
 """Superellipse exponent of the chin curve (2 = ellipse; larger = squarer)."""
 STRAP_REACH = 1.40
 """Ear straps end this many inter-ocular distances from the centre line (about the face edge)."""
+
+
+
+@dataclass(frozen=True)
+class MaskShape:
+    """The outline of a mask in the face frame; the defaults are the module's constants (a surgical mask
+    worn over the nose). Styles with another cut (:data:`STYLE_SHAPES`) change some of them."""
+
+    top_frac: float = TOP_FRAC
+    side_top_frac: float = SIDE_TOP_FRAC
+    half_width: float = HALF_WIDTH
+    half_width_mouth: float = HALF_WIDTH_MOUTH
+    chin_depth: float = CHIN_DEPTH
+    chin_exponent: float = CHIN_EXPONENT
+
+
+DEFAULT_SHAPE = MaskShape()
 
 SUPERSAMPLE = 3
 """Supersampling factor (per axis) for drawing and for :func:`mask_alpha` coverage."""
@@ -159,32 +179,33 @@ def face_frame(landmarks) -> MaskFrame:
     )
 
 
-def _top_edge_b(frame: MaskFrame, a):
+def _top_edge_b(frame: MaskFrame, a, shape: MaskShape = DEFAULT_SHAPE):
     """``b`` of the mask's top edge at ``a``: a rounded tent over the nose bridge (shifted towards
     the nose tip on yawed faces), falling towards the cheeks."""
-    b_top = TOP_FRAC * frame.nose_b
-    b_side = SIDE_TOP_FRAC * frame.nose_b
+    b_top = shape.top_frac * frame.nose_b
+    b_side = shape.side_top_frac * frame.nose_b
     peak = 0.6 * frame.nose_a
-    a = np.clip(np.asarray(a), -HALF_WIDTH, HALF_WIDTH)
-    t = np.where(a >= peak, (a - peak) / (HALF_WIDTH - peak), (peak - a) / (HALF_WIDTH + peak))
+    w = shape.half_width
+    a = np.clip(np.asarray(a), -w, w)
+    t = np.where(a >= peak, (a - peak) / (w - peak), (peak - a) / (w + peak))
     return b_top + (b_side - b_top) * (0.55 * t + 0.45 * t**2)
 
 
-def _outline_frame(frame: MaskFrame) -> np.ndarray:
+def _outline_frame(frame: MaskFrame, shape: MaskShape = DEFAULT_SHAPE) -> np.ndarray:
     """The mask outline as ``(K, 2)`` frame coordinates ``(a, b)``, clockwise in the image."""
-    b_side = SIDE_TOP_FRAC * frame.nose_b
-    w_top, w_mouth = HALF_WIDTH, HALF_WIDTH_MOUTH
+    b_side = shape.side_top_frac * frame.nose_b
+    w_top, w_mouth = shape.half_width, shape.half_width_mouth
     a_top = np.linspace(-w_top, w_top, 41)
-    b_top_edge = _top_edge_b(frame, a_top)
+    b_top_edge = _top_edge_b(frame, a_top, shape)
     # right side: from the upper corner down to the mouth line
     b_r = np.linspace(b_side, 1.0, 8)[1:]
     a_r = w_top + (w_mouth - w_top) * (b_r - b_side) / (1.0 - b_side)
     # chin: superellipse from the right end of the mouth line round to the left
     th = np.linspace(0.0, np.pi, 49)[1:-1]
     c, s = np.cos(th), np.sin(th)
-    k = CHIN_EXPONENT
+    k = shape.chin_exponent
     a_c = w_mouth * np.sign(c) * np.abs(c) ** (2.0 / k)
-    b_c = 1.0 + CHIN_DEPTH * np.abs(s) ** (2.0 / k)
+    b_c = 1.0 + shape.chin_depth * np.abs(s) ** (2.0 / k)
     # left side: back up to the upper-left corner
     b_l = b_r[::-1]
     a_l = -a_r[::-1]
@@ -193,19 +214,19 @@ def _outline_frame(frame: MaskFrame) -> np.ndarray:
     return np.stack([a, b], axis=1)
 
 
-def mask_polygon(landmarks) -> np.ndarray:
+def mask_polygon(landmarks, shape: MaskShape = DEFAULT_SHAPE) -> np.ndarray:
     """The mask outline in image coordinates, a ``(K, 2)`` float array of ``(x, y)``.
 
     Built in the face-aligned frame (module docstring), so it rotates, scales and shears with the
     face; the first vertex is the upper-left corner and the outline runs along the top edge first.
-    Coordinates may fall outside the image.
+    Coordinates may fall outside the image. ``shape``: the cut (default: the surgical outline).
     """
     frame = face_frame(landmarks)
-    ab = _outline_frame(frame)
+    ab = _outline_frame(frame, shape)
     return frame.to_image(ab[:, 0], ab[:, 1])
 
 
-def strap_segments(landmarks) -> list[np.ndarray]:
+def strap_segments(landmarks, shape: MaskShape = DEFAULT_SHAPE) -> list[np.ndarray]:
     """The ear straps as four polylines (each ``(n, 2)`` image ``(x, y)``).
 
     Upper and lower strap on each side, from the mask's side corners outward to about the face
@@ -213,13 +234,13 @@ def strap_segments(landmarks) -> list[np.ndarray]:
     ear, which sits roughly at the level of the nose.
     """
     frame = face_frame(landmarks)
-    b_side = SIDE_TOP_FRAC * frame.nose_b
+    b_side = shape.side_top_frac * frame.nose_b
     ear_b = 0.75 * frame.nose_b
     segs = []
     for sgn in (-1.0, 1.0):
         for a0, b0, b1 in (
-            (HALF_WIDTH, b_side, ear_b - 0.02),  # upper: slightly upward, to the ear
-            (HALF_WIDTH_MOUTH * 0.97, 0.98, ear_b + 0.30),  # lower: up and out, to below the ear
+            (shape.half_width, b_side, ear_b - 0.02),  # upper: slightly upward, to the ear
+            (shape.half_width_mouth * 0.97, 0.98, ear_b + 0.30),  # lower: up and out, to below the ear
         ):
             t = np.linspace(0.0, 1.0, 12)
             a = sgn * (a0 - 0.02 + (STRAP_REACH - a0 + 0.02) * t)
@@ -280,16 +301,16 @@ def _downsample(arr: np.ndarray, s: int) -> np.ndarray:
     return arr.reshape(h, s, w, s, *arr.shape[2:]).mean(axis=(1, 3))
 
 
-def mask_alpha(size, landmarks) -> np.ndarray:
+def mask_alpha(size, landmarks, shape: MaskShape = DEFAULT_SHAPE) -> np.ndarray:
     """Coverage (0..1 float32, shape ``(H, W)``) of the mask polygon on an image.
 
     ``size`` is ``(width, height)`` as in PIL (or a PIL image). Edge pixels get fractional
     coverage (:data:`SUPERSAMPLE` x supersampling). Ear straps are not included: this is the
-    region the mask hides (e.g. for measuring attention inside the mask).
+    region the mask hides (e.g. for measuring attention inside the mask). ``shape``: the cut.
     """
     width, height = _image_size(size)
     out = np.zeros((height, width), dtype=np.float32)
-    poly = mask_polygon(landmarks)
+    poly = mask_polygon(landmarks, shape)
     box = _local_box(poly, width, height, pad=1.0)
     if box is None:
         return out
@@ -469,26 +490,87 @@ def _patterned_cloth(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResul
     return rgb, strap
 
 
+def _kn95_flaps(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+    """A fold-flat KN95: pale grey, a sharp vertical centre seam, and two horizontal flap seams with
+    welded dots at the sides (drawn on :data:`STYLE_SHAPES`' pointed, taller outline)."""
+    base = _jitter(rng, (222, 222, 218), amount=0.008, bright=0.03)
+    f = canvas.frame
+    shade = _cheek_shade(canvas, 0.30) * (0.85 + 0.15 * canvas.depth)
+    shade = shade + 0.01 * canvas.lowres_noise(rng, 0.6)
+    d = (canvas.a - 0.6 * f.nose_a) * f.iod
+    sig = max(0.5, 0.015 * f.iod)
+    shade = shade - 0.28 * np.exp(-(d / sig) ** 2) + 0.08 * np.exp(-((d - 2.0 * sig) / (1.5 * sig)) ** 2)
+    px_per_b = float(abs(np.dot(f.axis_b, f.unit_v)))
+    for flap_b in (f.nose_b + rng.uniform(0.05, 0.12), 1.0 + rng.uniform(0.18, 0.26)):
+        dd = (canvas.b - flap_b) * px_per_b
+        shade = shade - 0.14 * np.exp(-(dd / sig) ** 2)
+    side = np.abs(canvas.a) > 0.8  # welded dot rows near the ear loops
+    dots = (np.sin(canvas.q / max(1.0, 0.05 * f.iod)) > 0.6) & side
+    shade = shade - 0.06 * dots
+    rgb = _paint(base, shade)
+    return rgb, (236.0, 236.0, 232.0)
+
+
+def _below_nose(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+    """A pale-green surgical mask pulled down below the nose (the nose stays visible), one soft pleat."""
+    base = _jitter(rng, (168, 214, 196))
+    f = canvas.frame
+    shade = _cheek_shade(canvas, 0.22) * (0.9 + 0.1 * canvas.depth)
+    px_per_b = float(abs(np.dot(f.axis_b, f.unit_v)))
+    sig = max(0.6, 0.03 * f.iod)
+    for pleat_b in (1.05 + rng.uniform(-0.04, 0.04), 1.35 + rng.uniform(-0.04, 0.04)):
+        dd = (canvas.b - pleat_b) * px_per_b
+        shade = shade - 0.16 * np.exp(-(dd / sig) ** 2) + 0.06 * np.exp(-((dd + 1.5 * sig) / sig) ** 2)
+    rgb = _paint(base, shade)
+    e = canvas.edge[..., None]
+    rgb = rgb * (1 - e) + np.asarray(base, np.float32) * 0.8 * shade[..., None] * e
+    return rgb, (236.0, 240.0, 238.0)
+
+
 MASK_STYLES: dict[str, Callable[[MaskCanvas, np.random.Generator], StyleResult]] = {
     "surgical_blue": _surgical_blue,
     "n95_white": _n95_white,
     "black_cloth": _black_cloth,
     "patterned_cloth": _patterned_cloth,
+    "kn95_flaps": _kn95_flaps,
+    "below_nose": _below_nose,
 }
 """Registry of mask styles: name -> ``style(canvas, rng) -> (rgb, strap_rgb)``.
 
 A style colours the supersampled :class:`MaskCanvas` (``rgb``: ``(H, W, 3)`` floats in 0..255;
 only pixels inside the outline are used) and names the colour of its ear straps. New styles can be
-registered by adding to this dict.
+registered by adding to this dict (and to :data:`STYLE_SHAPES` when their cut differs).
 """
 
+STYLE_SHAPES: dict[str, MaskShape] = {
+    # a fold-flat KN95 rises higher on the nose, is narrower at the jaw and ends in a pointed chin
+    "kn95_flaps": MaskShape(top_frac=0.25, side_top_frac=0.75, half_width=1.0, half_width_mouth=0.9,
+                            chin_depth=0.85, chin_exponent=1.5),
+    # worn below the nose: the top edge sits between the nose tip and the mouth
+    "below_nose": MaskShape(top_frac=1.18, side_top_frac=1.25, half_width=1.05, chin_depth=0.7),
+}
+"""Outlines of styles whose cut differs from the default surgical one."""
 
-def choose_style(key: str, seed: int) -> str:
-    """A deterministic, roughly uniform style for an image ``key`` (e.g. its relative path).
+TRAINING_STYLES: tuple[str, ...] = ("surgical_blue", "n95_white", "black_cloth", "patterned_cloth")
+"""Styles drawn on the training twins (and on the evaluation twins of the 'seen' scenarios)."""
+UNSEEN_STYLES: tuple[str, ...] = ("kn95_flaps", "below_nose")
+"""Styles never used in training: drawn only on evaluation photos, to test masks the models never saw."""
+
+
+def shape_of(style: str) -> MaskShape:
+    """The outline of ``style``."""
+    return STYLE_SHAPES.get(style, DEFAULT_SHAPE)
+
+
+def choose_style(key: str, seed: int, styles: tuple[str, ...] | list[str] = TRAINING_STYLES) -> str:
+    """A deterministic, roughly uniform choice among ``styles`` for an image ``key`` (e.g. its relative path).
 
     Uses SHA-256 of ``"{seed}:{key}"`` (stable across processes, unlike ``hash()``).
     """
-    names = list(MASK_STYLES)
+    names = list(styles)
+    unknown = [n for n in names if n not in MASK_STYLES]
+    if not names or unknown:
+        raise ValueError(f"unknown or no mask styles {unknown or names}; known styles: {', '.join(MASK_STYLES)}")
     digest = hashlib.sha256(f"{int(seed)}:{key}".encode()).digest()
     return names[int.from_bytes(digest[:8], "big") % len(names)]
 
@@ -549,8 +631,9 @@ def draw_mask(
     out = image.convert("RGB")  # a copy, also when the image is already RGB
     width, height = out.size
     frame = face_frame(landmarks)
-    poly = mask_polygon(landmarks)
-    straps = strap_segments(landmarks)
+    shape = shape_of(style)
+    poly = mask_polygon(landmarks, shape)
+    straps = strap_segments(landmarks, shape)
     strap_w = max(0.8, 0.045 * frame.iod)  # image px
     everything = np.concatenate([poly, *straps])
     box = _local_box(everything, width, height, pad=strap_w + 2.0)

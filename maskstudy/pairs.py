@@ -20,6 +20,22 @@ from .storage import write_csv, write_text
 
 SCENARIOS = ("unmasked_unmasked", "masked_unmasked", "masked_masked")
 MASK_SUFFIX = "_mask"
+#: Masked-crop variants (:mod:`maskstudy.masked_photos`) -> suffix of their crop names.
+MASK_VARIANTS = {
+    "shared": "_mask",
+    "detected": "_mask_det",
+    "detected_eyes": "_mask_deteyes",
+    "unseen": "_mask_unseen",
+    "unseen_detected": "_mask_unseen_det",
+}
+#: Scenarios on masked-crop variants: name -> (basic scenario whose pairs and masked sides it keeps, variant).
+VARIANT_SCENARIOS = {
+    "masked_unmasked_detected": ("masked_unmasked", "detected"),
+    "masked_masked_detected": ("masked_masked", "detected"),
+    "masked_unmasked_detected_eyes": ("masked_unmasked", "detected_eyes"),
+    "masked_unmasked_unseen": ("masked_unmasked", "unseen"),
+    "masked_unmasked_unseen_detected": ("masked_unmasked", "unseen_detected"),
+}
 GENERATED_COLUMNS = ["fold", "image_a", "identity_a", "image_b", "identity_b", "label"]
 
 
@@ -83,6 +99,23 @@ def scenario_pairs(pairs: pd.DataFrame, scenario: str, seed: int = 0) -> pd.Data
     return pd.DataFrame(
         {"fold": fold, "a": a, "b": b, "label": pairs["label"].astype(int).to_numpy()}
     )
+
+
+def variant_scenario_pairs(pairs: pd.DataFrame, scenario: str, seed: int = 0) -> pd.DataFrame:
+    """Pairs of a :data:`VARIANT_SCENARIOS` scenario: the basic scenario's pairs (same pairs, same masked side),
+    with each masked crop replaced by the variant's crop (e.g. ``X/Y_mask.jpg`` -> ``X/Y_mask_det.jpg``)."""
+    if scenario not in VARIANT_SCENARIOS:
+        raise ValueError(f"unknown variant scenario {scenario!r}; expected one of {', '.join(VARIANT_SCENARIOS)}")
+    basic, variant = VARIANT_SCENARIOS[scenario]
+    out = scenario_pairs(pairs, basic, seed)
+    shared, suffix = MASK_VARIANTS["shared"] + ".jpg", MASK_VARIANTS[variant] + ".jpg"
+
+    def swap(name: str) -> str:
+        return name[: -len(shared)] + suffix if name.endswith(shared) else name
+
+    out["a"] = out["a"].map(swap)
+    out["b"] = out["b"].map(swap)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -125,7 +125,15 @@ style_table
 # generated in identity-disjoint folds from the images that cleaning kept (for validation during training).
 
 # %%
-from maskstudy.pairs import SCENARIOS, generate_pairs, scenario_pairs, write_pair_folds, write_pairs
+from maskstudy.pairs import (
+    SCENARIOS,
+    VARIANT_SCENARIOS,
+    generate_pairs,
+    scenario_pairs,
+    variant_scenario_pairs,
+    write_pair_folds,
+    write_pairs,
+)
 
 to_jpg = lambda s: s.str.replace(r"\.[^.]+$", ".jpg", regex=True)
 pair_counts = []
@@ -136,6 +144,13 @@ for scenario in SCENARIOS:
     write_pair_folds(pairs, study.data_dir / "lfw" / "pairs" / f"{scenario}.csv")
     pair_counts.append({"dataset": "lfw", "scenario": scenario, "pairs": len(pairs), "positive": int(pairs["label"].sum()),
                         "folds": pairs["fold"].nunique()})
+if cfg["masked_variants"] and (study.data_dir / "lfw" / "masked_variants.csv").is_file():
+    # the same pairs and masked sides, with masked crops detected on the masked photo or in unseen styles
+    for scenario in VARIANT_SCENARIOS:
+        pairs = variant_scenario_pairs(lfw_pairs, scenario, seed=cfg["seed"])
+        write_pair_folds(pairs, study.data_dir / "lfw" / "pairs" / f"{scenario}.csv")
+        pair_counts.append({"dataset": "lfw", "scenario": scenario, "pairs": len(pairs),
+                            "positive": int(pairs["label"].sum()), "folds": pairs["fold"].nunique()})
 kept_train = cleaned[cleaned["keep"]].merge(split.train[["dataset", "image"]], on=["dataset", "image"])
 for name, part in kept_train.groupby("dataset"):
     if name == "lfw":

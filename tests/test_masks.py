@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from maskstudy import masks
-from maskstudy.masks import MASK_STYLES, choose_style, draw_mask, mask_alpha, mask_polygon
+from maskstudy.masks import MASK_STYLES, TRAINING_STYLES, UNSEEN_STYLES, choose_style, draw_mask, mask_alpha, mask_polygon
 
 STYLES = sorted(MASK_STYLES)
 
@@ -62,7 +62,12 @@ def test_mask_covers_nose_mouth_chin_not_eyes(style, case, base):
     a0 = before.astype(int)
     a1 = np.asarray(out).astype(int)
     diff = np.abs(a1 - a0).sum(axis=2)
-    for name, pt in [("nose", lm[2]), ("left mouth", lm[3]), ("right mouth", lm[4]), ("chin", chin)]:
+    covered = [("left mouth", lm[3]), ("right mouth", lm[4]), ("chin", chin)]
+    if style == "below_nose":  # worn under the nose: the nose tip stays visible
+        assert window(diff, lm[2], 1).max() == 0, "nose covered by a mask worn below the nose"
+    else:
+        covered.append(("nose", lm[2]))
+    for name, pt in covered:
         assert window(diff, pt, 1).min() > 0, f"{name} not masked"
         assert window(diff, pt, 1).mean() > 15, f"{name} barely changed"
     for name, pt in [("left eye", lm[0]), ("right eye", lm[1])]:
@@ -140,10 +145,27 @@ def test_choose_style_deterministic_and_covering():
     keys = [f"Person_{i:03d}/Person_{i:03d}_0001.jpg" for i in range(200)]
     picks = [choose_style(k, 0) for k in keys]
     assert picks == [choose_style(k, 0) for k in keys]
-    assert set(picks) == set(MASK_STYLES)
-    counts = {s: picks.count(s) for s in MASK_STYLES}
-    assert min(counts.values()) >= 200 / len(MASK_STYLES) * 0.5, counts
+    assert set(picks) == set(TRAINING_STYLES)  # by default only the training styles
+    counts = {s: picks.count(s) for s in TRAINING_STYLES}
+    assert min(counts.values()) >= 200 / len(TRAINING_STYLES) * 0.5, counts
     assert picks != [choose_style(k, 1) for k in keys]
+    assert {choose_style(k, 0, UNSEEN_STYLES) for k in keys} == set(UNSEEN_STYLES)
+
+
+def test_unseen_styles_are_registered_and_disjoint_from_training():
+    assert set(TRAINING_STYLES) | set(UNSEEN_STYLES) <= set(MASK_STYLES)
+    assert not set(TRAINING_STYLES) & set(UNSEEN_STYLES) and len(UNSEEN_STYLES) >= 2
+    with pytest.raises(ValueError, match="unknown or no mask styles"):
+        choose_style("a", 0, ["nope"])
+
+
+def test_unseen_outlines_differ_from_the_training_outline():
+    from maskstudy.masks import shape_of
+
+    base = mask_alpha((112, 112), TEMPLATE) > 0.5
+    for style in UNSEEN_STYLES:
+        other = mask_alpha((112, 112), TEMPLATE, shape_of(style)) > 0.5
+        assert (base ^ other).mean() > 0.02, style
 
 
 @pytest.mark.parametrize(
@@ -198,7 +220,7 @@ def test_real_photo_smoke(lfw_root):
     # rough landmarks of a centred LFW face (250x250)
     lm = np.array([[105, 115], [145, 115], [125, 140], [108, 165], [142, 165]], float)
     lm = lm * (np.array(img.size) / 250.0)
-    for style in STYLES:
+    for style in TRAINING_STYLES:
         out = draw_mask(img, lm, style, seed=0)
         diff = np.abs(np.asarray(out).astype(int) - np.asarray(img).astype(int)).sum(axis=2)
         assert window(diff, lm[2], 1).mean() > 0

@@ -1,0 +1,198 @@
+"""Masked evaluation photos as a user meets them: masks the models never saw, and masks seen through a detector.
+
+The data build (:mod:`maskstudy.data`) aligns each masked twin with the *clean* photo's landmarks ("shared"
+alignment): an idealised test, since a recogniser given a masked photo must find the face itself, and MTCNN's
+nose and mouth landmarks are guesses under a mask. For every evaluation image this module writes, beside the
+twins of :mod:`maskstudy.data`, the crops of four more variants (suffixes of :data:`VARIANTS`):
+
+* ``detected``: the full masked photo (training styles) detected and aligned by itself
+  (:func:`maskstudy.align.detect_and_align`: MTCNN, 5-point similarity, centre-crop fallback);
+* ``detected_eyes``: the same detection aligned with :data:`maskstudy.align.EYE_WEIGHTED` landmark weights
+  (stable when the lower landmarks are guessed under a mask);
+* ``unseen``: a twin in one of :data:`maskstudy.masks.UNSEEN_STYLES` (never used in training), shared alignment;
+* ``unseen_detected``: that unseen-style photo detected and aligned by itself.
+
+One row per image in ``<data_dir>/<dataset>/masked_variants.csv`` records the styles, whether MTCNN found the
+masked face, and how far its landmarks moved from the clean photo's (in inter-ocular distances); rows are reused
+when the image's digest, seed and styles are unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from . import storage
+from .align import EYE_WEIGHTED, detect_and_align, estimate_alignment, warp
+from .data import LANDMARK_COLUMNS, file_seed, row_landmarks
+from .detect import load_image
+from .masks import TRAINING_STYLES, UNSEEN_STYLES, choose_style, draw_mask
+from .pairs import MASK_VARIANTS
+
+#: Variant -> suffix of its crop name (``<stem><suffix>.jpg`` next to the aligned crops).
+VARIANTS = MASK_VARIANTS
+#: A detected masked face whose landmarks moved more than this many inter-ocular distances (mean over the 5
+#: points) from the clean photo's counts as misplaced.
+MISPLACED_IOD = 0.25
+
+COLUMNS = ["image", "sha1", "aligned", "seen_style", "unseen_style", "seen_found", "seen_fallback",
+           "seen_landmark_error", "unseen_found", "unseen_fallback", "unseen_landmark_error", "settings"]
+
+
+def variant_name(aligned: str, variant: str) -> str:
+    """``a/b.jpg`` -> ``a/b_mask_det.jpg`` for ``variant="detected"`` (see :data:`VARIANTS`)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown masked variant {variant!r}; known: {', '.join(VARIANTS)}")
+    stem, _ = os.path.splitext(aligned)
+    return f"{stem}{VARIANTS[variant]}.jpg"
+
+
+def landmark_error(detected: np.ndarray, reference: np.ndarray) -> float:
+    """Mean distance of the 5 detected landmarks from the reference ones, in the reference's inter-ocular
+    distances (NaN when either is missing)."""
+    if not (np.all(np.isfinite(detected)) and np.all(np.isfinite(reference))):
+        return float("nan")
+    iod = float(np.hypot(*(reference[1] - reference[0])))
+    return float(np.linalg.norm(detected - reference, axis=1).mean() / max(iod, 1e-6))
+
+
+def _settings_key(seed: int, crop_size: int, styles: tuple, unseen: tuple) -> str:
+    return f"v1|seed={seed}|crop={crop_size}|styles={','.join(styles)}|unseen={','.join(unseen)}"
+
+
+def build_masked_variants(
+    manifest: pd.DataFrame,
+    source_root: str | os.PathLike,
+    out: str | os.PathLike,
+    detector,
+    seed: int = 0,
+    crop_size: int = 112,
+    styles: tuple[str, ...] = TRAINING_STYLES,
+    unseen_styles: tuple[str, ...] = UNSEEN_STYLES,
+    batch_size: int = 32,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Write the :data:`VARIANTS` crops for every manifest row with an aligned crop; returns the variants table.
+
+    ``manifest``: rows of one dataset's manifest (``image``, ``sha1``, ``aligned``, landmarks). ``out``: that
+    dataset's build folder (``<data_dir>/<dataset>``); crops go to ``out/aligned``, full masked photos in unseen
+    styles to ``out/masked_photos``. Images aligned by the fallback (no landmarks) keep their shared twin as
+    the unseen variant (``unseen_style`` empty) but are still detected like the others.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    root = Path(source_root)
+    table_path = out / "masked_variants.csv"
+    key = _settings_key(seed, crop_size, tuple(styles), tuple(unseen_styles))
+    cached = {}
+    if table_path.is_file():
+        previous = pd.read_csv(table_path, dtype=str, keep_default_na=False)
+        cached = {r["image"]: r for r in previous.to_dict("records") if r["settings"] == key}
+    rows = manifest[manifest["aligned"].astype(str) != ""]
+    done, todo = [], []
+    for row in rows.to_dict("records"):
+        hit = cached.get(row["image"])
+        if hit and hit["sha1"] == row["sha1"] and all(
+                (out / "aligned" / variant_name(row["aligned"], v)).is_file() for v in VARIANTS):
+            done.append(hit)
+        else:
+            todo.append(row)
+    log(f"masked variants: {len(done)} images reused, {len(todo)} to build")
+    bar = tqdm(total=len(todo), desc="masked variants", unit="img", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        done += _build_batch(batch, root, out, detector, seed, crop_size, tuple(styles), tuple(unseen_styles), key)
+        bar.update(len(batch))
+        if (start // batch_size + 1) % 20 == 0:  # resumable
+            storage.write_csv(table_path, pd.DataFrame(done, columns=COLUMNS))
+    bar.close()
+    table = pd.DataFrame(done, columns=COLUMNS)
+    order = {image: i for i, image in enumerate(rows["image"])}
+    table = table.sort_values("image", key=lambda s: s.map(order)).reset_index(drop=True)
+    storage.write_csv(table_path, table)
+    return read_variants(table_path)
+
+
+def _build_batch(batch: list[dict], root: Path, out: Path, detector, seed: int, crop_size: int,
+                 styles: tuple, unseen_styles: tuple, key: str) -> list[dict]:
+    aligned_dir = out / "aligned"
+    seen_photos, unseen_photos, records = [], [], []
+    for row in batch:
+        image = load_image(root / row["image"]).image
+        landmarks = row_landmarks(row) if all(pd.notna(row.get(c)) and row.get(c) != "" for c in LANDMARK_COLUMNS) \
+            else None
+        record = {"image": row["image"], "sha1": row["sha1"], "aligned": row["aligned"], "settings": key}
+        shared_twin = aligned_dir / variant_name(row["aligned"], "shared")
+        if image is None or landmarks is None or row.get("aligned_by") == "fallback":
+            # no landmarks of its own: the masked photo is the fallback-aligned twin itself
+            twin = Image.open(shared_twin).convert("RGB")
+            seen_photos.append(twin)
+            unseen_photos.append(twin)
+            storage.save_image(aligned_dir / variant_name(row["aligned"], "unseen"), twin)
+            record.update(seen_style=row.get("mask_style", ""), unseen_style="", reference=None)
+        else:
+            name_seed = int(file_seed(row["image"], seed))
+            seen = choose_style(row["image"], seed, styles)
+            unseen = choose_style(row["image"], seed, unseen_styles)
+            saved = out / "masked_photos" / row.get("masked", "")
+            if row.get("masked") and row.get("mask_style") == seen and saved.is_file():
+                seen_photos.append(Image.open(saved).convert("RGB"))  # the build's own masked photo
+            else:
+                seen_photos.append(draw_mask(image, landmarks, seen, seed=name_seed))
+            unseen_photo = draw_mask(image, landmarks, unseen, seed=name_seed)
+            unseen_photos.append(unseen_photo)
+            storage.save_image(aligned_dir / variant_name(row["aligned"], "unseen"),
+                               warp(unseen_photo, estimate_alignment(landmarks, crop_size), crop_size))
+            storage.save_image(out / "masked_photos" / variant_name(row["aligned"], "unseen"), unseen_photo,
+                               quality=92)
+            record.update(seen_style=seen, unseen_style=unseen, reference=landmarks)
+        records.append(record)
+    seen_crops, seen_found, seen_fallback, seen_marks = detect_and_align(seen_photos, detector, crop_size)
+    unseen_crops, unseen_found, unseen_fallback, unseen_marks = detect_and_align(unseen_photos, detector, crop_size)
+    for i, (record, photo) in enumerate(zip(records, seen_photos)):
+        aligned = record["aligned"]
+        storage.save_image(aligned_dir / variant_name(aligned, "detected"), Image.fromarray(seen_crops[i]))
+        storage.save_image(aligned_dir / variant_name(aligned, "unseen_detected"), Image.fromarray(unseen_crops[i]))
+        eyes = Image.fromarray(seen_crops[i])
+        if seen_found[i] and not seen_fallback[i]:
+            eyes = warp(photo, estimate_alignment(seen_marks[i], crop_size, EYE_WEIGHTED), crop_size)
+        storage.save_image(aligned_dir / variant_name(aligned, "detected_eyes"), eyes)
+        reference = record.pop("reference")
+        ref = reference if reference is not None else np.full((5, 2), np.nan)
+        record.update(seen_found=bool(seen_found[i]), seen_fallback=bool(seen_fallback[i]),
+                      seen_landmark_error=landmark_error(seen_marks[i], ref),
+                      unseen_found=bool(unseen_found[i]), unseen_fallback=bool(unseen_fallback[i]),
+                      unseen_landmark_error=landmark_error(unseen_marks[i], ref))
+    return records
+
+
+def read_variants(path: str | os.PathLike) -> pd.DataFrame:
+    """The variants table with typed columns (booleans, floats)."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in ("seen_found", "seen_fallback", "unseen_found", "unseen_fallback"):
+        table[column] = table[column].map({"True": True, "False": False})
+    for column in ("seen_landmark_error", "unseen_landmark_error"):
+        table[column] = pd.to_numeric(table[column].replace("", np.nan), errors="coerce")
+    return table
+
+
+def detection_summary(variants: pd.DataFrame) -> pd.DataFrame:
+    """How MTCNN fares on masked photos, per variant (seen / unseen styles): face found, misplaced landmarks
+    (mean error above :data:`MISPLACED_IOD` inter-ocular distances) and the median landmark error."""
+    rows = []
+    for kind in ("seen", "unseen"):
+        error = variants[f"{kind}_landmark_error"]
+        found = variants[f"{kind}_found"].astype(bool)
+        rows.append({"mask_styles": kind, "images": len(variants), "face_found": float(found.mean()),
+                     "missed": float(1 - found.mean()),
+                     "misplaced": float((error[found] > MISPLACED_IOD).mean()) if found.any() else float("nan"),
+                     "median_landmark_error_iod": float(error.median()),
+                     "p90_landmark_error_iod": float(error.quantile(0.9))})
+    return pd.DataFrame(rows)
