@@ -168,13 +168,8 @@ def summarise(result: dict, pairs: pd.DataFrame, photos: pd.DataFrame, n_boot: i
         chosen = (pairs["kind"] == kind).to_numpy()
         row[f"acc_{kind}"] = float(correct[chosen].mean()) if chosen.any() else float("nan")
         row[f"pairs_{kind}"] = int(chosen.sum())
-    used = photos[photos["image"].isin(set(pairs["a"].map(_image_of(photos))) | set(pairs["b"].map(_image_of(photos))))]
+    used = photos[photos["aligned"].isin(set(pairs["a"]) | set(pairs["b"]))]
     row["face_found"] = float(used["face_found"].astype(bool).mean())
     masked = used[used["masked"].astype(str) == "True"]
     row["face_found_masked"] = float(masked["face_found"].astype(bool).mean()) if len(masked) else float("nan")
     return row
-
-
-def _image_of(photos: pd.DataFrame):
-    lookup = dict(zip(photos["aligned"], photos["image"]))
-    return lambda aligned: lookup.get(aligned, "")

@@ -7,6 +7,7 @@ Notebooks 03-06 take every model name, seed and checkpoint folder from here, so 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +37,65 @@ def run_name(model: str, seed: int, config: Mapping[str, Any]) -> str:
 def checkpoint(outputs: str | Path, run: str) -> Path:
     """The final checkpoint of training run ``run`` under a run folder's ``outputs/``."""
     return Path(outputs) / "checkpoints" / run / "last.pt"
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One network notebook 03 trains: its model name, seed, kind and TrainConfig fields.
+
+    ``kind``: ``attention`` (the compared variants, repeated over seeds), ``baseline`` (no masks in training),
+    ``leave_out`` (trained without one mask style's twins) or ``margin`` (another margin head on the plain net).
+    """
+
+    name: str
+    model: str
+    seed: int
+    kind: str
+    settings: dict
+    left_out_style: str | None = None
+
+
+def training_runs(config: Mapping[str, Any]) -> dict[str, TrainingRun]:
+    """Every training run of notebook 03, by run name, in training order (main seed first)."""
+    from .config import train_settings
+
+    runs: dict[str, TrainingRun] = {}
+    attention = attention_models(config)
+    for seed in seeds(config):
+        for model, block in attention.items():
+            name = run_name(model, seed, config)
+            runs[name] = TrainingRun(name, model, seed, "attention", train_settings(config, block, seed=seed))
+    main = int(config["seed"])
+    if config.get("nomask_baseline"):
+        runs["plain_nomask"] = TrainingRun("plain_nomask", "plain_nomask", main, "baseline",
+                                           train_settings(config, "none", masked_share=0.0))
+    style = config.get("leave_out_style")
+    if style:
+        name = f"plain_without_{style}"
+        runs[name] = TrainingRun(name, name, main, "leave_out", train_settings(config, "none"), style)
+    for margin in config.get("margin_losses") or []:
+        name = f"plain_{margin}"
+        runs[name] = TrainingRun(name, name, main, "margin", train_settings(config, "none", margin=margin))
+    return runs
+
+
+def attention_comparisons(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Pairs ``(a, b)`` of attention models compared as a - b: each block against plain, then the blocks
+    against each other (e.g. se - plain, cbam - plain, cbam - se)."""
+    names = list(attention_models(config))
+    base = "plain" if "plain" in names else names[0]
+    others = [n for n in names if n != base]
+    return [(n, base) for n in others] + [(b, a) for i, a in enumerate(others) for b in others[i + 1:]]
+
+
+def without_style(rows, style: str):
+    """Training rows whose twins of ``style`` are removed (those photos are always used unmasked): the
+    leave-one-style-out run never sees that mask."""
+    rows = rows.copy()
+    rows.loc[rows["mask_style"] == style, "masked"] = ""
+    return rows
+
+
+def display_name(run: str) -> str:
+    """Readable label of a run or model name for tables and figures."""
+    return run.replace("_seed", " seed ").replace("plain_without_", "plain without ").replace("_", " ")

@@ -2,18 +2,24 @@
 # # 03 · SE vs CBAM training
 #
 # The study's core question: on masked faces, does attention in the backbone help an ArcFace-trained IR-ResNet?
-# Three variants of the same network are trained here with **the same seed, data, schedule and margin head**:
+# The variants of the same network are trained with **the same data, schedule and margin head**, each with
+# **several training seeds**, so that a difference between models can be judged against the variation from one
+# seed to the next:
 #
 # * **plain** IR-ResNet (Deng et al. 2019),
 # * **SE**: Squeeze-and-Excitation (Hu et al. 2018) after the residual branch's last BN,
 # * **CBAM**: channel attention from an MLP over average- and max-pooled features, then 7x7 spatial attention
 #   (Woo et al. 2018), at the same place, as in the seed study;
 #
-# plus the seed's **no-mask baseline**: the plain network trained on unmasked crops only. Training images are the
-# cleaned training split of notebook 02 (their masked twins replace them with probability `train_masked_share`);
-# evaluation is LFW View 2 in three scenarios (10-fold accuracy, ROC) and closed-set identification of masked
-# probes against an unmasked gallery (the seed's Id column). Differences between models come with paired bootstrap
-# intervals over the same pairs.
+# plus, with the main seed, the seed's **no-mask baseline** (the plain network trained on unmasked crops only), a
+# **leave-one-style-out** run (the plain network trained without one mask style's twins, tested on that style) and,
+# when the profile asks for it, the plain network under other margin losses.
+#
+# Every model meets the same tests (`maskstudy.testsets`): LFW View 2 in the basic scenarios (masks aligned with the
+# clean photo's landmarks), the same pairs with the masked photo **detected by itself** and with **mask styles never
+# seen in training**, the false non-match rate at a **fixed threshold**, masked **identification** (per probe, per
+# identity, with distractors), and **MFR2**'s real masks from the photos. Intervals come from a bootstrap over
+# identities; model differences are tested over seeds and corrected for multiplicity (Holm).
 
 # %% tags=["parameters"]
 # Parameters: papermill replaces this cell's values. In JupyterLab leave them as they are: the profile's
@@ -36,8 +42,8 @@ cfg = study.config
 display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`, data folder `{study.data_dir}`"))
 
 # %%
-from maskstudy.config import train_settings
-from maskstudy.data import read_manifest
+from maskstudy import storage
+from maskstudy import study as design
 from maskstudy.protocol import Split
 from maskstudy.train import TrainConfig, train_or_restart
 
@@ -49,41 +55,50 @@ for needed in (train_csv, pairs_dir / "masked_unmasked.csv"):
 split = Split.load(study.data_dir / "split")
 display(Markdown(f"**Protocol `{split.protocol}`.** {split.description}"))
 
-models = {("plain" if a == "none" else a): train_settings(cfg, a) for a in cfg["attention_variants"]}
-if cfg["nomask_baseline"]:
-    models["plain_nomask"] = train_settings(cfg, "none", masked_share=0.0)
-# the margin-loss comparison: the plain backbone under other heads (its ArcFace run is "plain" itself)
-margin_models = [f"plain_{m}" for m in cfg["margin_losses"]]
-for margin in cfg["margin_losses"]:
-    models[f"plain_{margin}"] = train_settings(cfg, "none", margin=margin)
-if not margin_models:
-    display(Markdown("*This profile skips the margin-loss comparison (`margin_losses` is empty).*"))
-pd.DataFrame(models).T
+runs = design.training_runs(cfg)
+attention = design.attention_models(cfg)
+seeds = design.seeds(cfg)
+main_seed = int(cfg["seed"])
+pd.DataFrame([{"run": r.name, "model": r.model, "seed": r.seed, "kind": r.kind, "backbone": r.settings["backbone"],
+               "masked_share": r.settings["masked_share"], "margin": r.settings["margin"],
+               "left_out_style": r.left_out_style or ""} for r in runs.values()])
 
 # %% [markdown]
 # ## Training
 #
-# Checkpoints are written after every epoch; rerunning the notebook resumes unfinished runs and reuses finished ones.
+# Checkpoints are written after every epoch; rerunning the notebook resumes unfinished runs and reuses finished
+# ones. The leave-one-style-out run trains on the same photos, with the left-out style's twins replaced by the
+# unmasked crops.
 
 # %%
+rows = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
 results = {}
-for name, settings in models.items():
-    print(f"== {name}: {settings['backbone']}, masked share {settings['masked_share']}")
-    results[name] = train_or_restart(TrainConfig.from_dict(settings), train_csv, study.data_dir,
-                          study.outputs / "checkpoints" / name)
-history = pd.concat([r.history.assign(model=name) for name, r in results.items()], ignore_index=True)
+for run in runs.values():
+    csv = train_csv
+    if run.left_out_style:
+        csv = study.outputs / "leave_out" / f"train_without_{run.left_out_style}.csv"
+        storage.write_csv(csv, design.without_style(rows, run.left_out_style))
+    print(f"== {run.name}: {run.settings['backbone']}, seed {run.seed}, masked share {run.settings['masked_share']}")
+    results[run.name] = train_or_restart(TrainConfig.from_dict(run.settings), csv, study.data_dir,
+                                         design.checkpoint(study.outputs, run.name).parent)
+history = pd.concat([r.history.assign(run=name, model=runs[name].model, seed=runs[name].seed)
+                     for name, r in results.items()], ignore_index=True)
 study.save_table(history, "03_training_log")
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-for name, part in history[~history["model"].isin(margin_models)].groupby("model", sort=False):
-    axes[0].plot(part["epoch"], part["loss"], marker="o", ms=3, label=name)
-    axes[1].plot(part["epoch"], part["train_acc"], marker="o", ms=3, label=name)
-    axes[2].plot(part["epoch"], part["val_acc"], marker="o", ms=3, label=name)
+colours = dict(zip(dict.fromkeys(runs[n].model for n in results), plt.cm.tab10.colors))
+for name, part in history[history["run"].map(lambda n: runs[n].kind in ("attention", "baseline"))].groupby("run", sort=False):
+    run = runs[name]
+    style = dict(color=colours[run.model], alpha=1.0 if run.seed == main_seed else 0.45, lw=1.6 if run.seed == main_seed else 0.9,
+                 label=run.model if run.seed == main_seed else None)
+    axes[0].plot(part["epoch"], part["loss"], **style)
+    axes[1].plot(part["epoch"], part["train_acc"], **style)
+    axes[2].plot(part["epoch"], part["val_acc"], **style)
 for ax, title in zip(axes, ["training loss (ArcFace)", "training accuracy (margin logits)",
                             "validation: masked-unmasked pairs of held-out training identities"]):
     ax.set_xlabel("epoch"); ax.set_title(title, fontsize=9); ax.grid(alpha=0.3)
-axes[0].legend()
+axes[0].legend(fontsize=8, title="faint: other seeds", title_fontsize=7)
 fig.tight_layout()
 study.save_figure(fig, "03_learning_curves")
 plt.show()
@@ -94,8 +109,9 @@ from maskstudy.models import count_flops, count_parameters
 
 backbones = {name: backbone_from_checkpoint(load_checkpoint(r.checkpoint)) for name, r in results.items()}
 training_table = pd.DataFrame([{
-    "model": name, "backbone": models[name]["backbone"], "masked_share": models[name]["masked_share"],
-    "params": count_parameters(backbones[name]), "gflops": count_flops(backbones[name], models[name]["input_size"]) / 1e9,
+    "run": name, "model": runs[name].model, "seed": runs[name].seed, "backbone": runs[name].settings["backbone"],
+    "masked_share": runs[name].settings["masked_share"], "params": count_parameters(backbones[name]),
+    "gflops": count_flops(backbones[name], runs[name].settings["input_size"]) / 1e9,
     "epochs": int(r.history["epoch"].max()), "final_loss": float(r.history["loss"].iloc[-1]),
     "final_val_acc": float(r.history["val_acc"].iloc[-1]), "train_seconds": float(r.history["seconds"].sum()),
     "images_per_s": float(r.history["images_per_s"].mean()),
@@ -104,103 +120,196 @@ study.save_table(training_table, "03_training")
 training_table
 
 # %% [markdown]
-# ## Evaluation on LFW: verification in three scenarios and masked identification
+# ## Evaluation: LFW scenarios, fixed-threshold error rates, identification, MFR2
 
 # %%
-from maskstudy.evaluate import evaluate_scenarios, identification_rank1
+from maskstudy.data import find_dataset, read_manifest
+from maskstudy.testsets import TestSets, evaluate_model
 
-aligned_root = study.data_dir / "lfw" / "aligned"
-lfw = read_manifest(study.data_dir / "lfw" / "cleaned.csv")
-eval_ids = set(split.eval_identities["identity"])
-id_images = lfw[lfw["identity"].isin(eval_ids) & (lfw["aligned"] != "")][["identity", "aligned", "masked"]]
-verification, identification, details = [], [], {}
-for name, backbone in backbones.items():
-    cache = {}
-    table, per_pair = evaluate_scenarios(backbone, models[name]["input_size"], pairs_dir, aligned_root, crops_cache=cache,
-                                         batch_size=cfg["eval_batch_size"], n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
-    verification.append(table.assign(model=name))
-    details[name] = per_pair
-    ident = identification_rank1(backbone, models[name]["input_size"], id_images, aligned_root, crops_cache=cache,
-                                 seed=cfg["seed"], n_boot=cfg["bootstrap_samples"], batch_size=cfg["eval_batch_size"])
-    identification.append({"model": name, "rank1": ident["rank1"], "ci_low": ident["ci"][0], "ci_high": ident["ci"][1],
-                           "probes": ident["probes"], "gallery": ident["gallery"]})
-verification = pd.concat(verification, ignore_index=True)[["model"] + [c for c in verification[0].columns if c != "model"]]
-identification = pd.DataFrame(identification)
-study.save_table(verification, "03_verification")
-study.save_table(identification, "03_identification")
+mfr2_source = find_dataset("mfr2", cfg["mfr2_root"])
+tests = TestSets.from_run(study.data_dir, read_manifest(study.data_dir / "lfw" / "cleaned.csv"),
+                          set(split.eval_identities["identity"]), mfr2_source, crop_size=cfg["crop_size"])
+if mfr2_source is None:
+    display(Markdown("*MFR2 not found (set `mfr2_root` or `$MASKSTUDY_MFR2`, or place it in `../shared/data/mfr2`): "
+                     "the real-mask tests are skipped.*"))
+display(Markdown(f"LFW tests: {', '.join(tests.scenarios)}" + (f"; MFR2: {len(tests.mfr2_pairs)} pairs." if mfr2_source else ".")))
+
+evaluated = {}
+for name, run in runs.items():
+    print(f"evaluating {name}", flush=True)
+    scenarios = ["unmasked_unmasked", "masked_unmasked"] if run.kind == "leave_out" else None
+    evaluated[name] = evaluate_model(backbones[name], run.settings["input_size"], tests, scenarios=scenarios,
+                                     identification=run.kind != "leave_out", fixed_fmr=cfg["fixed_fmr"],
+                                     batch_size=cfg["eval_batch_size"], n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
+
+def tagged(frame, name):
+    run = runs[name]
+    return frame.assign(run=name, model=run.model, seed=run.seed, kind=run.kind)
+
+verification = pd.concat([tagged(r.verification, n) for n, r in evaluated.items()], ignore_index=True)
+fnmr = pd.concat([tagged(r.fnmr, n) for n, r in evaluated.items()], ignore_index=True)
+identification = pd.DataFrame([{**r.identification, "run": n, "model": runs[n].model, "seed": runs[n].seed,
+                                "kind": runs[n].kind} for n, r in evaluated.items() if r.identification])
+mfr2_table = pd.DataFrame([{**r.mfr2, "run": n, "model": runs[n].model, "seed": runs[n].seed, "kind": runs[n].kind}
+                           for n, r in evaluated.items() if r.mfr2])
+for frame, table in [(verification, "03_verification"), (fnmr, "03_fnmr"), (identification, "03_identification"),
+                     (mfr2_table, "03_mfr2")]:
+    study.save_table(frame[["run", "model", "seed", "kind"] + [c for c in frame.columns if c not in ("run", "model", "seed", "kind")]]
+                     if len(frame) else frame, table)
+per_pair = {n: r.per_pair for n, r in evaluated.items()}
 np.savez_compressed(study.outputs / "03_pair_scores.npz", **{
-    f"{name}__{scenario}__{key}": value[key] for name, per_pair in details.items()
-    for scenario, value in per_pair.items() for key in ("scores", "labels", "folds", "correct")})
-note = next(iter(next(iter(details.values())).values()))["accuracy"].get("note")
-if note:
-    display(Markdown(f"*Note:* {note}"))
+    f"{name}__{test}__{key}": value[key] for name, tests_ in per_pair.items()
+    for test, value in tests_.items() for key in ("scores", "labels", "folds", "correct")})
+display(verification[verification["seed"] == main_seed].pivot(index="run", columns="scenario", values="accuracy_mean").round(4))
+
+# %% [markdown]
+# ## Spread over training seeds
+#
+# Each attention model was trained with every seed of the profile (`seed` and `extra_seeds`). The table gives, per
+# test, the mean accuracy over seeds and
+# its standard deviation: the yardstick every model difference below is judged against.
 
 # %%
-# the seed study's table: Id % (masked probes, unmasked gallery) and Ver % per scenario
-seed_table = identification[["model", "rank1"]].rename(columns={"rank1": "Id %"})
-for scenario in ["unmasked_unmasked", "masked_unmasked", "masked_masked"]:
-    part = verification[verification["scenario"] == scenario].set_index("model")
-    seed_table[f"Ver % {scenario}"] = seed_table["model"].map(part["accuracy_mean"])
-    seed_table[f"± {scenario}"] = seed_table["model"].map(part["accuracy_std"])
-seed_table = seed_table.assign(**{c: seed_table[c] * 100 for c in seed_table.columns if c != "model"}).round(2)
+from maskstudy import comparisons
+
+long = comparisons.accuracy_long(verification, mfr2_table if len(mfr2_table) else None)
+spread = comparisons.seed_summary(long)
+study.save_table(spread, "03_seed_summary")
+display(Markdown(f"Seeds: {seeds}."), spread.pivot(index="model", columns="test", values="accuracy_mean").round(4),
+        Markdown("Standard deviation over seeds:"), spread.pivot(index="model", columns="test", values="accuracy_std").round(4))
+
+# %%
+# the seed study's table: Id % (masked probes, unmasked gallery) and Ver % per scenario, mean over seeds (± std over
+# seeds) for the attention models; single runs for the baselines
+basic = ["unmasked_unmasked", "masked_unmasked", "masked_masked"]
+table_tests = basic + [t for t in ["masked_unmasked_detected", "masked_unmasked_unseen", comparisons.MFR2] if t in set(long["test"])]
+main_kinds = long[long["kind"].isin(["attention", "baseline", "margin"])]
+seed_rows = []
+for model, part in main_kinds.groupby("model", sort=False):
+    ident = identification[identification["model"] == model]
+    row = {"model": model, "seeds": int(part["seed"].nunique()), "Id %": 100 * ident["rank1"].mean() if len(ident) else np.nan}
+    for test in table_tests:
+        acc = part[part["test"] == test]["accuracy"]
+        row[f"Ver % {test}"] = 100 * acc.mean()
+        row[f"± {test}"] = 100 * acc.std(ddof=1) if len(acc) > 1 else np.nan
+    seed_rows.append(row)
+seed_table = pd.DataFrame(seed_rows).round(2)
 study.save_table(seed_table, "03_seed_table")
-seed_table
+display(Markdown("Mean over seeds; ± is the standard deviation **over training seeds** (blank for single runs)."), seed_table)
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [3, 1]})
-scenarios = list(dict.fromkeys(verification["scenario"]))
-names = [n for n in backbones if n not in margin_models]
-width = 0.8 / len(names)
-for i, name in enumerate(names):
-    part = verification[verification["model"] == name].set_index("scenario").loc[scenarios]
-    x = np.arange(len(scenarios)) + i * width
-    axes[0].bar(x, part["accuracy_mean"], width, label=name,
-                yerr=[part["accuracy_mean"] - part["acc_ci_low"], part["acc_ci_high"] - part["accuracy_mean"]], capsize=3)
-axes[0].set_xticks(np.arange(len(scenarios)) + width * (len(names) - 1) / 2, scenarios)
-lowest = verification["acc_ci_low"].min()
-axes[0].set_ylim(max(0.45, lowest - 0.05), 1.0); axes[0].set_ylabel("10-fold accuracy (95% bootstrap CI)")
-axes[0].legend(fontsize=8); axes[0].set_title("LFW verification")
-shown = identification[identification["model"].isin(names)]
-axes[1].bar(shown["model"], shown["rank1"], yerr=[shown["rank1"] - shown["ci_low"], shown["ci_high"] - shown["rank1"]], capsize=3)
-axes[1].set_title("Masked identification, rank-1"); axes[1].tick_params(axis="x", rotation=30)
+fig, ax = plt.subplots(figsize=(13, 4))
+tests_shown = list(dict.fromkeys(long[long["kind"] == "attention"]["test"]))
+models_shown = list(attention)
+width = 0.8 / len(models_shown)
+for i, model in enumerate(models_shown):
+    part = long[(long["model"] == model) & (long["kind"] == "attention")]
+    x = np.arange(len(tests_shown)) + i * width
+    means = [part[part["test"] == t]["accuracy"].mean() for t in tests_shown]
+    ax.bar(x, means, width, label=model, color=plt.cm.tab10(i), alpha=0.75)
+    for j, t in enumerate(tests_shown):
+        values = part[part["test"] == t]["accuracy"]
+        ax.scatter(np.full(len(values), x[j]), values, s=9, color="k", zorder=3)
+ax.set_xticks(np.arange(len(tests_shown)) + width * (len(models_shown) - 1) / 2, [t.replace("_", "\n") for t in tests_shown], fontsize=7)
+ax.set_ylim(max(0.45, long[long["kind"] == "attention"]["accuracy"].min() - 0.05), 1.0)
+ax.set_ylabel("accuracy (bars: mean over seeds; dots: seeds)")
+ax.set_title("Every test, every seed"); ax.legend(fontsize=8)
 fig.tight_layout()
 study.save_figure(fig, "03_accuracy")
 plt.show()
 
 # %% [markdown]
-# ## Differences between models, with paired bootstrap intervals
+# ## Differences between models
 #
-# Same pairs, same folds: each comparison resamples the pairs and recomputes the difference in accuracy. An interval that contains 0 means this run cannot tell the two models apart.
+# For each comparison and test: the difference paired by training seed (mean, t interval over seeds, p), and for the
+# main seed a paired bootstrap over identities (the unit that pairs share). Both p-values are Holm-adjusted over the
+# whole family of comparisons x tests; **separated** means the Holm-adjusted seed test rejects at 5 %.
 
 # %%
-from maskstudy.evaluate import paired_bootstrap_difference
-
-comparisons = [(a, b) for a, b in [("se", "plain"), ("cbam", "plain"), ("cbam", "se"), ("plain", "plain_nomask")]
-               if a in details and b in details] + [("plain", m) for m in margin_models]
-differences = []
-for a, b in comparisons:
-    for scenario in scenarios:
-        d = paired_bootstrap_difference(details[a][scenario]["correct"], details[b][scenario]["correct"],
-                                        n=cfg["bootstrap_samples"], seed=cfg["seed"])
-        differences.append({"comparison": f"{a} - {b}", "scenario": scenario, "difference": d["diff"],
-                            "ci_low": d["low"], "ci_high": d["high"], "p_value": d["p_value_two_sided"],
-                            "separated": not (d["low"] <= 0 <= d["high"])})
-differences = pd.DataFrame(differences)
+differences = comparisons.differences(long, per_pair, design.attention_comparisons(cfg), main_seed,
+                                      n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
 study.save_table(differences, "03_differences")
-gap = verification.pivot(index="model", columns="scenario", values="accuracy_mean")
-gap = pd.DataFrame({"model": gap.index, "unmasked": gap["unmasked_unmasked"], "masked_unmasked": gap["masked_unmasked"],
-                    "masked_masked": gap["masked_masked"], "masked_gap": gap["unmasked_unmasked"] - gap["masked_unmasked"]}).reset_index(drop=True)
-study.save_table(gap, "03_masked_gap")
-display(differences, gap)
-separated = differences[differences["separated"]]
+display(differences.round(4))
+separated = differences[differences["separated"]] if len(differences) else differences
 display(Markdown(
-    f"{len(separated)} of {len(differences)} comparisons have a 95% interval that excludes 0"
-    + (": " + "; ".join(f"{r.comparison} on {r.scenario} ({100 * r.difference:+.1f} points)" for r in separated.itertuples()) if len(separated) else
-       ": at this profile's size the models cannot be told apart.")))
+    f"{len(separated)} of {len(differences)} comparisons are separated after Holm's correction"
+    + (": " + "; ".join(f"{r.comparison} on {r.test} ({100 * r.diff_seed_mean:+.1f} points)" for r in separated.itertuples())
+       if len(separated) else ": at this profile's size the attention variants cannot be told apart.")))
 
 # %%
-if margin_models:
-    margin_table = verification[verification["model"].isin(["plain"] + margin_models)].copy()
-    margin_table.insert(1, "margin", margin_table["model"].map(lambda m: models[m]["margin"]))
+baseline_rows = []
+if "plain_nomask" in per_pair:
+    for test in per_pair["plain_nomask"]:
+        if test in per_pair["plain"]:
+            baseline_rows.append(comparisons.single_difference(per_pair, "plain", "plain_nomask", test,
+                                                               n_boot=cfg["bootstrap_samples"], seed=cfg["seed"]))
+for margin_run in [n for n, r in runs.items() if r.kind == "margin"]:
+    for test in per_pair[margin_run]:
+        baseline_rows.append(comparisons.single_difference(per_pair, "plain", margin_run, test,
+                                                           n_boot=cfg["bootstrap_samples"], seed=cfg["seed"]))
+baselines = pd.DataFrame(baseline_rows)
+if len(baselines):
+    from maskstudy.statistics import holm_adjust
+
+    baselines["p_holm"] = holm_adjust(baselines["p_value"])
+study.save_table(baselines, "03_baseline_differences")
+display(Markdown("**Training with masked twins, and other margin losses** (main seed, identity bootstrap):"), baselines.round(4))
+
+# %% [markdown]
+# ## Seen and unseen masks, shared alignment and detection on the masked photo
+
+# %%
+order = [t for t in ["masked_unmasked", "masked_unmasked_detected", "masked_unmasked_detected_eyes", "masked_unmasked_unseen",
+                     "masked_unmasked_unseen_detected", "masked_masked", "masked_masked_detected", comparisons.MFR2]
+         if t in set(spread["test"])]
+masks_table = spread[spread["test"].isin(order)].pivot(index="model", columns="test", values="accuracy_mean")[order]
+study.save_table(masks_table.reset_index(), "03_mask_scenarios")
+display(Markdown("Mean accuracy over seeds: masks aligned with the clean photo (`masked_unmasked`), detected on the "
+                 "masked photo (`_detected`; `_detected_eyes`: eye-weighted alignment), styles never seen in "
+                 "training (`_unseen`), and MFR2's real masks."), masks_table.round(4))
+display(Markdown("**False non-match rate at a fixed threshold** (FMR target on unmasked pairs of the other folds), "
+                 "mean over seeds:"),
+        fnmr[fnmr["kind"] == "attention"].groupby(["model", "scenario", "fmr_target"])["fnmr"].mean().unstack("fmr_target").round(4))
+
+# %%
+loso_rows = []
+leave_out = [r for r in runs.values() if r.kind == "leave_out"]
+if leave_out:
+    run = leave_out[0]
+    lfw = read_manifest(study.data_dir / "lfw" / "cleaned.csv")
+    style_of = dict(zip(lfw["masked"], lfw["mask_style"]))
+    pairs = pd.read_csv(pairs_dir / "masked_unmasked.csv", dtype=str, keep_default_na=False)
+    masked_side = np.where(pairs["a"].str.endswith("_mask.jpg"), pairs["a"], pairs["b"])
+    is_left_out = np.array([style_of.get(m) == run.left_out_style for m in masked_side])
+    for subset, chosen in [(f"masked with {run.left_out_style} (unseen by {run.name})", is_left_out),
+                           ("masked with the other styles", ~is_left_out)]:
+        for name in [run.name] + [design.run_name("plain", s, cfg) for s in seeds]:
+            if name in per_pair:
+                correct = per_pair[name]["masked_unmasked"]["correct"][chosen]
+                loso_rows.append({"pairs": subset, "run": name, "n_pairs": int(chosen.sum()), "accuracy": float(correct.mean())})
+        loso_rows.append({"pairs": subset, "run": f"{run.name} - plain", "n_pairs": int(chosen.sum()),
+                          **{k: v for k, v in comparisons.single_difference(per_pair, run.name, "plain", "masked_unmasked",
+                                                                           n_boot=cfg["bootstrap_samples"], seed=cfg["seed"],
+                                                                           subset=chosen).items() if k in ("diff", "ci_low", "ci_high", "p_value")}})
+loso = pd.DataFrame(loso_rows)
+study.save_table(loso, "03_leave_one_style_out")
+display(Markdown("**Leave one style out**: the plain network trained without one style's twins, on masked-unmasked "
+                 "pairs whose mask is that style, against the plain network that saw it (accuracy under the 10-fold "
+                 "thresholds of all pairs)."), loso.round(4))
+
+# %%
+display(Markdown("**Identification** (rank-1 of masked probes against an unmasked gallery; per identity = mean over "
+                 "people; with distractors = single-photo identities added to the gallery):"),
+        identification.round(4))
+if len(mfr2_table):
+    display(Markdown("**MFR2** (real masks, detected and aligned from the photos; 10 folds in file order):"), mfr2_table.round(4))
+
+# %%
+if cfg["margin_losses"]:
+    margin_table = verification[verification["model"].isin(["plain"] + [f"plain_{m}" for m in cfg["margin_losses"]])
+                                & (verification["seed"] == main_seed)].copy()
+    margin_table.insert(1, "margin", margin_table["run"].map(lambda n: runs[n].settings["margin"]))
     study.save_table(margin_table, "03_margin_losses")
-    display(Markdown("### Margin losses on the plain backbone (same data and schedule)"), margin_table)
+    display(Markdown("### Margin losses on the plain backbone (same data and schedule, main seed)"), margin_table)
+else:
+    display(Markdown("*This profile skips the margin-loss comparison (`margin_losses` is empty).*"))

@@ -35,29 +35,37 @@ display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`,
 
 # %%
 from maskstudy import storage
+from maskstudy import study as design
 from maskstudy.config import train_settings, transformer_settings
-from maskstudy.evaluate import backbone_from_checkpoint, evaluate_scenarios, load_checkpoint
+from maskstudy.data import find_dataset, read_manifest
+from maskstudy.evaluate import backbone_from_checkpoint, load_checkpoint
 from maskstudy.models import count_flops, count_parameters
+from maskstudy.protocol import Split
+from maskstudy.testsets import TestSets, evaluate_model
 from maskstudy.train import TrainConfig, train_or_restart
 
 train_csv = study.data_dir / "split" / "train_clean.csv"
-pairs_dir = study.data_dir / "lfw" / "pairs"
-aligned_root = study.data_dir / "lfw" / "aligned"
-verification_03 = study.tables / "03_verification.csv"
-for needed in (train_csv, verification_03):
+summary_03 = study.tables / "03_seed_summary.csv"
+for needed in (train_csv, summary_03, study.tables / "03_verification.csv"):
     if not needed.exists():
         raise FileNotFoundError(f"{needed} is missing: run notebooks 01-03 first")
-cnn_results = pd.read_csv(verification_03)
-attention_models = {"plain": "none", "se": "se", "cbam": "cbam"}
-masked = cnn_results[(cnn_results["scenario"] == "masked_unmasked") & cnn_results["model"].isin(attention_models)]
+attention_models = design.attention_models(cfg)
+spread = pd.read_csv(summary_03)
+masked = spread[(spread["test"] == "masked_unmasked") & spread["model"].isin(attention_models)]
 best_cnn = masked.sort_values("accuracy_mean", ascending=False)["model"].iloc[0]
-display(Markdown(f"Best CNN of notebook 03 on masked–unmasked pairs: **{best_cnn}**."))
-def evaluate_model(name, checkpoint, scenarios=("unmasked_unmasked", "masked_unmasked", "masked_masked")):
-    backbone = backbone_from_checkpoint(load_checkpoint(checkpoint))
-    input_size = int(load_checkpoint(checkpoint)["config"]["input_size"])
-    table, per_pair = evaluate_scenarios(backbone, input_size, pairs_dir, aligned_root, scenarios=scenarios,
-                                         batch_size=cfg["eval_batch_size"], n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
-    return table.assign(model=name), per_pair
+display(Markdown(f"Best CNN of notebook 03 on masked–unmasked pairs (mean over seeds): **{best_cnn}**; its main-seed run "
+                 "is the comparison below."))
+split = Split.load(study.data_dir / "split")
+tests = TestSets.from_run(study.data_dir, read_manifest(study.data_dir / "lfw" / "cleaned.csv"),
+                          set(split.eval_identities["identity"]), find_dataset("mfr2", cfg["mfr2_root"]),
+                          crop_size=cfg["crop_size"])
+
+
+def evaluate_checkpoint(checkpoint, **kw):
+    loaded = load_checkpoint(checkpoint)
+    return evaluate_model(backbone_from_checkpoint(loaded, checkpoint), int(loaded["config"]["input_size"]), tests,
+                          fixed_fmr=cfg["fixed_fmr"], batch_size=cfg["eval_batch_size"],
+                          n_boot=cfg["bootstrap_samples"], seed=cfg["seed"], **kw)
 
 
 # %% [markdown]
@@ -65,27 +73,36 @@ def evaluate_model(name, checkpoint, scenarios=("unmasked_unmasked", "masked_unm
 
 # %%
 models = {"vit": transformer_settings(cfg, "vit"), "hybrid": transformer_settings(cfg, "hybrid")}
-results, tables, details = {}, [], {}
+results, tables, mfr2_rows = {}, [], []
 for name, settings in models.items():
     print(f"== {name}: {settings['backbone']} {settings['backbone_kwargs']}")
-    results[name] = train_or_restart(TrainConfig.from_dict(settings), train_csv, study.data_dir, study.outputs / "checkpoints" / name)
-    table, details[name] = evaluate_model(name, results[name].checkpoint)
-    tables.append(table)
-cnn_table = cnn_results[cnn_results["model"] == best_cnn]
+    results[name] = train_or_restart(TrainConfig.from_dict(settings), train_csv, study.data_dir,
+                                     design.checkpoint(study.outputs, name).parent)
+    evaluated = evaluate_checkpoint(results[name].checkpoint, identification=False)
+    tables.append(evaluated.verification.assign(model=name))
+    if evaluated.mfr2:
+        mfr2_rows.append({"model": name, **evaluated.mfr2})
+cnn_results = pd.read_csv(study.tables / "03_verification.csv")
+cnn_table = cnn_results[(cnn_results["run"] == best_cnn)].drop(columns=["run", "seed", "kind"])
 vit_table = pd.concat([cnn_table] + tables, ignore_index=True)
 vit_table = vit_table[["model"] + [c for c in vit_table.columns if c != "model"]]
+if mfr2_rows and (study.tables / "03_mfr2.csv").is_file():
+    cnn_mfr2 = pd.read_csv(study.tables / "03_mfr2.csv")
+    mfr2_rows = cnn_mfr2[cnn_mfr2["run"] == best_cnn].drop(columns=["run", "seed", "kind"]).to_dict("records") + mfr2_rows
+study.save_table(pd.DataFrame(mfr2_rows), "04_mfr2")
 size = []
 for name, settings in [(best_cnn, train_settings(cfg, attention_models[best_cnn]))] + list(models.items()):
-    backbone = backbone_from_checkpoint(load_checkpoint(study.outputs / "checkpoints" / name / "last.pt"))
+    backbone = backbone_from_checkpoint(load_checkpoint(design.checkpoint(study.outputs, name)))
     size.append({"model": name, "backbone": settings["backbone"], "params": count_parameters(backbone),
                  "gflops": count_flops(backbone, settings["input_size"]) / 1e9, "optimizer": settings.get("optimizer", "sgd"), "lr": settings["lr"]})
 study.save_table(vit_table, "04_vit")
 study.save_table(pd.DataFrame(size), "04_model_size")
-display(pd.DataFrame(size), vit_table)
+display(pd.DataFrame(size), vit_table, pd.DataFrame(mfr2_rows))
 
 # %%
 history = pd.concat([r.history.assign(model=n) for n, r in results.items()]
-                    + [pd.read_csv(study.outputs / "checkpoints" / best_cnn / "log.csv").assign(model=best_cnn)], ignore_index=True)
+                    + [pd.read_csv(design.checkpoint(study.outputs, best_cnn).parent / "log.csv").assign(model=best_cnn)],
+                    ignore_index=True)
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
 for name, part in history.groupby("model", sort=False):
     axes[0].plot(part["epoch"], part["loss"], marker="o", ms=3, label=name)
@@ -114,11 +131,12 @@ for fraction in cfg["data_fractions"]:
     storage.write_csv(subset_csv, rows[rows["identity"].isin(chosen)])
     for name, settings in [(best_cnn, train_settings(cfg, attention_models[best_cnn])), ("vit", models["vit"])]:
         if fraction == 1.0:
-            checkpoint = study.outputs / "checkpoints" / name / "last.pt"
+            checkpoint = design.checkpoint(study.outputs, name)
         else:
             out = study.outputs / "data_size" / f"{name}_{int(round(100 * fraction))}"
             checkpoint = train_or_restart(TrainConfig.from_dict(settings), subset_csv, study.data_dir, out).checkpoint
-        table, _ = evaluate_model(name, checkpoint, scenarios=("unmasked_unmasked", "masked_unmasked"))
+        table = evaluate_checkpoint(checkpoint, scenarios=["unmasked_unmasked", "masked_unmasked"],
+                                    identification=False, use_mfr2=False).verification
         for row in table.to_dict("records"):
             curve.append({"model": name, "fraction": fraction, "identities": len(chosen),
                           "images": int(rows["identity"].isin(chosen).sum()), **row})

@@ -28,52 +28,96 @@ display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`,
 # %%
 import json
 
+from maskstudy.findings import study_findings
+
+from maskstudy import comparisons
+from maskstudy import study as design
 from maskstudy.report import PUBLISHED_ANCHORS, read_results, write_summary
 
-required = ["01_split", "02_cleaning_summary", "03_verification", "03_identification", "03_differences", "03_masked_gap",
-            "03_seed_table", "03_training", "04_vit", "04_data_size", "04_data_size_gap", "05_attention_regions", "05_faithfulness"]
-results = read_results(study.tables, required, optional=("03_margin_losses",))
+required = ["01_split", "02_cleaning_summary", "03_verification", "03_identification", "03_differences",
+            "03_seed_table", "03_seed_summary", "03_training", "03_fnmr", "03_baseline_differences",
+            "04_vit", "04_data_size", "04_data_size_gap"]
+required += ["05_attention_regions", "05_faithfulness"]
+optional = ("03_margin_losses", "03_mfr2", "04_mfr2", "03_mask_scenarios", "03_leave_one_style_out", "01_masked_detection")
+results = read_results(study.tables, required, optional=optional)
 split = json.loads((study.data_dir / "split" / "split.json").read_text())
 display(Markdown(f"**Protocol `{split['protocol']}`.** {split['description']}"))
 
 # %% [markdown]
 # ## Identification and verification per method (the seed study's table)
+#
+# Attention models: mean over training seeds, ± the standard deviation over seeds. Baselines, ViT and hybrid: one
+# run (main seed; ± left blank). Besides the seed study's three scenarios: masked photos detected by themselves,
+# mask styles never seen in training, and MFR2's real masks.
 
 # %%
 verification = results["03_verification"]
 vit = results["04_vit"]
-extra = vit[vit["model"].isin(["vit", "hybrid"])]
 key = results["03_seed_table"].copy()
+key = key[~key["model"].isin([m for m in key["model"] if m.startswith("plain_") and m != "plain_nomask"])]
+mfr2_04 = results.get("04_mfr2", pd.DataFrame(columns=["model"])).set_index("model")
 for name in ["vit", "hybrid"]:
-    part = extra[extra["model"] == name].set_index("scenario")
+    part = vit[vit["model"] == name].set_index("scenario")
     if len(part):
-        row = {"model": name, "Id %": float("nan")}
-        for scenario in ["unmasked_unmasked", "masked_unmasked", "masked_masked"]:
-            row[f"Ver % {scenario}"] = round(100 * part.loc[scenario, "accuracy_mean"], 2)
-            row[f"± {scenario}"] = round(100 * part.loc[scenario, "accuracy_std"], 2)
+        row = {"model": name, "seeds": 1, "Id %": float("nan")}
+        for column in [c for c in key.columns if c.startswith("Ver % ")]:
+            test = column[len("Ver % "):]
+            if test == comparisons.MFR2:
+                row[column] = round(100 * mfr2_04.loc[name, "accuracy_mean"], 2) if name in mfr2_04.index else float("nan")
+            elif test in part.index:
+                row[column] = round(100 * part.loc[test, "accuracy_mean"], 2)
         key = pd.concat([key, pd.DataFrame([row])], ignore_index=True)
-key = key[~key["model"].str.startswith("plain_") | (key["model"] == "plain_nomask")]
 study.save_table(key, "06_key_results")
 display(Markdown("Id %: rank-1 of masked probes against an unmasked gallery (ViT/hybrid: not measured). "
-                 "Ver %: LFW 10-fold accuracy ± std over folds."), key)
+                 "Ver %: LFW 10-fold accuracy (MFR2: its 848 pairs in 10 folds)."), key)
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), sharey=True)
-both = pd.concat([verification, extra], ignore_index=True)
-both = both[~both["model"].isin([m for m in both["model"].unique() if m.startswith("plain_") and m != "plain_nomask"])]
-for ax, scenario in zip(axes, ["unmasked_unmasked", "masked_unmasked", "masked_masked"]):
-    part = both[both["scenario"] == scenario]
-    ax.bar(part["model"], part["accuracy_mean"], yerr=[part["accuracy_mean"] - part["acc_ci_low"], part["acc_ci_high"] - part["accuracy_mean"]],
-           capsize=3, color=plt.cm.tab10(np.arange(len(part))))
-    ax.set_title(scenario); ax.tick_params(axis="x", rotation=35)
-axes[0].set_ylabel("LFW 10-fold accuracy (95% bootstrap CI)")
-axes[0].set_ylim(max(0.4, both["acc_ci_low"].min() - 0.05), 1)
+long = comparisons.accuracy_long(verification, results.get("03_mfr2"))
+main = long[long["seed"] == int(cfg["seed"])]
+main = main[main["kind"].isin(["attention", "baseline"])]
+extra = vit[vit["model"].isin(["vit", "hybrid"])].rename(columns={"scenario": "test", "accuracy_mean": "accuracy"})
+if "04_mfr2" in results:
+    extra = pd.concat([extra, results["04_mfr2"][results["04_mfr2"]["model"].isin(["vit", "hybrid"])]
+                       .assign(test=comparisons.MFR2).rename(columns={"accuracy_mean": "accuracy"})], ignore_index=True)
+both = pd.concat([main[["model", "test", "accuracy"]], extra[["model", "test", "accuracy"]]], ignore_index=True)
+tests_shown = list(dict.fromkeys(both["test"]))
+spread = results["03_seed_summary"].set_index(["model", "test"])
+fig, axes = plt.subplots(1, len(tests_shown), figsize=(2.6 * len(tests_shown), 3.8), sharey=True, squeeze=False)
+for ax, test in zip(axes[0], tests_shown):
+    part = both[both["test"] == test].drop_duplicates("model")
+    errors = [spread.loc[(m, test), "accuracy_std"] if (m, test) in spread.index else 0.0 for m in part["model"]]
+    means = [spread.loc[(m, test), "accuracy_mean"] if (m, test) in spread.index else a for m, a in zip(part["model"], part["accuracy"])]
+    ax.bar(part["model"], means, yerr=np.nan_to_num(errors), capsize=3, color=plt.cm.tab10(np.arange(len(part))))
+    ax.set_title(test.replace("_", " "), fontsize=8); ax.tick_params(axis="x", rotation=60, labelsize=7)
+axes[0, 0].set_ylabel("accuracy (attention models: mean ± sd over seeds)")
+axes[0, 0].set_ylim(max(0.4, both["accuracy"].min() - 0.05), 1)
 fig.tight_layout()
 study.save_figure(fig, "06_accuracy_by_scenario")
 plt.show()
 
 # %% [markdown]
-# ## ROC curves per scenario
+# ## Real masks (MFR2), unseen masks, and masks detected on the photo
+
+# %%
+if "03_mfr2" in results:
+    mfr2_table = results["03_mfr2"]
+    display(Markdown("**MFR2** per run (10-fold accuracy ± std over folds, identity-bootstrap interval, AUC, accuracy "
+                     "per pair kind, share of photos where MTCNN found a face):"), mfr2_table.round(4))
+else:
+    display(Markdown("*MFR2 was not found when notebook 03 ran: no real-mask results.*"))
+if "03_mask_scenarios" in results:
+    display(Markdown("**Seen vs unseen mask styles, shared alignment vs detection on the masked photo** (mean over seeds):"),
+            results["03_mask_scenarios"].round(4))
+if "01_masked_detection" in results:
+    display(Markdown("**MTCNN on masked photos**:"), results["01_masked_detection"].round(4))
+if "03_leave_one_style_out" in results:
+    display(Markdown("**Leave one style out**:"), results["03_leave_one_style_out"].round(4))
+fnmr = results["03_fnmr"]
+display(Markdown("**False non-match rate at a fixed threshold** (set on unmasked pairs of the other folds), mean over seeds:"),
+        fnmr[fnmr["kind"] == "attention"].groupby(["model", "scenario", "fmr_target"])["fnmr"].mean().unstack("fmr_target").round(4))
+
+# %% [markdown]
+# ## ROC curves per scenario (main seed)
 
 # %%
 from sklearn.metrics import roc_curve
@@ -82,45 +126,55 @@ scores_file = study.outputs / "03_pair_scores.npz"
 if not scores_file.is_file():
     raise FileNotFoundError(f"{scores_file} is missing: run notebook 03 first")
 scores = np.load(scores_file)
-names = sorted({k.split("__")[0] for k in scores.files}, key=list(verification["model"].unique()).index)
-names = [n for n in names if not n.startswith("plain_") or n == "plain_nomask"]
-fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-for ax, scenario in zip(axes, ["unmasked_unmasked", "masked_unmasked", "masked_masked"]):
+names = [n for n in design.attention_models(cfg)] + (["plain_nomask"] if cfg["nomask_baseline"] else [])
+roc_tests = [t for t in ["unmasked_unmasked", "masked_unmasked", "masked_masked", "masked_unmasked_detected", comparisons.MFR2]
+             if f"{names[0]}__{t}__labels" in scores.files]
+fig, axes = plt.subplots(1, len(roc_tests), figsize=(4.2 * len(roc_tests), 3.8), squeeze=False)
+for ax, test in zip(axes[0], roc_tests):
     for name in names:
-        fpr, tpr, _ = roc_curve(scores[f"{name}__{scenario}__labels"], scores[f"{name}__{scenario}__scores"])
-        ax.plot(fpr, tpr, label=name)
+        if f"{name}__{test}__labels" in scores.files:
+            fpr, tpr, _ = roc_curve(scores[f"{name}__{test}__labels"], scores[f"{name}__{test}__scores"])
+            ax.plot(fpr, tpr, label=name)
     ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.set_xscale("log"); ax.set_xlim(1e-3, 1)
-    ax.set_xlabel("false accept rate"); ax.set_title(scenario); ax.grid(alpha=0.3)
-axes[0].set_ylabel("true accept rate"); axes[0].legend(fontsize=8)
+    ax.set_xlabel("false accept rate"); ax.set_title(test.replace("_", " "), fontsize=9); ax.grid(alpha=0.3)
+axes[0, 0].set_ylabel("true accept rate"); axes[0, 0].legend(fontsize=8)
 fig.tight_layout()
 study.save_figure(fig, "06_roc")
 plt.show()
 
 # %% [markdown]
-# ## Differences between models (paired bootstrap over the same pairs)
+# ## Differences between models
+#
+# Paired by training seed (mean and t interval over seeds); the p-values are Holm-adjusted over the whole family.
 
 # %%
 differences = results["03_differences"]
-display(differences)
-fig, ax = plt.subplots(figsize=(8, 0.35 * len(differences) + 1))
-labels = differences["comparison"] + "  ·  " + differences["scenario"]
-y = np.arange(len(differences))
-ax.errorbar(differences["difference"] * 100, y, xerr=[(differences["difference"] - differences["ci_low"]) * 100,
-            (differences["ci_high"] - differences["difference"]) * 100], fmt="o", capsize=3)
-ax.axvline(0, color="k", lw=0.8); ax.set_yticks(y, labels, fontsize=8); ax.invert_yaxis()
-ax.set_xlabel("accuracy difference, points (95% CI)")
-fig.tight_layout()
-study.save_figure(fig, "06_differences")
-plt.show()
+display(differences.round(4))
+if len(differences):
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(differences) + 1))
+    labels = differences["comparison"] + "  ·  " + differences["test"]
+    y = np.arange(len(differences))
+    centre = differences["diff_seed_mean"] * 100
+    low = differences["seed_ci_low"].fillna(differences["boot_ci_low"]) * 100
+    high = differences["seed_ci_high"].fillna(differences["boot_ci_high"]) * 100
+    colours = np.where(differences["separated"], "tab:red", "tab:blue")
+    for i in range(len(differences)):
+        ax.errorbar(centre.iloc[i], y[i], xerr=[[centre.iloc[i] - low.iloc[i]], [high.iloc[i] - centre.iloc[i]]],
+                    fmt="o", capsize=3, color=colours[i])
+    ax.axvline(0, color="k", lw=0.8); ax.set_yticks(y, labels, fontsize=7); ax.invert_yaxis()
+    ax.set_xlabel("accuracy difference, points (95% t interval over seeds; red: separated after Holm)")
+    fig.tight_layout()
+    study.save_figure(fig, "06_differences")
+    plt.show()
+display(Markdown("**Training with masked twins, margin losses** (main seed, identity bootstrap):"),
+        results["03_baseline_differences"].round(4))
 
 # %% [markdown]
-# ## No-mask baseline, margin losses, ViT and hybrid
+# ## Margin losses, ViT and hybrid
 
 # %%
-display(Markdown("**Masked-unmasked gap** (unmasked accuracy minus masked-unmasked accuracy) per model:"), results["03_masked_gap"])
 if "03_margin_losses" in results:
-    margins = results["03_margin_losses"]
-    display(Markdown("**Margin losses** on the plain backbone (ArcFace is `plain`):"), margins)
+    display(Markdown("**Margin losses** on the plain backbone (ArcFace is `plain`):"), results["03_margin_losses"])
 else:
     display(Markdown("*This profile did not train the margin-loss comparison (`margin_losses` empty).*"))
 display(Markdown("**ViT and hybrid** against the best CNN (same head, data, seed, evaluation):"), vit)
@@ -154,43 +208,14 @@ anchors
 # ## Summary
 
 # %%
-def pct(x):
-    return f"{100 * x:.1f} %"
-
-ver = verification.set_index(["model", "scenario"])
-findings, warnings = [], []
-train_images = int(results["01_split"]["train_images"].iloc[0])
-findings.append(f"Protocol {split['protocol']}: trained on {train_images:,} photos ({split['counts']['train_identities']:,} identities) before cleaning; "
-                f"evaluated on {split['counts']['eval_pairs']:,} LFW pairs.")
-for name in ["plain", "se", "cbam"]:
-    if (name, "masked_unmasked") in ver.index:
-        findings.append(f"{name}: {pct(ver.loc[(name, 'unmasked_unmasked'), 'accuracy_mean'])} unmasked, "
-                        f"{pct(ver.loc[(name, 'masked_unmasked'), 'accuracy_mean'])} masked-unmasked, "
-                        f"{pct(ver.loc[(name, 'masked_masked'), 'accuracy_mean'])} masked-masked (LFW 10-fold).")
-for row in differences.itertuples():
-    if row.comparison in ("se - plain", "cbam - plain") and row.scenario == "masked_unmasked":
-        verdict = "a difference this run can separate from 0" if row.separated else "not separable from 0 at this size"
-        findings.append(f"{row.comparison} on masked-unmasked pairs: {100 * row.difference:+.1f} points "
-                        f"[{100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}], {verdict}.")
-if ("plain_nomask", "masked_unmasked") in ver.index:
-    findings.append(f"Training with masked twins vs without (plain): masked-unmasked {pct(ver.loc[('plain', 'masked_unmasked'), 'accuracy_mean'])} vs "
-                    f"{pct(ver.loc[('plain_nomask', 'masked_unmasked'), 'accuracy_mean'])}.")
-vit_mu = vit.set_index(["model", "scenario"])
-if ("vit", "masked_unmasked") in vit_mu.index:
-    findings.append(f"ViT {pct(vit_mu.loc[('vit', 'masked_unmasked'), 'accuracy_mean'])} and hybrid "
-                    f"{pct(vit_mu.loc[('hybrid', 'masked_unmasked'), 'accuracy_mean'])} on masked-unmasked pairs.")
+findings, warnings = study_findings(results, split, cfg)
+attention = results["05_attention_regions"]
 masked_attention = attention[attention["input"] == "masked"].set_index("model")
 if {"plain", "cbam"} <= set(masked_attention.index):
-    findings.append(f"Share of Grad-CAM mass in the eye band on masked probes: plain {pct(masked_attention.loc['plain', 'eye_share'])}, "
-                    f"SE {pct(masked_attention.loc['se', 'eye_share'])}, CBAM {pct(masked_attention.loc['cbam', 'eye_share'])} "
-                    f"(the band is {pct(masked_attention['eye_band_area_share'].iloc[0])} of the crop).")
-unseparated = differences[~differences["separated"]]
-if len(unseparated):
-    warnings.append(f"{len(unseparated)} of {len(differences)} model comparisons have 95% intervals that include 0: "
-                    "at this profile's size those models cannot be told apart.")
-if cfg["profile"] == "smoke":
-    warnings.append("smoke profile: a few training steps on a handful of images; the numbers test the pipeline, not the methods.")
-warnings.append("CelebA identity numbers cannot be matched to LFW names: a person in both sets cannot be excluded from training.")
+    findings.append("Share of Grad-CAM mass in the eye band on masked probes: "
+                    + ", ".join(f"{m} {100 * masked_attention.loc[m, 'eye_share']:.1f} %" for m in masked_attention.index)
+                    + f" (the band is {100 * masked_attention['eye_band_area_share'].iloc[0]:.1f} % of the crop).")
 write_summary(study.run_dir, findings, warnings, ["06_key_results"],
-              ["06_accuracy_by_scenario", "06_differences", "03_learning_curves", "04_data_size", "05_cams_masked", "05_attention_regions"])
+              ["06_accuracy_by_scenario", "06_differences", "03_accuracy", "03_learning_curves", "04_data_size",
+               "05_cams_masked", "05_attention_regions"])
 display(Markdown("\n".join(f"* {f}" for f in findings) + "\n\n**Warnings**\n\n" + "\n".join(f"* {w}" for w in warnings)))

@@ -1,0 +1,94 @@
+"""Tables that compare the trained models: spread over seeds, differences with Holm-corrected tests, subsets.
+
+Inputs are what :func:`maskstudy.testsets.evaluate_model` returns per training run and the runs of
+:func:`maskstudy.study.training_runs`; outputs are plain DataFrames that notebooks save and plot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .statistics import holm_adjust, paired_cluster_bootstrap, seed_difference, seed_spread
+
+#: The name under which MFR2 appears beside the LFW scenarios.
+MFR2 = "mfr2"
+
+
+def accuracy_long(verification: pd.DataFrame, mfr2: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per (run, test): LFW scenarios from ``verification`` and MFR2 as test ``mfr2``; columns run,
+    model, seed, kind, test, accuracy, auc."""
+    parts = [verification.rename(columns={"scenario": "test", "accuracy_mean": "accuracy"})]
+    if mfr2 is not None and len(mfr2):
+        parts.append(mfr2.assign(test=MFR2).rename(columns={"accuracy_mean": "accuracy"}))
+    keep = ["run", "model", "seed", "kind", "test", "accuracy", "auc"]
+    return pd.concat([p[keep] for p in parts], ignore_index=True)
+
+
+def seed_summary(long: pd.DataFrame, kind: str = "attention") -> pd.DataFrame:
+    """Mean, std (ddof=1), min and max over seeds of each model's accuracy on each test (runs of ``kind``)."""
+    rows = []
+    part = long[long["kind"] == kind]
+    for (model, test), group in part.groupby(["model", "test"], sort=False):
+        spread = seed_spread(group.sort_values("seed")["accuracy"])
+        rows.append({"model": model, "test": test, **{f"accuracy_{k}" if k != "seeds" else k: v
+                                                         for k, v in spread.items()},
+                     "auc_mean": float(group["auc"].mean())})
+    return pd.DataFrame(rows)
+
+
+def differences(long: pd.DataFrame, per_pair: Mapping[str, Mapping[str, dict]], comparisons: Sequence[tuple[str, str]],
+                main_seed: int, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """Each comparison ``(a, b)`` on each test: the difference of accuracies paired by training seed (mean, t
+    interval over seeds, p) and, for the main seed, a paired bootstrap over identities (difference, interval, p).
+    Both p-value columns are Holm-adjusted over the whole family (all comparisons x tests); ``separated`` means
+    the Holm-adjusted seed test rejects at ``alpha`` (when there is one seed, the bootstrap test decides)."""
+    rows = []
+    attention = long[long["kind"] == "attention"]
+    for a, b in comparisons:
+        for test in dict.fromkeys(attention["test"]):
+            acc = attention[attention["test"] == test].pivot(index="seed", columns="model", values="accuracy")
+            if a not in acc or b not in acc:
+                continue
+            both = acc[[a, b]].dropna()
+            by_seed = seed_difference(both[a], both[b], alpha=alpha)
+            run_a, run_b = _main_run(attention, a, main_seed), _main_run(attention, b, main_seed)
+            first, second = per_pair[run_a][test], per_pair[run_b][test]
+            boot = paired_cluster_bootstrap(first["correct"], second["correct"], first["clusters"], n=n_boot,
+                                            seed=seed, alpha=alpha)
+            rows.append({"comparison": f"{a} - {b}", "test": test, "seeds": by_seed["seeds"],
+                         "diff_seed_mean": by_seed["diff"], "diff_seed_std": by_seed["std"],
+                         "seed_ci_low": by_seed["low"], "seed_ci_high": by_seed["high"],
+                         "p_seed": by_seed["p_value"], "diff_main_seed": boot["diff"], "boot_ci_low": boot["low"],
+                         "boot_ci_high": boot["high"], "p_boot": boot["p_value"]})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    for column in ("p_seed", "p_boot"):
+        finite = table[column].notna()
+        table[f"{column}_holm"] = np.nan
+        if finite.any():
+            table.loc[finite, f"{column}_holm"] = holm_adjust(table.loc[finite, column])
+    decided_by = table["p_seed_holm"].where(table["p_seed_holm"].notna(), table["p_boot_holm"])
+    table["separated"] = decided_by < alpha
+    return table
+
+
+def _main_run(attention: pd.DataFrame, model: str, main_seed: int) -> str:
+    runs = attention[(attention["model"] == model) & (attention["seed"] == main_seed)]["run"]
+    if runs.empty:
+        raise KeyError(f"no run of {model!r} with the main seed {main_seed}")
+    return str(runs.iloc[0])
+
+
+def single_difference(per_pair: Mapping[str, Mapping[str, dict]], run_a: str, run_b: str, test: str,
+                      n_boot: int = 2000, seed: int = 0, subset: np.ndarray | None = None) -> dict:
+    """Paired identity-bootstrap difference of two single runs on one test (optionally a subset of its pairs)."""
+    first, second = per_pair[run_a][test], per_pair[run_b][test]
+    chosen = np.ones(len(first["correct"]), bool) if subset is None else np.asarray(subset, bool)
+    boot = paired_cluster_bootstrap(first["correct"][chosen], second["correct"][chosen],
+                                    np.asarray(first["clusters"])[chosen], n=n_boot, seed=seed)
+    return {"comparison": f"{run_a} - {run_b}", "test": test, "pairs": int(chosen.sum()), "diff": boot["diff"],
+            "ci_low": boot["low"], "ci_high": boot["high"], "p_value": boot["p_value"]}
