@@ -1,4 +1,5 @@
-"""Command line: ``python -m maskstudy run ...`` (the study pipeline), ``python -m maskstudy verify ...``."""
+"""Command line: ``python -m maskstudy run ...`` (the study pipeline), ``python -m maskstudy verify ...``,
+``python -m maskstudy readme --run reports/cpu`` (the README's results section from a finished run)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _readme(args: argparse.Namespace) -> int:
+    from .data import project_root
+    from .report import update_readme
+
+    try:
+        path = update_readme(project_root() / "README.md", args.run)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"maskstudy: {error}", file=sys.stderr)
+        return 2
+    print(f"updated the results section of {path} from {args.run}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m maskstudy", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_verify_arguments(commands.add_parser(
         "verify", help="10-fold verification accuracy of a checkpoint on a pair file (aligned crops or raw photos)"))
+    readme = commands.add_parser("readme", help="rewrite the README's results section from a finished run")
+    readme.add_argument("--run", default="reports/cpu", help="run folder (default: reports/cpu)")
+    readme.set_defaults(handler=_readme)
     return parser
 
 

@@ -45,6 +45,8 @@ BASE: dict[str, Any] = {
     "attention_variants": ["none", "se", "cbam"],
     "extra_seeds": [1, 2],  # the attention variants are also trained with these seeds (spread over seeds)
     "leave_out_style": "surgical_blue",  # plain net trained without this style's twins, tested on it (None: skip)
+    # plain net trained on twins detected on the masked photo ("detected" or "detected_eyes"; None: skip)
+    "detected_twins_run": "detected",
     "nomask_baseline": True,  # also train the plain network on unmasked crops only (the seed's baseline)
     "train_backbone": "ir18",
     "train_width": 0.25,

@@ -83,14 +83,17 @@ def build_masked_variants(
     ``manifest``: rows of one dataset's manifest (``image``, ``sha1``, ``aligned``, landmarks). ``out``: that
     dataset's build folder (``<data_dir>/<dataset>``); crops go to ``out/aligned``, full masked photos in unseen
     styles to ``out/masked_photos``. Images aligned by the fallback (no landmarks) keep their shared twin as
-    the unseen variant (``unseen_style`` empty) but are still detected like the others.
+    the unseen variant (``unseen_style`` empty) but are still detected like the others. ``unseen_styles=()``
+    (training sets) writes only the detected variants of the training styles' masked photos.
     """
     from tqdm import tqdm
 
     out = Path(out)
     root = Path(source_root)
+    unseen_styles = tuple(unseen_styles)
     table_path = out / "masked_variants.csv"
-    key = _settings_key(seed, crop_size, tuple(styles), tuple(unseen_styles))
+    key = _settings_key(seed, crop_size, tuple(styles), unseen_styles)
+    wanted = [v for v in VARIANTS if unseen_styles or not v.startswith("unseen")]
     cached = {}
     if table_path.is_file():
         previous = pd.read_csv(table_path, dtype=str, keep_default_na=False)
@@ -100,7 +103,7 @@ def build_masked_variants(
     for row in rows.to_dict("records"):
         hit = cached.get(row["image"])
         if hit and hit["sha1"] == row["sha1"] and all(
-                (out / "aligned" / variant_name(row["aligned"], v)).is_file() for v in VARIANTS):
+                (out / "aligned" / variant_name(row["aligned"], v)).is_file() for v in wanted):
             done.append(hit)
         else:
             todo.append(row)
@@ -108,7 +111,7 @@ def build_masked_variants(
     bar = tqdm(total=len(todo), desc="masked variants", unit="img", disable=not progress)
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
-        done += _build_batch(batch, root, out, detector, seed, crop_size, tuple(styles), tuple(unseen_styles), key)
+        done += _build_batch(batch, root, out, detector, seed, crop_size, tuple(styles), unseen_styles, key)
         bar.update(len(batch))
         if (start // batch_size + 1) % 20 == 0:  # resumable
             storage.write_csv(table_path, pd.DataFrame(done, columns=COLUMNS))
@@ -120,6 +123,27 @@ def build_masked_variants(
     return read_variants(table_path)
 
 
+def _masked_photos(row: dict, image, landmarks, root_out: Path, seed: int, crop_size: int, styles: tuple,
+                   unseen_styles: tuple) -> tuple:
+    """The photo in its training style (the build's own masked photo when it was saved) and, when unseen styles
+    are asked for, in an unseen style (its shared-alignment crop and full photo are written here)."""
+    name_seed = int(file_seed(row["image"], seed))
+    seen = choose_style(row["image"], seed, styles)
+    saved = root_out / "masked_photos" / row.get("masked", "")
+    if row.get("masked") and row.get("mask_style") == seen and saved.is_file():
+        seen_photo = Image.open(saved).convert("RGB")
+    else:
+        seen_photo = draw_mask(image, landmarks, seen, seed=name_seed)
+    if not unseen_styles:
+        return seen, seen_photo, "", None
+    unseen = choose_style(row["image"], seed, unseen_styles)
+    unseen_photo = draw_mask(image, landmarks, unseen, seed=name_seed)
+    storage.save_image(root_out / "aligned" / variant_name(row["aligned"], "unseen"),
+                       warp(unseen_photo, estimate_alignment(landmarks, crop_size), crop_size))
+    storage.save_image(root_out / "masked_photos" / variant_name(row["aligned"], "unseen"), unseen_photo, quality=92)
+    return seen, seen_photo, unseen, unseen_photo
+
+
 def _build_batch(batch: list[dict], root: Path, out: Path, detector, seed: int, crop_size: int,
                  styles: tuple, unseen_styles: tuple, key: str) -> list[dict]:
     aligned_dir = out / "aligned"
@@ -129,37 +153,34 @@ def _build_batch(batch: list[dict], root: Path, out: Path, detector, seed: int, 
         landmarks = row_landmarks(row) if all(pd.notna(row.get(c)) and row.get(c) != "" for c in LANDMARK_COLUMNS) \
             else None
         record = {"image": row["image"], "sha1": row["sha1"], "aligned": row["aligned"], "settings": key}
-        shared_twin = aligned_dir / variant_name(row["aligned"], "shared")
         if image is None or landmarks is None or row.get("aligned_by") == "fallback":
             # no landmarks of its own: the masked photo is the fallback-aligned twin itself
-            twin = Image.open(shared_twin).convert("RGB")
+            twin = Image.open(aligned_dir / variant_name(row["aligned"], "shared")).convert("RGB")
             seen_photos.append(twin)
-            unseen_photos.append(twin)
-            storage.save_image(aligned_dir / variant_name(row["aligned"], "unseen"), twin)
+            if unseen_styles:
+                unseen_photos.append(twin)
+                storage.save_image(aligned_dir / variant_name(row["aligned"], "unseen"), twin)
             record.update(seen_style=row.get("mask_style", ""), unseen_style="", reference=None)
         else:
-            name_seed = int(file_seed(row["image"], seed))
-            seen = choose_style(row["image"], seed, styles)
-            unseen = choose_style(row["image"], seed, unseen_styles)
-            saved = out / "masked_photos" / row.get("masked", "")
-            if row.get("masked") and row.get("mask_style") == seen and saved.is_file():
-                seen_photos.append(Image.open(saved).convert("RGB"))  # the build's own masked photo
-            else:
-                seen_photos.append(draw_mask(image, landmarks, seen, seed=name_seed))
-            unseen_photo = draw_mask(image, landmarks, unseen, seed=name_seed)
-            unseen_photos.append(unseen_photo)
-            storage.save_image(aligned_dir / variant_name(row["aligned"], "unseen"),
-                               warp(unseen_photo, estimate_alignment(landmarks, crop_size), crop_size))
-            storage.save_image(out / "masked_photos" / variant_name(row["aligned"], "unseen"), unseen_photo,
-                               quality=92)
+            seen, seen_photo, unseen, unseen_photo = _masked_photos(row, image, landmarks, out, seed, crop_size,
+                                                                    styles, unseen_styles)
+            seen_photos.append(seen_photo)
+            if unseen_photo is not None:
+                unseen_photos.append(unseen_photo)
             record.update(seen_style=seen, unseen_style=unseen, reference=landmarks)
         records.append(record)
     seen_crops, seen_found, seen_fallback, seen_marks = detect_and_align(seen_photos, detector, crop_size)
-    unseen_crops, unseen_found, unseen_fallback, unseen_marks = detect_and_align(unseen_photos, detector, crop_size)
+    if unseen_styles:
+        unseen_crops, unseen_found, unseen_fallback, unseen_marks = detect_and_align(unseen_photos, detector,
+                                                                                     crop_size)
+    else:  # training sets: no unseen styles
+        unseen_found = unseen_fallback = np.zeros(len(records), bool)
+        unseen_marks = np.full((len(records), 5, 2), np.nan)
     for i, (record, photo) in enumerate(zip(records, seen_photos)):
         aligned = record["aligned"]
         storage.save_image(aligned_dir / variant_name(aligned, "detected"), Image.fromarray(seen_crops[i]))
-        storage.save_image(aligned_dir / variant_name(aligned, "unseen_detected"), Image.fromarray(unseen_crops[i]))
+        if unseen_styles:
+            storage.save_image(aligned_dir / variant_name(aligned, "unseen_detected"), Image.fromarray(unseen_crops[i]))
         eyes = Image.fromarray(seen_crops[i])
         if seen_found[i] and not seen_fallback[i]:
             eyes = warp(photo, estimate_alignment(seen_marks[i], crop_size, EYE_WEIGHTED), crop_size)
@@ -168,7 +189,8 @@ def _build_batch(batch: list[dict], root: Path, out: Path, detector, seed: int, 
         ref = reference if reference is not None else np.full((5, 2), np.nan)
         record.update(seen_found=bool(seen_found[i]), seen_fallback=bool(seen_fallback[i]),
                       seen_landmark_error=landmark_error(seen_marks[i], ref),
-                      unseen_found=bool(unseen_found[i]), unseen_fallback=bool(unseen_fallback[i]),
+                      unseen_found=bool(unseen_found[i]) if unseen_styles else "",
+                      unseen_fallback=bool(unseen_fallback[i]) if unseen_styles else "",
                       unseen_landmark_error=landmark_error(unseen_marks[i], ref))
     return records
 
@@ -177,7 +199,7 @@ def read_variants(path: str | os.PathLike) -> pd.DataFrame:
     """The variants table with typed columns (booleans, floats)."""
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     for column in ("seen_found", "seen_fallback", "unseen_found", "unseen_fallback"):
-        table[column] = table[column].map({"True": True, "False": False})
+        table[column] = table[column].map({"True": True, "False": False})  # empty (no unseen styles) -> NaN
     for column in ("seen_landmark_error", "unseen_landmark_error"):
         table[column] = pd.to_numeric(table[column].replace("", np.nan), errors="coerce")
     return table
@@ -188,6 +210,8 @@ def detection_summary(variants: pd.DataFrame) -> pd.DataFrame:
     (mean error above :data:`MISPLACED_IOD` inter-ocular distances) and the median landmark error."""
     rows = []
     for kind in ("seen", "unseen"):
+        if variants[f"{kind}_found"].isna().all():
+            continue
         error = variants[f"{kind}_landmark_error"]
         found = variants[f"{kind}_found"].astype(bool)
         rows.append({"mask_styles": kind, "images": len(variants), "face_found": float(found.mean()),

@@ -134,6 +134,7 @@ def run_pipeline(
         "profile": profile, "parameters": config, "git_commit": report.git_commit(root),
         "device": report.device_description(), "packages": report.package_versions(), "started": _now(),
         "command": " ".join(sys.argv), "notebooks": previous.get("notebooks", []),
+        "matmul_gflops": report.matmul_gflops(),
     }
     executed = {p.stem for p in selected}
     record["notebooks"] = [n for n in record["notebooks"] if n["name"] not in executed]

@@ -189,7 +189,8 @@ def render_index(run: Mapping[str, Any], run_dir: str | Path) -> str:
         parts += [f"<li><a href='tables/{t.stem}.csv'>{t.stem}.csv</a> · <a href='tables/{t.name}'>markdown</a></li>" for t in tables]
         parts.append("</ul>")
     parts.append("<h2>Run metadata</h2>")
-    meta = {k: run.get(k) for k in ("profile", "git_commit", "device", "started", "ended", "command") if k in run}
+    meta = {k: run.get(k) for k in ("profile", "git_commit", "device", "matmul_gflops", "started", "ended", "command")
+            if k in run}
     parts.append(_kv_table(meta))
     parts.append("<details><summary>Parameters</summary>" + _kv_table(run.get("parameters", {})) + "</details>")
     parts.append("<details open><summary>Data fingerprint</summary>" + _kv_table(run.get("data_fingerprint", {})) + "</details>")
@@ -239,3 +240,60 @@ def write_index(run: Mapping[str, Any], run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     storage.write_json(run_dir / "run.json", dict(run))
     return storage.write_text(run_dir / "index.html", render_index(run, run_dir))
+
+
+def matmul_gflops(seconds: float = 1.5, size: int = 1024) -> float:
+    """This machine's dense fp32 matmul rate in GFLOP/s (CPU, torch's threads), measured for ``seconds``: the
+    yardstick next to which a run's wall times can be read on another machine."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    count, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        a @ b
+        count += 1
+    return round(2 * size**3 * count / (time.perf_counter() - began) / 1e9, 1)
+
+
+README_START = "<!-- results:start (written by `python -m maskstudy readme`; do not edit by hand) -->"
+README_END = "<!-- results:end -->"
+
+
+def readme_results(run_dir: str | Path) -> str:
+    """The README's results section, from a finished run folder: where and how long it ran, the findings and
+    warnings of ``summary.json``, and the key table."""
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    notebooks = run.get("notebooks", [])
+    total = sum(float(n.get("seconds") or 0) for n in notebooks)
+    times = ", ".join(f"{n['name'][:2]} {float(n.get('seconds') or 0) / 60:.1f} min" for n in notebooks)
+    commits = sorted({str(n.get("git_commit", ""))[:10] for n in notebooks})
+    lines = [f"### Results of the `{run.get('profile')}` profile (run of {str(run.get('started', ''))[:10]}, "
+             f"commit{'s' if len(commits) > 1 else ''} {', '.join(commits)})", "",
+             f"Machine: {run.get('device', '?')}; dense fp32 matmul {run.get('matmul_gflops', '?')} GFLOP/s measured at "
+             f"the start of the run. Wall time: **{total / 60:.0f} min** ({times}).", "", "**Findings** (computed by "
+             "notebook 06 from the run's tables):", ""]
+    lines += [f"- {f}" for f in summary.get("findings", [])]
+    lines += ["", "**Warnings:**", ""] + [f"- {w}" for w in summary.get("warnings", [])]
+    for name in summary.get("key_tables", []):
+        path = run_dir / "tables" / f"{name}.md"
+        if path.is_file():
+            lines += ["", f"`{name}` (from `{path.relative_to(run_dir.parent.parent) if run_dir.is_absolute() else path}`):",
+                      "", path.read_text().strip()]
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | Path, run_dir: str | Path) -> Path:
+    """Replace the README's results section (between :data:`README_START` and :data:`README_END`) with
+    :func:`readme_results` of ``run_dir``; the markers must be there."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no results markers ({README_START} ... {README_END})")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return storage.write_text(readme, f"{head}{README_START}\n{readme_results(run_dir)}\n{README_END}{tail}")

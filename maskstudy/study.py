@@ -44,7 +44,9 @@ class TrainingRun:
     """One network notebook 03 trains: its model name, seed, kind and TrainConfig fields.
 
     ``kind``: ``attention`` (the compared variants, repeated over seeds), ``baseline`` (no masks in training),
-    ``leave_out`` (trained without one mask style's twins) or ``margin`` (another margin head on the plain net).
+    ``leave_out`` (trained without one mask style's twins), ``twins`` (trained on masked twins detected and
+    aligned on the masked photo, ``masked_variant``, as they are met at test time) or ``margin`` (another margin
+    head on the plain net).
     """
 
     name: str
@@ -53,6 +55,7 @@ class TrainingRun:
     kind: str
     settings: dict
     left_out_style: str | None = None
+    masked_variant: str = "shared"
 
 
 def training_runs(config: Mapping[str, Any]) -> dict[str, TrainingRun]:
@@ -73,6 +76,10 @@ def training_runs(config: Mapping[str, Any]) -> dict[str, TrainingRun]:
     if style:
         name = f"plain_without_{style}"
         runs[name] = TrainingRun(name, name, main, "leave_out", train_settings(config, "none"), style)
+    variant = config.get("detected_twins_run")
+    if variant:
+        name = f"plain_{variant}_twins"
+        runs[name] = TrainingRun(name, name, main, "twins", train_settings(config, "none"), masked_variant=variant)
     for margin in config.get("margin_losses") or []:
         name = f"plain_{margin}"
         runs[name] = TrainingRun(name, name, main, "margin", train_settings(config, "none", margin=margin))
@@ -93,6 +100,26 @@ def without_style(rows, style: str):
     leave-one-style-out run never sees that mask."""
     rows = rows.copy()
     rows.loc[rows["mask_style"] == style, "masked"] = ""
+    return rows
+
+
+def with_masked_variant(rows, variant: str, data_dir):
+    """Training rows whose masked twins are replaced by their ``variant`` crops (e.g. ``detected``: the masked
+    photo detected and aligned by itself) where notebook 01 built them; other rows keep their shared twin."""
+    from pathlib import Path
+
+    from .masked_photos import variant_name
+
+    rows = rows.copy()
+    data_dir = Path(data_dir)
+
+    def swap(row):
+        if not row["masked"]:
+            return row["masked"]
+        candidate = variant_name(row["aligned"], variant)
+        return candidate if (data_dir / row["dataset"] / "aligned" / candidate).is_file() else row["masked"]
+
+    rows["masked"] = rows.apply(swap, axis=1)
     return rows
 
 

@@ -235,6 +235,22 @@ if cfg["masked_variants"]:
     plt.show()
 else:
     display(Markdown("*`masked_variants` is off: the detected-on-masked-photo and unseen-style scenarios are skipped.*"))
+if cfg["detected_twins_run"]:  # training twins detected on the masked photo, for the run that trains on them
+    from maskstudy.detect import FaceDetector
+
+    detector = FaceDetector(min_face_size=cfg["min_face_size"], min_prob=cfg["min_prob"])
+    for name in sources:
+        train_rows = manifests[name][manifests[name]["image"].isin(set(split.train[split.train["dataset"] == name]["image"]))]
+        if len(train_rows):
+            began = time.perf_counter()
+            build_masked_variants(train_rows, sources[name], study.data_dir / name, detector, seed=cfg["seed"],
+                                  crop_size=cfg["crop_size"], styles=tuple(cfg["mask_styles"]), unseen_styles=(),
+                                  batch_size=cfg["detect_batch_size"])
+            timing_table = pd.concat([timing_table, pd.DataFrame([{
+                "dataset": f"{name} detected training twins", "images": len(train_rows),
+                "seconds": round(time.perf_counter() - began, 1)}])])
+    timing_table["images_per_s"] = (timing_table["images"] / timing_table["seconds"].clip(lower=1e-3)).round(1)
+    study.save_table(timing_table, "01_detection_time")
 
 # %% [markdown]
 # Outputs: `manifest.csv` per dataset, aligned crops and masked twins under `aligned/`, the split under `split/`, all in the data folder shown at the top.

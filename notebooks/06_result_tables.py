@@ -28,10 +28,9 @@ display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`,
 # %%
 import json
 
-from maskstudy.findings import study_findings
-
 from maskstudy import comparisons
 from maskstudy import study as design
+from maskstudy.findings import study_findings
 from maskstudy.report import PUBLISHED_ANCHORS, read_results, write_summary
 
 required = ["01_split", "02_cleaning_summary", "03_verification", "03_identification", "03_differences",

@@ -164,19 +164,46 @@ def test_failing_notebook_names_the_notebook_and_cell(smoke_run, tmp_path):
 
 @pytest.mark.slow
 def test_smoke_run_of_notebook_03_training(smoke_run):
+    from maskstudy import study as design
+    from maskstudy.pairs import SCENARIOS, VARIANT_SCENARIOS
+
     base, _ = smoke_run
     run = base / "run"
+    config = resolve_config("smoke")
+    runs = design.training_runs(config)
     assert "data:image/png;base64" in (run / "03_se_cbam_training.html").read_text()
     verification = pd.read_csv(run / "tables" / "03_verification.csv")
-    assert set(verification["model"]) == {"plain", "se", "cbam", "plain_nomask"}
-    assert set(verification["scenario"]) == {"unmasked_unmasked", "masked_unmasked", "masked_masked"}
+    assert set(verification["run"]) == set(runs)
+    assert {"plain", "se", "cbam", "plain_seed1", "se_seed1", "cbam_seed1", "plain_nomask"} <= set(runs)
+    # every model meets every test; the leave-one-style-out run only the two it is compared on
+    full = verification[verification["kind"] != "leave_out"]
+    assert set(full["scenario"]) == set(SCENARIOS) | set(VARIANT_SCENARIOS)
+    assert full.groupby("run")["scenario"].nunique().eq(len(SCENARIOS) + len(VARIANT_SCENARIOS)).all()
     assert verification["accuracy_mean"].between(0, 1).all()
     assert (verification["acc_ci_low"] <= verification["acc_ci_high"]).all()
     identification = pd.read_csv(run / "tables" / "03_identification.csv")
     assert identification["rank1"].between(0, 1).all() and (identification["probes"] > 0).all()
+    # distractors can only take correct answers away
+    assert (identification["rank1_distractors"] <= identification["rank1"] + 1e-12).all()
+    assert (identification["gallery_with_distractors"] >= identification["gallery"]).all()
+    mfr2 = pd.read_csv(run / "tables" / "03_mfr2.csv")
+    assert set(mfr2["run"]) == set(runs) and (mfr2["pairs"] == 848).all()
+    assert mfr2[["accuracy_mean", "auc", "face_found", "face_found_masked"]].stack().between(0, 1).all()
+    assert (mfr2[["pairs_both_masked", "pairs_one_masked", "pairs_none_masked"]].sum(axis=1) == 848).all()
+    fnmr = pd.read_csv(run / "tables" / "03_fnmr.csv")
+    assert set(fnmr["fmr_target"]) == set(config["fixed_fmr"]) and fnmr["fnmr"].between(0, 1).all()
+    spread = pd.read_csv(run / "tables" / "03_seed_summary.csv")
+    assert set(spread["model"]) == set(design.attention_models(config)) and (spread["seeds"] == 2).all()
+    assert {"mfr2", "masked_unmasked_detected", "masked_unmasked_unseen"} <= set(spread["test"])
     differences = pd.read_csv(run / "tables" / "03_differences.csv")
-    assert {"se - plain", "cbam - plain", "cbam - se", "plain - plain_nomask"} == set(differences["comparison"])
-    training = pd.read_csv(run / "tables" / "03_training.csv").set_index("model")
+    assert {"se - plain", "cbam - plain", "cbam - se"} == set(differences["comparison"])
+    assert (differences["p_seed_holm"] >= differences["p_seed"] - 1e-12).all()
+    assert (differences["p_boot_holm"] >= differences["p_boot"] - 1e-12).all()
+    baselines = pd.read_csv(run / "tables" / "03_baseline_differences.csv")
+    assert "plain - plain_nomask" in set(baselines["comparison"])
+    loso = pd.read_csv(run / "tables" / "03_leave_one_style_out.csv")
+    assert loso["pairs"].str.contains(config["leave_out_style"]).any()
+    training = pd.read_csv(run / "tables" / "03_training.csv").set_index("run")
     assert training.loc["plain_nomask", "masked_share"] == 0.0 and training.loc["cbam", "masked_share"] == 0.5
     # same schedule for every variant: equal epochs, and CBAM has the most parameters
     assert training["epochs"].nunique() == 1
@@ -185,6 +212,7 @@ def test_smoke_run_of_notebook_03_training(smoke_run):
         assert (run / "outputs" / "checkpoints" / name / "last.pt").is_file()
         assert (run / "outputs" / "checkpoints" / name / "log.csv").is_file()
     assert (run / "figures" / "03_learning_curves.png").is_file() and (run / "figures" / "03_accuracy.png").is_file()
+    assert (run / "tables" / "01_masked_detection.csv").is_file()
 
 
 @pytest.mark.slow
