@@ -7,7 +7,15 @@ import pytest
 from PIL import Image
 
 from maskstudy import masks
-from maskstudy.masks import MASK_STYLES, TRAINING_STYLES, UNSEEN_STYLES, choose_style, draw_mask, mask_alpha, mask_polygon
+from maskstudy.masks import (
+    MASK_STYLES,
+    TRAINING_STYLES,
+    UNSEEN_STYLES,
+    choose_style,
+    draw_mask,
+    mask_alpha,
+    mask_polygon,
+)
 
 STYLES = sorted(MASK_STYLES)
 
