@@ -40,3 +40,26 @@ def detector():
     from maskstudy.detect import FaceDetector
 
     return FaceDetector(device="cpu")
+
+
+class CountingDetector:
+    """Wraps the real MTCNN and counts how many images it was asked to look at (a cache test's witness)."""
+
+    def __init__(self, detector):
+        self.detector, self.seen = detector, 0
+
+    def detect(self, images):
+        self.seen += len(images)
+        return self.detector.detect(images)
+
+
+def copy_lfw_photos(lfw_root: Path, root: Path, names=("Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody"),
+                    per_person: int = 2) -> Path:
+    """Copy a few real LFW photos into ``root/<name>/`` (tests never touch the shared originals)."""
+    import shutil
+
+    for name in names:
+        for source in sorted((lfw_root / name).glob("*.jpg"))[:per_person]:
+            (root / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, root / name / source.name)
+    return root

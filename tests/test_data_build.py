@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,27 +11,13 @@ from maskstudy.align import ARCFACE_TEMPLATE_112
 from maskstudy.data import BuildSettings, DataNotFoundError, build_aligned_dataset, find_dataset, row_landmarks
 from maskstudy.masks import MASK_STYLES
 from maskstudy.protocol import scan_identity_folders
-
-
-class CountingDetector:
-    """Wraps the real MTCNN and counts how many images it was asked to look at."""
-
-    def __init__(self, detector):
-        self.detector, self.seen = detector, 0
-
-    def detect(self, images):
-        self.seen += len(images)
-        return self.detector.detect(images)
+from tests.conftest import CountingDetector, copy_lfw_photos
 
 
 @pytest.fixture()
 def small_tree(tmp_path, lfw_root):
     """A copy of 6 real photos in 3 identity folders, plus a broken and a blank image."""
-    root = tmp_path / "photos"
-    for name in ("Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody"):
-        for source in sorted((lfw_root / name).glob("*.jpg"))[:2]:
-            (root / name).mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, root / name / source.name)
+    root = copy_lfw_photos(lfw_root, tmp_path / "photos")
     (root / "Broken").mkdir()
     (root / "Broken" / "Broken_0001.jpg").write_bytes(b"\xff\xd8\xff garbage")
     Image.new("RGB", (250, 250), (120, 120, 120)).save(root / "Broken" / "Broken_0002.jpg")

@@ -249,8 +249,14 @@ def test_smoke_run_of_notebook_06_and_the_report(smoke_run):
     # notebook 06 copies numbers, it does not recompute them: its key table equals notebook 03's seed table
     seed = pd.read_csv(run / "tables" / "03_seed_table.csv").set_index("model")
     pd.testing.assert_series_equal(key.set_index("model").loc[seed.index, "Id %"], seed["Id %"])
+    for column in ("Ver % masked_unmasked_detected", "Ver % masked_unmasked_unseen", "Ver % mfr2", "± mfr2"):
+        assert column in key.columns
+    assert key.set_index("model").loc[["plain", "se", "cbam"], "seeds"].eq(2).all()
+    assert key.set_index("model").loc[["vit", "hybrid"], "Ver % mfr2"].between(0, 100).all()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["findings"] and any("smoke profile" in w for w in summary["warnings"])
+    text = " ".join(summary["findings"])
+    assert "MFR2" in text and "Holm" in text and "detected" in text and "unseen" in text
     index = (run / "index.html").read_text()
     assert "Findings" in index and "06_key_results" in index and "06_result_tables.html" in index
     assert (run / "tables" / "06_published_anchors.csv").is_file()

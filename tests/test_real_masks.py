@@ -18,7 +18,7 @@ from maskstudy.masked_photos import VARIANTS, build_masked_variants, detection_s
 from maskstudy.masks import TRAINING_STYLES, UNSEEN_STYLES
 from maskstudy.pairs import VARIANT_SCENARIOS, scenario_pairs, variant_scenario_pairs
 from maskstudy.protocol import scan_identity_folders
-from tests.conftest import real_data_dir
+from tests.conftest import CountingDetector, copy_lfw_photos, real_data_dir
 
 
 @pytest.fixture(scope="session")
@@ -26,23 +26,9 @@ def mfr2_root() -> Path:
     return real_data_dir("MASKSTUDY_MFR2", "mfr2")
 
 
-class CountingDetector:
-    def __init__(self, detector):
-        self.detector, self.seen = detector, 0
-
-    def detect(self, images):
-        self.seen += len(images)
-        return self.detector.detect(images)
-
-
 @pytest.fixture()
 def lfw_tree(tmp_path, lfw_root):
-    root = tmp_path / "photos"
-    for name in ("Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody"):
-        for source in sorted((lfw_root / name).glob("*.jpg"))[:2]:
-            (root / name).mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, root / name / source.name)
-    return root
+    return copy_lfw_photos(lfw_root, tmp_path / "photos")
 
 
 def _build(root, out, detector, styles=TRAINING_STYLES):
