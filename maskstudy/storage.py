@@ -87,3 +87,16 @@ def path_inside(root: str | os.PathLike, relative: str) -> Path:
         raise UnsafePathError(f"output {relative!r} would be written outside {base}")
     return target
 
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files :func:`atomic_path` left in ``folder`` when a process was killed mid-write
+    (``.<name>.<random>.tmp``); call it when a writer starts, before it writes there. Returns what it removed."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for stale in folder.glob(".*.tmp"):
+            if stale.is_file() and not stale.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
+                    removed.append(stale)
+    return removed
