@@ -91,11 +91,14 @@ def _read_lines(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
     if not path.is_file():
         raise FileNotFoundError(f"protocol file not found: {path}")
     out = []
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            fields = line.split()
-            if fields:
-                out.append((lineno, fields))
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            fields = raw.decode("utf-8").split()
+        except UnicodeDecodeError as error:
+            shown = printable_name(raw.decode("utf-8", "surrogateescape"))
+            raise ValueError(f"{path}:{lineno}: not UTF-8 text: {shown!r} ({error.reason})") from None
+        if fields:
+            out.append((lineno, fields))
     if not out:
         raise ValueError(f"{path}: file is empty")
     return out

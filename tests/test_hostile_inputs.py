@@ -218,6 +218,12 @@ def test_pairs_with_unsafe_names_are_refused_with_the_line(tmp_path, line):
         read_lfw_people(tmp_path / "people.txt")
 
 
+def test_a_protocol_file_that_is_not_utf8_is_one_clear_error(tmp_path):
+    (tmp_path / "pairs.txt").write_bytes(b"1\t1\nJos\xe9 1 2\nA 1 B 1\n")
+    with pytest.raises(ValueError, match=r"pairs\.txt:2: not UTF-8 text: 'Jos\\\\xe9 1 2'"):
+        read_lfw_pairs(tmp_path / "pairs.txt")
+
+
 def test_writers_refuse_outputs_outside_their_root(tmp_path):
     assert storage.path_inside(tmp_path, "a/b.jpg") == (tmp_path / "a" / "b.jpg").resolve()
     for name in ("../x.jpg", "/tmp/x.jpg", "a/../../x.jpg"):
