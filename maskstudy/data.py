@@ -193,8 +193,9 @@ def _load_cache(manifest_path: Path, settings: BuildSettings) -> pd.DataFrame | 
 
 def _save_manifest(rows: Iterable[dict], manifest_path: Path, settings: BuildSettings) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows)).reindex(columns=MANIFEST_COLUMNS)
+    frame[TEXT_COLUMNS] = frame[TEXT_COLUMNS].fillna("")  # as read_manifest gives them back
     for column in ("identity", "image", "reason", "load_notes"):  # a name the file system gave as bytes
-        frame[column] = frame[column].map(lambda v: printable_name(v) if isinstance(v, str) else v)
+        frame[column] = frame[column].map(printable_name)
     storage.write_csv(manifest_path, frame)
     storage.write_json(manifest_path.with_suffix(".json"), settings.as_dict())
     return frame
@@ -310,7 +311,7 @@ def build_aligned_dataset(
         identities = {str(relative).split("/", 1)[0] for relative in images["image"] if "/" in str(relative)}
         for entry in skipped_files(root, identities).itertuples(index=False):
             rows.setdefault(entry.image, {"dataset": name, "identity": entry.identity, "image": entry.image,
-                                          "sha1": "", "status": entry.status, "reason": entry.reason, "n_faces": 0})
+                                          "status": entry.status, "reason": entry.reason, "n_faces": 0})
     log(f"{name}: {len(rows)} images, {len(rows) - len(todo)} reused from the cache, {len(todo)} to detect")
 
     detector = detector if todo else None

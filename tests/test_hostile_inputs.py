@@ -24,7 +24,7 @@ from PIL import Image
 from maskstudy import storage
 from maskstudy.cleaning import clean_manifest
 from maskstudy.config import resolve_config
-from maskstudy.data import BuildSettings, build_aligned_dataset, read_manifest, several_faces_note
+from maskstudy.data import TEXT_COLUMNS, BuildSettings, build_aligned_dataset, read_manifest, several_faces_note
 from maskstudy.detect import Detection, FaceDetector, load_image
 from maskstudy.evaluate import CHECKPOINT_FORMAT, FaceRecognizer, add_verify_arguments
 from maskstudy.models import build_backbone
@@ -167,6 +167,7 @@ def test_build_on_every_bad_kind_records_each_file_and_changes_nothing(hostile_t
     on_disk = read_manifest(out / "toy" / "manifest.csv").set_index("image")
     assert len(on_disk) == len(manifest) == len(listed) + 2
     assert (on_disk["status"] != "").all()
+    assert not manifest[TEXT_COLUMNS].isna().any().any()  # the frame notebook 01 goes on with: "" as on disk
     assert (on_disk.loc[on_disk["status"] != "ok", "reason"] != "").all()  # every skip says why
     for image, (status, words) in EXPECTED.items():
         assert on_disk.loc[image, "status"] == status, (image, on_disk.loc[image, "reason"])
