@@ -8,7 +8,7 @@ import sys
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .pipeline import PipelineError, parse_parameter, run_pipeline
+    from .pipeline import PipelineError, RunFolderLockedError, parse_parameter, run_pipeline
 
     try:
         overrides = dict(parse_parameter(p) for p in args.param)
@@ -17,7 +17,7 @@ def _run(args: argparse.Namespace) -> int:
     except PipelineError as error:
         print(f"maskstudy: {error}", file=sys.stderr)
         return 1
-    except (ValueError, KeyError, FileNotFoundError) as error:
+    except (ValueError, KeyError, FileNotFoundError, RunFolderLockedError) as error:
         print(f"maskstudy: {error}", file=sys.stderr)
         return 2
     return 0

@@ -22,7 +22,7 @@ LANDMARK_COLUMNS = [f"lm{i}_{ax}" for i in range(5) for ax in ("x", "y")]
 BOX_COLUMNS = ["box_x1", "box_y1", "box_x2", "box_y2"]
 
 # Reasons besides a failed status (which is reported as the status itself), in priority order.
-RULE_REASONS = ("low_prob", "side_face", "fallback_alignment", "missing_landmarks")
+RULE_REASONS = ("low_prob", "side_face", "fallback_alignment", "ambiguous_face", "missing_landmarks")
 
 
 def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
@@ -117,7 +117,9 @@ def clean_manifest(manifest: pd.DataFrame, max_deviation: float = 0.1, min_prob:
     2. ``prob`` below ``min_prob`` (or missing): "low_prob";
     3. ``deviation_rate`` above ``max_deviation``: "side_face";
     4. ``aligned_by == "fallback"``: "fallback_alignment";
-    5. landmarks or box missing, so the side-face rule cannot be checked: "missing_landmarks".
+    5. the build marked the chosen face of several as not clearly the main one (``reason`` starts with
+       "ambiguous_face"): "ambiguous_face";
+    6. landmarks or box missing, so the side-face rule cannot be checked: "missing_landmarks".
 
     ``drop_reason`` is "" for kept rows. Neither the input frame nor any file is modified.
     """
@@ -134,6 +136,9 @@ def clean_manifest(manifest: pd.DataFrame, max_deviation: float = 0.1, min_prob:
         fallback = np.zeros(n, dtype=bool)
 
     reasons = np.full(n, "", dtype=object)
+    # the build marks a photo whose chosen face is not clearly the main one (several faces) in its reason
+    note = (out["reason"].astype("string").fillna("") if "reason" in out else pd.Series("", index=out.index))
+    note = note.to_numpy(dtype=object)
     for k in range(n):
         if status[k] != "ok":
             reasons[k] = status[k] or "unknown_status"
@@ -143,6 +148,8 @@ def clean_manifest(manifest: pd.DataFrame, max_deviation: float = 0.1, min_prob:
             reasons[k] = "side_face"
         elif fallback[k]:
             reasons[k] = "fallback_alignment"
+        elif note[k].startswith("ambiguous_face"):
+            reasons[k] = "ambiguous_face"
         elif np.isnan(dev[k]):
             reasons[k] = "missing_landmarks"
     out["deviation_rate"] = dev

@@ -165,8 +165,49 @@ def resolve_config(profile: str | None = None, overrides: Mapping[str, Any] | No
         raise UnknownSettingError(
             f"unknown parameter(s) {', '.join(unknown)}; known parameters: {', '.join(sorted(config))}")
     config.update({k: v for k, v in (overrides or {}).items() if k not in ("profile", "run_dir")})
+    check_override_types({k: v for k, v in (overrides or {}).items() if k not in ("profile", "run_dir")})
     config["profile"] = profile
     return config
+
+
+#: Value types a parameter accepts beyond those its defaults have in BASE and PROFILES.
+EXTRA_VALUE_TYPES: dict[str, tuple[type, ...]] = {"extra_datasets": (dict, type(None))}
+#: Dataset names an extra training set may not take: the build keeps one folder per name.
+RESERVED_DATASET_NAMES = ("lfw",)
+
+
+def _allowed_types(key: str) -> set[type]:
+    seen = {type(values[key]) for values in (BASE, *PROFILES.values()) if key in values}
+    seen |= set(EXTRA_VALUE_TYPES.get(key, ()))
+    if float in seen:
+        seen.add(int)  # 64 is a fine value for a float setting
+    if seen & {list, tuple}:
+        seen |= {list, tuple}  # papermill passes a tuple back as a list
+    return seen
+
+
+def check_override_types(overrides: Mapping[str, Any]) -> None:
+    """Refuse ``-p`` values whose type differs from the key's defaults (``seed=abc``, ``seed=1.5``,
+    ``train_epochs=abc``), and extra datasets named like a reserved one (``lfw``) or like a path; one
+    ``ValueError`` lists every problem."""
+    problems = []
+    for key, value in overrides.items():
+        allowed = _allowed_types(key)
+        if allowed <= {type(None)} or not allowed:
+            continue  # defaults are all None: any value
+        if type(value) not in allowed:  # exact types: True is not an int here, 1.5 is not an int
+            names = " or ".join(sorted("null" if t is type(None) else t.__name__ for t in allowed))
+            problems.append(f"{key}={value!r} has type {type(value).__name__}, expected {names}")
+    extra = overrides.get("extra_datasets")
+    if isinstance(extra, dict):
+        for name in extra:
+            if str(name) in RESERVED_DATASET_NAMES:
+                problems.append(f"extra_datasets: the name {name!r} is reserved (it would replace LFW); "
+                                "choose another name")
+            elif not str(name).replace("_", "").replace("-", "").isalnum():
+                problems.append(f"extra_datasets: name {name!r} must be letters, digits, '_' or '-'")
+    if problems:
+        raise ValueError("bad parameter value(s): " + "; ".join(problems))
 
 
 #: Profile key -> TrainConfig field, for the settings notebook 03 passes to every variant alike.

@@ -22,6 +22,7 @@ from .align import estimate_alignment, warp
 from .detect import STATUSES, FaceDetector, file_digest, load_image
 from .masks import TRAINING_STYLES, choose_style, draw_mask
 from .pairs import masked_name
+from .protocol import printable_name, skipped_files, unsafe_name_reason
 
 #: Bump when the way crops or masks are drawn changes: cached rows from an older version are rebuilt.
 BUILD_VERSION = 1
@@ -101,10 +102,31 @@ def _row_from_detection(base: dict, detection, settings: BuildSettings) -> dict:
     else:
         row.update(status="ok", reason="")
     row["face_index"] = index
+    if detection.n_faces > 1 and row["status"] == "ok":
+        row["reason"] = several_faces_note(detection, index, settings.min_prob)
     row["prob"] = float(detection.probs[index])
     row.update(dict(zip(BOX_COLUMNS, map(float, detection.boxes[index]))))
     row.update(dict(zip(LANDMARK_COLUMNS, map(float, detection.landmarks[index].ravel()))))
     return row
+
+
+#: The chosen face of a photo with several must be this many times larger (box area) than any other confident
+#: face; below that the row is marked ``ambiguous_face: ...`` in ``reason`` and the cleaning step drops it.
+CLEAR_FACE_AREA_RATIO = 2.0
+
+
+def several_faces_note(detection, index: int, min_prob: float) -> str:
+    """The choice among several faces and its margin (area ratio to the next largest confident face)."""
+    boxes = np.asarray(detection.boxes, float)
+    areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+    others = [k for k in range(detection.n_faces) if k != index and detection.probs[k] >= min_prob]
+    if not others:
+        return f"{detection.n_faces} faces: chose face {index}, the only one with probability >= {min_prob}"
+    ratio = float(areas[index] / max(areas[others].max(), 1e-9))
+    text = f"{detection.n_faces} faces: chose face {index} (nearest the centre), area {ratio:.2f}x the next"
+    if ratio < CLEAR_FACE_AREA_RATIO:
+        return f"ambiguous_face: {text} (< {CLEAR_FACE_AREA_RATIO:g}x, possibly another person)"
+    return text
 
 
 def row_landmarks(row) -> np.ndarray:
@@ -114,15 +136,18 @@ def row_landmarks(row) -> np.ndarray:
 def _write_crops(image, landmarks: np.ndarray, relative: str, out: Path, settings: BuildSettings,
                  save_masked_photo: bool, styles: tuple[str, ...] = TRAINING_STYLES) -> dict:
     """Align ``image`` and its masked version with the same transform and save both (atomically)."""
-    aligned_rel = os.path.splitext(relative)[0] + ".jpg"
+    aligned_rel = aligned_name(relative)
     masked_rel = masked_name(aligned_rel)
     style = choose_style(relative, settings.seed, styles)
     masked_photo = draw_mask(image, landmarks, style, seed=int(file_seed(relative, settings.seed)))
-    matrix = estimate_alignment(landmarks, settings.crop_size)
-    storage.save_image(out / "aligned" / aligned_rel, warp(image, matrix, settings.crop_size))
-    storage.save_image(out / "aligned" / masked_rel, warp(masked_photo, matrix, settings.crop_size))
+    targets = [storage.path_inside(out / "aligned", aligned_rel), storage.path_inside(out / "aligned", masked_rel)]
     if save_masked_photo:
-        storage.save_image(out / "masked_photos" / masked_rel, masked_photo, quality=92)
+        targets.append(storage.path_inside(out / "masked_photos", masked_rel))
+    matrix = estimate_alignment(landmarks, settings.crop_size)
+    storage.save_image(targets[0], warp(image, matrix, settings.crop_size))
+    storage.save_image(targets[1], warp(masked_photo, matrix, settings.crop_size))
+    if save_masked_photo:
+        storage.save_image(targets[2], masked_photo, quality=92)
     return {"aligned": aligned_rel, "masked": masked_rel, "mask_style": style}
 
 
@@ -168,9 +193,56 @@ def _load_cache(manifest_path: Path, settings: BuildSettings) -> pd.DataFrame | 
 
 def _save_manifest(rows: Iterable[dict], manifest_path: Path, settings: BuildSettings) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows)).reindex(columns=MANIFEST_COLUMNS)
+    frame[TEXT_COLUMNS] = frame[TEXT_COLUMNS].fillna("")  # as read_manifest gives them back
+    for column in ("identity", "image", "reason", "load_notes"):  # a name the file system gave as bytes
+        frame[column] = frame[column].map(printable_name)
     storage.write_csv(manifest_path, frame)
     storage.write_json(manifest_path.with_suffix(".json"), settings.as_dict())
     return frame
+
+
+def _file_error_reason(path: Path, error: OSError) -> str:
+    """Why a listed source could not be read, in words (dangling symlink, symlink loop, folder, missing)."""
+    if isinstance(error, IsADirectoryError):
+        return "a folder, not a file"
+    if error.errno == 40:  # ELOOP
+        return "symlink loop"
+    if isinstance(error, FileNotFoundError):
+        return "dangling symlink" if path.is_symlink() else "file not found"
+    return f"{type(error).__name__}: {error.strerror or error}"
+
+
+def aligned_name(relative: str) -> str:
+    """The aligned crop's name of a source image: ``p/x.png`` -> ``p/x.jpg``."""
+    return os.path.splitext(relative)[0] + ".jpg"
+
+
+def skip_reasons(images: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """``image -> (status, reason)`` for the rows of ``images`` that must not be detected.
+
+    A ``status`` column (from ``scan_identity_folders(..., include_skipped=True)``) is honoured; an unsafe or
+    non-UTF-8 name is ``bad_name``; a user-supplied ``*_mask.*`` twin is ``skipped``; sources whose aligned
+    crops would share one name (``p/x.jpg``, ``p/x.png``) are ``name_collision`` except the first in sorted
+    order, which keeps its name.
+    """
+    statuses = images["status"] if "status" in images else pd.Series("", index=images.index)
+    reasons = images["reason"] if "reason" in images else pd.Series("", index=images.index)
+    skipped: dict[str, tuple[str, str]] = {}
+    claimed: dict[str, str] = {}
+    for relative, status, reason in sorted(zip(images["image"], statuses, reasons), key=lambda item: item[0]):
+        problem = unsafe_name_reason(relative)
+        if isinstance(status, str) and status:
+            skipped[relative] = (status, str(reason))
+        elif problem:
+            skipped[relative] = ("bad_name", problem)
+        elif Path(relative).stem.endswith("_mask"):
+            skipped[relative] = ("skipped", "a masked twin supplied by the user (*_mask.*), not a photo")
+        elif aligned_name(relative) in claimed:
+            skipped[relative] = ("name_collision", f"its aligned crop {aligned_name(relative)} is already "
+                                 f"{claimed[aligned_name(relative)]}'s; rename one of the two files")
+        else:
+            claimed[aligned_name(relative)] = relative
+    return skipped
 
 
 def build_aligned_dataset(
@@ -187,6 +259,7 @@ def build_aligned_dataset(
     checkpoint_every: int = 20,
     log: Callable[[str], None] = print,
     mask_styles: tuple[str, ...] = TRAINING_STYLES,
+    record_skipped_files: bool = True,
 ) -> pd.DataFrame:
     """Detect, align and mask every image of ``images`` (columns ``identity``, ``image`` relative to ``root``).
 
@@ -198,6 +271,12 @@ def build_aligned_dataset(
     ``fallback_alignment`` (for evaluation sets of pre-aligned photos such as deep-funneled LFW) aligns images
     without a usable face with the mean landmarks of the detected ones, marked ``aligned_by='fallback'``, so that
     every protocol pair stays evaluable. Returns the manifest (one row per requested image, in order).
+
+    Nothing is ever written outside ``<data_dir>/<name>``, and no source file is changed. Images that cannot be
+    used get a status and reason instead of stopping the build (see :data:`maskstudy.detect.STATUSES` and
+    :func:`skip_reasons`); with ``record_skipped_files`` the other entries of the requested identity folders
+    (other extensions, ``*_mask.*`` twins, links that lead nowhere, ...) are appended as ``skipped`` /
+    ``unreadable`` / ``bad_name`` rows, so that no file vanishes without a reason.
     """
     from tqdm import tqdm  # text bars: they render in terminals, notebooks and the exported HTML alike
 
@@ -211,10 +290,20 @@ def build_aligned_dataset(
     todo: list[tuple[str, dict]] = []
     redraw: list[dict] = []
     started = time.perf_counter()
+    skipped = skip_reasons(images)
     for identity, relative in zip(images["identity"], images["image"]):
         path = root / relative
-        base = {"dataset": name, "identity": str(identity), "image": relative, "sha1": file_digest(path),
+        base = {"dataset": name, "identity": str(identity), "image": relative, "sha1": "",
                 "load_notes": "", "aligned_by": "", "aligned": "", "masked": "", "mask_style": ""}
+        if relative in skipped:
+            status, reason = skipped[relative]
+            rows[relative] = dict(base, status=status, reason=reason, n_faces=0)
+            continue
+        try:
+            base["sha1"] = file_digest(path)
+        except OSError as error:
+            rows[relative] = dict(base, status="unreadable", reason=_file_error_reason(path, error), n_faces=0)
+            continue
         if cache is not None and relative in cache.index:
             cached = cache.loc[relative].to_dict()
             usable = (cached["sha1"] == base["sha1"] and cached["status"] in STATUSES
@@ -226,6 +315,11 @@ def build_aligned_dataset(
                 continue
         rows[relative] = base
         todo.append((relative, base))
+    if record_skipped_files:
+        identities = {str(relative).split("/", 1)[0] for relative in images["image"] if "/" in str(relative)}
+        for entry in skipped_files(root, identities).itertuples(index=False):
+            rows.setdefault(entry.image, {"dataset": name, "identity": entry.identity, "image": entry.image,
+                                          "status": entry.status, "reason": entry.reason, "n_faces": 0})
     log(f"{name}: {len(rows)} images, {len(rows) - len(todo)} reused from the cache, {len(todo)} to detect"
         + (f", {len(redraw)} twins to redraw (mask styles changed)" if redraw else ""))
     for row in redraw:
@@ -255,6 +349,8 @@ def build_aligned_dataset(
                 try:
                     row.update(_write_crops(entry.image, row_landmarks(row), relative, out, settings,
                                             save_masked_photos, mask_styles), aligned_by="landmarks")
+                except storage.UnsafePathError as error:
+                    row.update(status="bad_name", reason=str(error))
                 except ValueError as error:  # degenerate landmarks
                     row.update(status="no_face", reason=f"alignment failed: {error}")
             rows[relative] = row

@@ -23,9 +23,16 @@ STATUSES = {
     "too_small": "the image is smaller than the detector's minimum face size",
     "no_face": "MTCNN found no face",
     "low_prob": "the best face is below the probability threshold",
+    "too_large": "the image has more pixels than a decompression-bomb check allows",
+    "bad_name": "the name is unsafe (.., absolute, outside the data folder) or not valid UTF-8",
+    "skipped": "not a photo: hidden file, other extension, user-supplied *_mask.* twin, sub-folder",
+    "name_collision": "another source image already maps to the same aligned crop name",
 }
 
 MIN_IMAGE_SIDE = 24
+#: Photos with a longer side are downscaled for detection (landmarks are mapped back), so that one huge photo
+#: does not pad a whole batch to its size.
+MAX_DETECT_SIDE = 1600
 
 
 @dataclass
@@ -74,14 +81,18 @@ def load_image(path: str | Path) -> LoadedImage:
     """
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        with Image.open(path) as handle:
-            handle.load()
-            image = handle.copy()
-            # exif_transpose needs the EXIF block that copy() keeps in .info / getexif()
-            exif = handle.getexif()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as handle:
+                handle.load()
+                image = handle.copy()
+                # exif_transpose needs the EXIF block that copy() keeps in .info / getexif()
+                exif = handle.getexif()
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        return LoadedImage(None, "too_large", f"{type(error).__name__}: {error}")
+    except UnidentifiedImageError as error:
         return LoadedImage(None, "unreadable", f"{type(error).__name__}: {error}")
     except (OSError, SyntaxError, ValueError) as error:
         message = str(error)
@@ -130,17 +141,19 @@ def choose_face(boxes: np.ndarray, probs: np.ndarray, image_size: tuple[int, int
 class FaceDetector:
     """Batched MTCNN: P-Net, R-Net and O-Net give boxes, probabilities and 5 landmarks per face.
 
-    The weights ship inside the facenet-pytorch wheel, so nothing is downloaded. Images of different sizes are
-    padded (bottom/right, black) to a common size per batch, which leaves coordinates unchanged.
+    The weights ship inside the facenet-pytorch wheel, so nothing is downloaded. The images of a batch are
+    detected in groups of equal size (no padding); a photo whose longer side exceeds ``max_side`` is first
+    downscaled, and its boxes and landmarks are scaled back.
     """
 
     def __init__(self, device: str | None = None, min_face_size: int = 20, min_prob: float = 0.9,
-                 thresholds: Sequence[float] = (0.6, 0.7, 0.7)):
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), max_side: int = MAX_DETECT_SIDE):
         import torch
         from facenet_pytorch import MTCNN
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.min_prob = float(min_prob)
+        self.max_side = int(max_side)
         self.settings = {"min_face_size": int(min_face_size), "thresholds": [float(t) for t in thresholds],
                          "min_prob": self.min_prob, "detector": "facenet-pytorch MTCNN"}
         self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds),
@@ -150,22 +163,27 @@ class FaceDetector:
         """Detect faces in a batch of RGB images."""
         if not images:
             return []
-        width = max(image.size[0] for image in images)
-        height = max(image.size[1] for image in images)
-        batch = []
-        for image in images:
-            if image.size != (width, height):
-                canvas = Image.new("RGB", (width, height))
-                canvas.paste(image, (0, 0))
-                image = canvas
-            batch.append(np.asarray(image))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # facenet-pytorch warns about deprecated numpy/torch calls
-            boxes, probs, landmarks = self.mtcnn.detect(np.stack(batch), landmarks=True)
+        scales = [min(1.0, self.max_side / max(image.size)) for image in images]
+        scaled = [image if scale == 1.0 else
+                  image.resize((max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))),
+                               Image.Resampling.BILINEAR)
+                  for image, scale in zip(images, scales)]
+        # one MTCNN call per image size: nothing is padded, so one large photo costs only its own pixels
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(scaled):
+            by_size.setdefault(image.size, []).append(index)
+        boxes, probs, landmarks = [None] * len(images), [None] * len(images), [None] * len(images)
+        for indices in by_size.values():
+            batch = np.stack([np.asarray(scaled[i]) for i in indices])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # facenet-pytorch warns about deprecated numpy/torch calls
+                found = self.mtcnn.detect(batch, landmarks=True)
+            for k, i in enumerate(indices):
+                boxes[i], probs[i], landmarks[i] = found[0][k], found[1][k], found[2][k]
         results = []
-        for image, b, p, marks in zip(images, boxes, probs, landmarks):
+        for image, scale, b, p, marks in zip(images, scales, boxes, probs, landmarks):
             if b is None:
                 b, p, marks = np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
-            b, p, marks = np.asarray(b, float), np.asarray(p, float), np.asarray(marks, float)
+            b, p, marks = np.asarray(b, float) / scale, np.asarray(p, float), np.asarray(marks, float) / scale
             results.append(Detection(b, p, marks, choose_face(b, p, image.size, self.min_prob)))
         return results

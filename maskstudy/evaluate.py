@@ -668,12 +668,21 @@ def _read_image(item, index: int):
             raise ValueError(f"cannot read image {os.fspath(item)}: {loaded.status}: {loaded.reason}")
         return loaded.image
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
+        return _large_enough(item.convert("RGB"), index)
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
             raise ValueError(f"image {index}: expected a uint8 HxWx3 RGB array, got {item.dtype} {item.shape}")
-        return Image.fromarray(item, "RGB")
+        return _large_enough(Image.fromarray(item, "RGB"), index)
     raise TypeError(f"image {index}: expected a path, PIL image or uint8 array, got {type(item).__name__}")
+
+
+def _large_enough(image, index: int):
+    from .detect import MIN_IMAGE_SIDE
+
+    if min(image.size) < MIN_IMAGE_SIDE:
+        raise ValueError(f"image {index} is too small: {image.size[0]}x{image.size[1]} px "
+                         f"(at least {MIN_IMAGE_SIDE} px per side)")
+    return image
 
 
 class FaceRecognizer:
@@ -754,8 +763,16 @@ class FaceRecognizer:
                            np.concatenate(fallback))
 
     def similarity(self, a, b) -> float:
-        """Cosine similarity of two photos' embeddings."""
+        """Cosine similarity of two photos' embeddings; warns (``UserWarning``) when a photo had no usable face
+        and its centre crop was compared instead (use :meth:`embed` to get the flags)."""
+        import warnings
+
         result = self.embed([a, b])
+        for label, item, fallback in zip("ab", (a, b), result.fallback):
+            if fallback:
+                shown = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"photo {label}"
+                warnings.warn(f"no face found in {shown}: its centre crop was compared instead", UserWarning,
+                              stacklevel=2)
         return float(np.dot(result.embeddings[0].astype(np.float64), result.embeddings[1]))
 
 
@@ -783,10 +800,13 @@ def read_any_pairs(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
+    """Size of an image file; an aligned crop (112x112) is decoded fully so that a truncated one is named here."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as handle:
+            if handle.size == (CROP_SIZE, CROP_SIZE):
+                handle.load()
             return handle.size
     except FileNotFoundError as error:
         raise ValueError(f"cannot read image {path}: file not found") from error
@@ -816,7 +836,11 @@ def verify_command(
     if not root.is_dir():
         raise FileNotFoundError(f"image root not found: {root}")
     pairs = read_any_pairs(pairs_file)
-    recognizer = FaceRecognizer.from_checkpoint(checkpoint, device=device, detector=detector, batch_size=batch_size)
+    try:
+        recognizer = FaceRecognizer.from_checkpoint(checkpoint, device=device, detector=detector,
+                                                    batch_size=batch_size)
+    except TypeError as error:  # backbone_kwargs the model's builder does not take
+        raise CheckpointError(f"{checkpoint}: the stored backbone settings do not build a model: {error}") from None
     rels = list(dict.fromkeys(pairs["a"].tolist() + pairs["b"].tolist()))
     aligned, raw = [], []
     for rel in rels:
@@ -883,8 +907,9 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """Run :func:`verify_command` from parsed arguments; 0 on success, 2 with a message on bad input."""
+    """Run :func:`verify_command` from parsed arguments; 0 on success, 2 with a one-line message on bad input."""
     try:
+        _check_verify_arguments(args)
         result = verify_command(args.checkpoint, args.pairs, args.root, batch_size=args.batch_size,
                                 device=args.device, progress=not getattr(args, "no_progress", False))
         if getattr(args, "output", None):
@@ -892,6 +917,27 @@ def run_verify(args: argparse.Namespace) -> int:
 
             write_json(args.output, {k: v for k, v in result.items() if k != "scores"})
     except (FileNotFoundError, ValueError, KeyError) as error:
-        print(f"maskstudy verify: {error}", file=sys.stderr)
+        print(f"maskstudy verify: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
+              file=sys.stderr)
         return 2
     return 0
+
+
+def _check_verify_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad options before any work: batch size, device, an ``--output`` that is a folder."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as error:
+            raise ValueError(f"--device {args.device!r} is not a device: {str(error).splitlines()[0]}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use cpu)")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {args.device}: there are {torch.cuda.device_count()} CUDA device(s)")
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"--device {args.device}: use cpu or cuda[:N]")
+    output = getattr(args, "output", None)
+    if output and Path(output).is_dir():
+        raise ValueError(f"--output {output} is a folder; give a file name such as {Path(output) / 'verify.json'}")

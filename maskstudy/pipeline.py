@@ -9,6 +9,7 @@ failed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -29,6 +30,36 @@ KERNEL_NAME = "python3"
 
 class PipelineError(RuntimeError):
     """A notebook failed; the message names the notebook and the cell."""
+
+
+class RunFolderLockedError(RuntimeError):
+    """Another run holds the report folder; the message says which (process id, host, start time)."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path, wait: bool = False):
+    """Hold ``<run_dir>/.lock`` (an OS file lock, released when the process ends) while a run writes
+    ``run.json`` and ``index.html``; a second run on the folder fails at once naming the holder, or waits."""
+    import fcntl
+    import socket
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunFolderLockedError(f"{run_dir} is in use by another run ({holder}); wait for it to end, "
+                                       "or use another --run-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {_now()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def notebooks(root: str | Path | None = None) -> list[Path]:
@@ -86,7 +117,11 @@ def parse_parameter(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"parameter {text!r} is not of the form key=value")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as error:
+        problem = str(getattr(error, "problem", None) or error).splitlines()[0]
+        raise ValueError(f"parameter {key.strip()}: {value!r} is not a valid YAML value ({problem})") from None
 
 
 def _now() -> str:
@@ -119,16 +154,25 @@ def run_pipeline(
     progress: bool = True,
     log=print,
 ) -> dict[str, Any]:
-    """Execute the selected notebooks and export them; returns the run record (also saved as ``run.json``)."""
-    import papermill
+    """Execute the selected notebooks and export them; returns the run record (also saved as ``run.json``).
 
+    The run holds a lock on ``run_dir`` (:func:`run_folder_lock`): a second run on the same folder stops at once
+    with :class:`RunFolderLockedError` naming the holder, so that no run loses the other's entries."""
     root = project_root()
     config = resolve_config(profile, overrides)
     profile = config["profile"]
     run_dir = Path(run_dir) if run_dir else root / "reports" / profile
     run_dir = run_dir if run_dir.is_absolute() else root / run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     selected = select_notebooks(notebooks(root), only, start)
+    with run_folder_lock(run_dir):
+        return _run_notebooks(selected, config, run_dir, root, kernel_name, progress, log)
+
+
+def _run_notebooks(selected: list[Path], config: dict[str, Any], run_dir: Path, root: Path, kernel_name: str,
+                   progress: bool, log) -> dict[str, Any]:
+    import papermill
+
+    profile = config["profile"]
     previous = _previous_run(run_dir)
     record: dict[str, Any] = {
         "profile": profile, "parameters": config, "git_commit": report.git_commit(root),

@@ -36,6 +36,45 @@ PROTOCOL_EXTRA = "extra-train/lfw-10fold"
 PROTOCOL_LFW = "lfw-folds2-10/fold1"
 
 
+def unsafe_name_reason(name: str) -> str | None:
+    """Why ``name`` (an identity or a relative image path) cannot be used safely, or ``None`` when it can.
+
+    Unsafe: empty, absolute, a ``..`` or empty component, a backslash or NUL, or not valid UTF-8 (the reason
+    shows the bytes escaped). Such a name could read or write outside the data folders.
+    """
+    if not name:
+        return "empty name"
+    shown = printable_name(name)
+    if shown != name:
+        return f"name is not valid UTF-8: {shown!r}"
+    if "\x00" in name or "\\" in name:
+        return f"name holds a NUL or backslash: {name!r}"
+    if name.startswith("/") or os.path.isabs(name):
+        return f"absolute path: {name!r}"
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return f"'..', '.' or empty path component: {name!r}"
+    return None
+
+
+def printable_name(name: str) -> str:
+    """``name`` with bytes that are not valid UTF-8 (surrogate escapes from the file system) shown as ``\\xNN``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _checked_identity(path, lineno: int, name: str) -> str:
+    """An identity name read from a protocol file, refused when it could escape the data folder."""
+    problem = None if "/" not in name else f"'/' in identity: {name!r}"
+    problem = problem or unsafe_name_reason(name)
+    if problem:
+        raise ValueError(f"{path}:{lineno}: unsafe identity name ({problem})")
+    return name
+
+
 def lfw_image(name: str, index: int) -> str:
     """Relative path of LFW image ``index`` (1-based) of identity ``name``: ``name/name_%04d.jpg``."""
     return f"{name}/{name}_{int(index):04d}.jpg"
@@ -52,11 +91,14 @@ def _read_lines(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
     if not path.is_file():
         raise FileNotFoundError(f"protocol file not found: {path}")
     out = []
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            fields = line.split()
-            if fields:
-                out.append((lineno, fields))
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            fields = raw.decode("utf-8").split()
+        except UnicodeDecodeError as error:
+            shown = printable_name(raw.decode("utf-8", "surrogateescape"))
+            raise ValueError(f"{path}:{lineno}: not UTF-8 text: {shown!r} ({error.reason})") from None
+        if fields:
+            out.append((lineno, fields))
     if not out:
         raise ValueError(f"{path}: file is empty")
     return out
@@ -108,6 +150,7 @@ def read_lfw_pairs(path: str | os.PathLike) -> pd.DataFrame:
                     f"got {len(fields)} fields: {' '.join(fields)!r}"
                 )
             name, i, j = fields
+            name = _checked_identity(path, lineno, name)
             i = _int_field(path, lineno, i, "image index", 1)
             j = _int_field(path, lineno, j, "image index", 1)
             if i == j:
@@ -120,6 +163,7 @@ def read_lfw_pairs(path: str | os.PathLike) -> pd.DataFrame:
                     f"got {len(fields)} fields: {' '.join(fields)!r}"
                 )
             n1, i, n2, j = fields
+            n1, n2 = _checked_identity(path, lineno, n1), _checked_identity(path, lineno, n2)
             i = _int_field(path, lineno, i, "image index", 1)
             j = _int_field(path, lineno, j, "image index", 1)
             if n1 == n2:
@@ -179,7 +223,7 @@ def read_lfw_people(path: str | os.PathLike) -> pd.DataFrame:
             if len(fields) != 2:
                 raise ValueError(f"{path}:{lineno}: expected 'name n', got {' '.join(fields)!r}")
             n = _int_field(path, lineno, fields[1], "image count", 1)
-            rows.append((fold, fields[0], n))
+            rows.append((fold, _checked_identity(path, lineno, fields[0]), n))
             pos += 1
     if pos < len(lines):
         raise ValueError(f"{path}:{lines[pos][0]}: unexpected extra line after the last fold")
@@ -239,40 +283,117 @@ def _is_mask_file(name: str) -> bool:
     return Path(name).stem.endswith("_mask")
 
 
-def scan_identity_folders(
-    root: str | os.PathLike, extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png")
-) -> pd.DataFrame:
-    """List ``<root>/<identity>/<file>`` images as a DataFrame[identity, image] sorted by image.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
+SCAN_COLUMNS = ["identity", "image", "status", "reason"]
 
-    ``image`` is the POSIX path relative to ``root``. Hidden files and folders, files directly in
-    ``root``, files in deeper sub-folders, masked twins (``*_mask.*``) and other extensions
-    (case-insensitive) are ignored; identity folders with no image are skipped.
+
+def _entry_problem(entry: os.DirEntry) -> tuple[str, str] | None:
+    """``(status, reason)`` for a directory entry that cannot be read as a file or folder, else ``None``."""
+    try:
+        entry.stat()
+    except OSError as error:
+        if entry.is_symlink():
+            kind = "symlink loop" if error.errno == 40 else "dangling symlink"
+            return "unreadable", f"{kind}: {error.strerror}"
+        return "unreadable", f"{type(error).__name__}: {error.strerror}"
+    return None
+
+
+def _file_status(ident: str, entry: os.DirEntry, exts: tuple[str, ...]) -> tuple[str, str]:
+    """``("", "")`` for a usable photo, else the status and reason the manifest records for it."""
+    name = entry.name
+    problem = unsafe_name_reason(f"{ident}/{name}")
+    if problem:
+        return "bad_name", problem
+    if name.startswith("."):
+        return "skipped", "hidden file"
+    unreadable = _entry_problem(entry)
+    if unreadable:
+        return unreadable
+    if entry.is_dir():
+        if name.lower().endswith(exts):
+            return "unreadable", "a folder named like an image"
+        return "skipped", "sub-folder inside an identity folder (only <identity>/<image> is scanned)"
+    if not entry.is_file():
+        return "unreadable", "not a regular file"
+    if not name.lower().endswith(exts):
+        return "skipped", f"not an image extension ({', '.join(exts)})"
+    if _is_mask_file(name):
+        return "skipped", "a masked twin supplied by the user (*_mask.*), not a photo"
+    return "", ""
+
+
+def scan_all_files(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> pd.DataFrame:
+    """Every entry of ``<root>/<identity>/``: DataFrame[identity, image, status, reason] sorted by image.
+
+    ``status`` is "" for a usable photo, else ``bad_name`` (unsafe or non-UTF-8 name, shown escaped),
+    ``unreadable`` (dangling symlink, symlink loop, folder named like an image) or ``skipped`` (hidden file,
+    other extension, user-supplied ``*_mask.*`` twin, deeper sub-folder, file directly in ``root``).
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder does not exist or is not a folder: {root}")
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
     rows = []
-    n_folders = 0
     with os.scandir(root) as it:
-        folders = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
-    for ident in folders:
-        n_folders += 1
+        entries = sorted(it, key=lambda e: e.name)
+    for top in entries:
+        shown = printable_name(top.name)
+        if top.name.startswith("."):
+            continue  # hidden folders at the top (.cache, .git) are not identities
+        problem = _entry_problem(top)
+        if problem or not top.is_dir():
+            status, reason = problem or ("skipped", "not inside an identity folder")
+            rows.append(("", shown, status, reason))
+            continue
+        rows += _scan_folder(root, top.name, exts)
+    frame = pd.DataFrame(rows, columns=SCAN_COLUMNS)
+    return frame.sort_values("image", kind="stable").reset_index(drop=True)
+
+
+def _scan_folder(root: Path, ident: str, exts: tuple[str, ...]) -> list[tuple[str, str, str, str]]:
+    shown = printable_name(ident)
+    try:
         with os.scandir(root / ident) as it:
-            for entry in it:
-                name = entry.name
-                if name.startswith(".") or not entry.is_file():
-                    continue
-                if not name.lower().endswith(exts) or _is_mask_file(name):
-                    continue
-                rows.append((ident, f"{ident}/{name}"))
-    if not rows:
+            files = sorted(it, key=lambda e: e.name)
+    except OSError as error:
+        return [(shown, shown + "/", "unreadable", f"{type(error).__name__}: {error.strerror}")]
+    return [(shown, f"{shown}/{printable_name(entry.name)}", *_file_status(ident, entry, exts)) for entry in files]
+
+
+def skipped_files(root: str | os.PathLike, identities, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> pd.DataFrame:
+    """The entries of the identity folders ``identities`` under ``root`` that are not usable photos
+    (:func:`scan_all_files` columns and statuses), so that a build records them beside the photos it detects."""
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    rows = []
+    for ident in sorted(set(identities)):
+        if not unsafe_name_reason(ident) and "/" not in ident and (Path(root) / ident).is_dir():
+            rows += [row for row in _scan_folder(Path(root), ident, exts) if row[2]]
+    return pd.DataFrame(rows, columns=SCAN_COLUMNS)
+
+
+def scan_identity_folders(
+    root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, include_skipped: bool = False
+) -> pd.DataFrame:
+    """List ``<root>/<identity>/<file>`` images as a DataFrame[identity, image] sorted by image.
+
+    ``image`` is the POSIX path relative to ``root``. Hidden files and folders, files directly in
+    ``root``, files in deeper sub-folders, masked twins (``*_mask.*``), other extensions
+    (case-insensitive), unsafe or non-UTF-8 names and unreadable entries are left out; with
+    ``include_skipped`` they are kept with a ``status`` and ``reason`` (see :func:`scan_all_files`), so that
+    the build records them in the manifest.
+    """
+    frame = scan_all_files(root, extensions)
+    usable = frame[frame["status"] == ""]
+    if usable.empty:
+        n_folders = frame.loc[frame["identity"] != "", "identity"].nunique()
         raise ValueError(
-            f"no identity folder with images ({', '.join(exts)}) under {root} "
+            f"no identity folder with images ({', '.join(extensions)}) under {root} "
             f"({n_folders} sub-folders); expected <root>/<identity>/<image>"
         )
-    df = pd.DataFrame(rows, columns=["identity", "image"])
-    return df.sort_values("image", kind="stable").reset_index(drop=True)
+    chosen = frame if include_skipped else usable
+    columns = SCAN_COLUMNS if include_skipped else ["identity", "image"]
+    return chosen[columns].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,6 +542,8 @@ def make_split(
     if not all_folds:
         raise ValueError("lfw_pairs is empty")
     extra_images = {k: v for k, v in (extra_images or {}).items() if v is not None and len(v)}
+    if "lfw" in extra_images:
+        raise ValueError("an extra training set may not be named 'lfw' (reserved for the evaluation set); rename it")
 
     if eval_folds is None:
         eval_folds = all_folds if extra_images else [all_folds[0]]

@@ -71,3 +71,32 @@ def save_image(path: str | os.PathLike, image, quality: int = 95) -> Path:
         else:
             image.save(tmp, format=fmt)
     return path
+
+
+class UnsafePathError(ValueError):
+    """An output path would land outside the folder it must stay in."""
+
+
+def path_inside(root: str | os.PathLike, relative: str) -> Path:
+    """``root / relative``, resolved, after checking that it stays inside ``root`` (no ``..``, absolute path or
+    symlink that leads out); raises :class:`UnsafePathError` otherwise. Every writer of names that come from
+    data (protocol files, folder names) goes through it."""
+    base = Path(root).resolve()
+    target = (base / relative).resolve()
+    if target != base and base not in target.parents:
+        raise UnsafePathError(f"output {relative!r} would be written outside {base}")
+    return target
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files :func:`atomic_path` left in ``folder`` when a process was killed mid-write
+    (``.<name>.<random>.tmp``); call it when a writer starts, before it writes there. Returns what it removed."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for stale in folder.glob(".*.tmp"):
+            if stale.is_file() and not stale.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
+                    removed.append(stale)
+    return removed

@@ -62,7 +62,7 @@ from .losses import build_margin_head
 from .models import build_backbone
 from .pairs import generate_pairs, masked_name, scenario_pairs
 from .preprocess import load_crops, to_input
-from .storage import atomic_path, write_csv, write_json
+from .storage import atomic_path, remove_stale_temp_files, write_csv, write_json
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -874,6 +874,9 @@ def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, 
     started = time.perf_counter()
     ckpt_path = out_dir / "last.pt"
     is_main = rt.rank == 0
+    if is_main:
+        for stale in remove_stale_temp_files(out_dir):  # a kill during torch.save leaves its temp file
+            log(f"removed {stale.name}, left by an interrupted checkpoint write")
 
     train_rows, val_rows = split_identities(_read_rows(train_csv), config, log)
     class_names = sorted(_class_key(train_rows).unique())

@@ -172,6 +172,14 @@ def test_train_or_restart_starts_over_when_the_recipe_changed(data, tmp_path):
     assert len(first.history) == 1
 
 
+def test_a_new_start_removes_temp_files_a_killed_checkpoint_write_left(data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")  # what a kill inside torch.save leaves
+    _run(_config(epochs=1), data, out)
+    assert not list(out.glob("*.tmp")) and (out / "last.pt").is_file()
+
+
 def test_same_seed_gives_identical_history_and_weights(data, tmp_path):
     config = _config(epochs=2, masked_share=0.5, sampler="capped", max_per_identity=3, dropout=0.1)
     a = _run(config, data, tmp_path / "a")
