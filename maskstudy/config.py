@@ -171,7 +171,11 @@ def resolve_config(profile: str | None = None, overrides: Mapping[str, Any] | No
 
 
 #: Value types a parameter accepts beyond those its defaults have in BASE and PROFILES.
-EXTRA_VALUE_TYPES: dict[str, tuple[type, ...]] = {"extra_datasets": (dict, type(None))}
+EXTRA_VALUE_TYPES: dict[str, tuple[type, ...]] = {
+    "extra_datasets": (dict, type(None)),
+    # null switches these runs off
+    "leave_out_style": (type(None),), "detected_twins_run": (type(None),), "mfr2_root": (str,),
+}
 #: Dataset names an extra training set may not take: the build keeps one folder per name.
 RESERVED_DATASET_NAMES = ("lfw",)
 

@@ -73,10 +73,14 @@ def training_runs(config: Mapping[str, Any]) -> dict[str, TrainingRun]:
         runs["plain_nomask"] = TrainingRun("plain_nomask", "plain_nomask", main, "baseline",
                                            train_settings(config, "none", masked_share=0.0))
     style = config.get("leave_out_style")
+    if style and style not in config["mask_styles"]:
+        raise ValueError(f"leave_out_style={style!r} is not one of the training styles {config['mask_styles']}")
     if style:
         name = f"plain_without_{style}"
         runs[name] = TrainingRun(name, name, main, "leave_out", train_settings(config, "none"), style)
     variant = config.get("detected_twins_run")
+    if variant and variant not in ("detected", "detected_eyes"):
+        raise ValueError(f"detected_twins_run={variant!r}: expected 'detected', 'detected_eyes' or null")
     if variant:
         name = f"plain_{variant}_twins"
         runs[name] = TrainingRun(name, name, main, "twins", train_settings(config, "none"), masked_variant=variant)

@@ -36,6 +36,10 @@ def test_removing_a_variant_or_adding_a_seed_changes_the_design_only_through_con
     runs = design.training_runs(config)
     assert set(runs) == {"plain", "cbam", "plain_seed3", "cbam_seed3", "plain_seed4", "cbam_seed4"}
     assert design.attention_comparisons(config) == [("cbam", "plain")]
+    with pytest.raises(ValueError, match="not one of the training styles"):
+        design.training_runs(resolve_config("smoke", {"leave_out_style": "kn95_flaps"}))
+    with pytest.raises(ValueError, match="detected_twins_run"):
+        design.training_runs(resolve_config("smoke", {"detected_twins_run": "shared"}))
     three = resolve_config("smoke", {"attention_variants": ["none", "se", "cbam"]})
     assert design.attention_comparisons(three) == [("se", "plain"), ("cbam", "plain"), ("cbam", "se")]
 
