@@ -135,7 +135,16 @@ def test_smoke_run_of_notebooks_01_02(smoke_run):
     for dataset, part in summary[summary["dataset"] != "all"].groupby("dataset"):
         assert part["count"].sum() == status.loc[dataset, "total"]
     pairs = pd.read_csv(run / "tables" / "02_pairs.csv")
-    assert set(pairs[pairs["dataset"] == "lfw"]["scenario"]) == {"unmasked_unmasked", "masked_unmasked", "masked_masked"}
+    from maskstudy.pairs import SCENARIOS, VARIANT_SCENARIOS, read_pair_folds
+
+    assert set(pairs[pairs["dataset"] == "lfw"]["scenario"]) == set(SCENARIOS) | set(VARIANT_SCENARIOS)
+    for scenario in VARIANT_SCENARIOS:  # every crop a variant pair names exists
+        variant = read_pair_folds(base / "data" / "lfw" / "pairs" / f"{scenario}.csv")
+        assert len(variant) == 10 * 2 * PROFILES["smoke"]["lfw_pairs_per_fold"]
+        assert all((base / "data" / "lfw" / "aligned" / p).is_file() for p in pd.concat([variant["a"], variant["b"]]))
+    masked_detection = pd.read_csv(run / "tables" / "01_masked_detection.csv")
+    assert set(masked_detection["mask_styles"]) == {"seen", "unseen"}
+    assert masked_detection["face_found"].between(0, 1).all()
 
     data = base / "data"
     for scenario in ("unmasked_unmasked", "masked_unmasked", "masked_masked"):
