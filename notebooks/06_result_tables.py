@@ -31,7 +31,8 @@ import json
 from maskstudy.report import PUBLISHED_ANCHORS, read_results, write_summary
 
 required = ["01_split", "02_cleaning_summary", "03_verification", "03_identification", "03_differences", "03_masked_gap",
-            "03_seed_table", "03_training", "04_vit", "04_data_size", "04_data_size_gap", "05_attention_regions", "05_faithfulness"]
+            "03_seed_table", "03_training", "04_vit", "04_data_size", "04_data_size_gap", "05_attention_regions", "05_faithfulness",
+            "05_attention_differences", "05_faithfulness_contrasts", "05_randomization_check", "05_cam_geometry"]
 results = read_results(study.tables, required, optional=("03_margin_losses",))
 split = json.loads((study.data_dir / "split" / "split.json").read_text())
 display(Markdown(f"**Protocol `{split['protocol']}`.** {split['description']}"))
@@ -127,11 +128,26 @@ display(Markdown("**ViT and hybrid** against the best CNN (same head, data, seed
 display(Markdown("**Data-size curve**, CNN minus ViT on masked-unmasked pairs:"), results["04_data_size_gap"])
 
 # %% [markdown]
-# ## Attention on the eyes (Grad-CAM, notebook 05)
+# ## Attention on the eyes (HiResCAM / Grad-CAM, notebook 05)
+#
+# Shares of raw CAM mass (exact cell geometry) on masked probes with intervals over seeds (or images); differences
+# from the model without attention; deletion/insertion areas of each model's maps against image-independent and
+# face-restricted controls; the weight-randomisation check; and the verdict read from these tables.
 
 # %%
+from maskstudy import study as design
+from maskstudy.explain import attention_verdict
+
 attention = results["05_attention_regions"]
-display(attention, results["05_faithfulness"])
+cam_method = cfg["cam_method"]
+attention_differences, faith_contrasts, randomization = (results["05_attention_differences"], results["05_faithfulness_contrasts"],
+                                                         results["05_randomization_check"])
+cam_baseline = next((n for n, a in design.attention_models(cfg).items() if a == "none"), None)
+attention_verdicts = [attention_verdict(attention_differences, faith_contrasts, randomization, model=n, baseline=cam_baseline, method=cam_method)
+                      for n, a in design.attention_models(cfg).items() if a != "none" and cam_baseline is not None]
+display(attention[attention["input"] == "masked"], attention_differences[attention_differences["input"] == "masked"],
+        results["05_faithfulness"], faith_contrasts, randomization)
+display(Markdown("\n\n".join(attention_verdicts)))
 
 # %% [markdown]
 # ## Cleaning statistics and split
@@ -179,11 +195,18 @@ vit_mu = vit.set_index(["model", "scenario"])
 if ("vit", "masked_unmasked") in vit_mu.index:
     findings.append(f"ViT {pct(vit_mu.loc[('vit', 'masked_unmasked'), 'accuracy_mean'])} and hybrid "
                     f"{pct(vit_mu.loc[('hybrid', 'masked_unmasked'), 'accuracy_mean'])} on masked-unmasked pairs.")
-masked_attention = attention[attention["input"] == "masked"].set_index("model")
-if {"plain", "cbam"} <= set(masked_attention.index):
-    findings.append(f"Share of Grad-CAM mass in the eye band on masked probes: plain {pct(masked_attention.loc['plain', 'eye_share'])}, "
-                    f"SE {pct(masked_attention.loc['se', 'eye_share'])}, CBAM {pct(masked_attention.loc['cbam', 'eye_share'])} "
-                    f"(the band is {pct(masked_attention['eye_band_area_share'].iloc[0])} of the crop).")
+masked_attention = attention[(attention["input"] == "masked") & (attention["method"] == cam_method)]
+if len(masked_attention):
+    findings.append(f"Share of raw {cam_method} mass in the eye band on masked probes: "
+                    + ", ".join(f"{r.model} {pct(r.eye_share)} [{pct(r.eye_ci_low)}, {pct(r.eye_ci_high)}]" for r in masked_attention.itertuples())
+                    + f" (95 % intervals: {'; '.join(masked_attention['interval'].unique())}; the band is "
+                    f"{pct(masked_attention['eye_band_area_share'].iloc[0])} of the crop).")
+findings += attention_verdicts
+coarse_cams = results["05_cam_geometry"][results["05_cam_geometry"]["eye_band_height_in_cells"] < 1.5]
+if len(coarse_cams):
+    warnings.append("CAM grids too coarse to separate the eye band from the mask region: "
+                    + ", ".join(f"{r.model} {r.grid}x{r.grid} at {r.input_size} px (band {r.eye_band_height_in_cells:.2f} cells tall)"
+                                for r in coarse_cams.itertuples()) + "; the attention verdict is limited by that.")
 unseparated = differences[~differences["separated"]]
 if len(unseparated):
     warnings.append(f"{len(unseparated)} of {len(differences)} model comparisons have 95% intervals that include 0: "
@@ -192,5 +215,6 @@ if cfg["profile"] == "smoke":
     warnings.append("smoke profile: a few training steps on a handful of images; the numbers test the pipeline, not the methods.")
 warnings.append("CelebA identity numbers cannot be matched to LFW names: a person in both sets cannot be excluded from training.")
 write_summary(study.run_dir, findings, warnings, ["06_key_results"],
-              ["06_accuracy_by_scenario", "06_differences", "03_learning_curves", "04_data_size", "05_cams_masked", "05_attention_regions"])
+              ["06_accuracy_by_scenario", "06_differences", "03_learning_curves", "04_data_size", "05_cams_masked", "05_attention_regions",
+               "05_faithfulness_curves"])
 display(Markdown("\n".join(f"* {f}" for f in findings) + "\n\n**Warnings**\n\n" + "\n".join(f"* {w}" for w in warnings)))

@@ -79,7 +79,8 @@ def attention_verdict(differences: pd.DataFrame, contrasts: pd.DataFrame, sanity
     elif eye["ci_low"] <= 0:
         verdict = "is not shown (the eye-band difference cannot be separated from 0)"
     elif mask["ci_high"] > 0:
-        verdict = "is not shown (the eye-band share rises, but so may the mask region's)"
+        rises = "does" if mask["ci_low"] > 0 else "may"
+        verdict = f"is not shown (the eye-band share rises, but so {rises} the mask region's)"
     else:
         verdict = "is not supported (the eye-band share rises, but the maps do not beat every control)"
     sentence = (f"\"Attention moves to the eyes with {model}\" {verdict}: on masked probes, {model} minus {baseline} "
