@@ -72,7 +72,7 @@ BASE: dict[str, Any] = {
     "data_fractions": [0.25, 0.5, 1.0],  # shares of the training identities for the data-size curve
     # Grad-CAM analysis (notebook 05)
     "cam_method": "hirescam",  # exact for the IR-ResNet's flatten + FC head (Draelos and Carin 2020)
-    "cam_compare_methods": ["gradcam"],  # computed beside it on the masked probes (main seed), for comparison
+    "cam_compare_methods": ["gradcam"],  # beside it for the IR-ResNets on the masked probes (main seed)
     "cam_images": 600,  # masked probes from the evaluated identities whose CAM mass is measured
     "faithfulness_images": 60,  # probes per model for the deletion / insertion curves (main seed)
     "faithfulness_steps": 8,  # curve points after the start

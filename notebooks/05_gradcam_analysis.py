@@ -164,7 +164,7 @@ for (name, seed), (model, input_size) in networks.items():
     for kind, crops, refs in kinds:
         if len(crops):
             grid_cams[(name, seed, kind, method)], cams[(name, seed, kind, method)] = cams_on_crop(model, input_size, crops, refs)
-    if seed == cfg["seed"]:
+    if seed == cfg["seed"] and name in attention_models:  # the IR-ResNets, whose head makes the methods differ
         for other in cfg["cam_compare_methods"]:
             _, cams[(name, seed, "masked", other)] = cams_on_crop(model, input_size, masked_crops, reference_crops, other)
 

@@ -209,18 +209,24 @@ def deletion_insertion_curves(
 
     for i in range(n):
         blurred = np.asarray(Image.fromarray(crops[i]).filter(ImageFilter.GaussianBlur(radius=BLUR_RADIUS)))
-        images, keys = [], []
+        images, keys, index = [], [], {}  # a ranking-independent image (nothing or everything chosen) is embedded once
         for name, scores in rankings.items():
             order = pixel_order(scores[i], rng)
             for count, fraction in zip(counts, fractions):
                 chosen = np.zeros(height * width, dtype=bool)
                 chosen[order[:count]] = True
                 chosen = chosen.reshape(height, width, 1)
-                images += [np.where(chosen, blurred, crops[i]), np.where(chosen, crops[i], blurred)]
-                keys += [(name, "deletion", fraction), (name, "insertion", fraction)]
+                for curve, image in (("deletion", np.where(chosen, blurred, crops[i])),
+                                     ("insertion", np.where(chosen, crops[i], blurred))):
+                    shared = (curve, count) if count in (0, height * width) else None
+                    if shared not in index or shared is None:
+                        index[shared] = len(images)
+                        images.append(image)
+                    keys.append((name, curve, fraction, index[shared]))
         emb = _embed(model, np.stack(images), input_size, batch_size)
         sims = F.cosine_similarity(emb, refs[i:i + 1].expand(len(emb), -1), dim=1, eps=1e-8).double().numpy()
-        table = pd.DataFrame(keys, columns=["ranking", "curve", "fraction"])
+        table = pd.DataFrame([k[:3] for k in keys], columns=["ranking", "curve", "fraction"])
+        sims = sims[[k[3] for k in keys]]
         table.insert(0, "image", i)
         table["similarity"] = sims
         rows.append(table)
