@@ -222,8 +222,9 @@ def compute_grid_cams(
     ``crops``: uint8 ``(N, H, W, 3)`` aligned crops; ``references``: uint8 crops (embedded in fp32, eval mode,
     no flip) or embeddings ``(N, D)``, one per crop. The score of crop ``i`` is
     ``SimilarityTarget(references[i])``; ``method`` is one of :data:`CAM_METHODS` (default HiResCAM, Draelos
-    and Carin 2020: element-wise gradient x activation summed over channels, which is the exact contribution
-    of each cell when the head is linear in the feature map, as the IR-ResNet's flatten + FC head is). The map
+    and Carin 2020: element-wise gradient x activation summed over channels; when the score is linear in the
+    feature map the cells' values sum to the score. The IR-ResNet's BN-flatten-FC-BN head is linear in eval mode,
+    the cosine on top is linearised at the probe by its gradient, so the maps are exact to first order). The map
     values keep their units (similarity per cell), so maps of one model can be compared and averaged.
 
     Computed in fp32 with autocast off, gradients on (also under ``no_grad``), the model in eval mode on its
