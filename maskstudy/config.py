@@ -81,10 +81,15 @@ BASE: dict[str, Any] = {
     "hybrid_kwargs": {},
     "data_fractions": [0.25, 0.5, 1.0],  # shares of the training identities for the data-size curve
     # Grad-CAM analysis (notebook 05)
-    "cam_method": "gradcam",
+    "cam_method": "hirescam",  # exact for the IR-ResNet's flatten + FC head (Draelos and Carin 2020)
+    "cam_compare_methods": ["gradcam"],  # beside it for the IR-ResNets on the masked probes (main seed)
     "cam_images": 600,  # masked probes from the evaluated identities whose CAM mass is measured
-    "faithfulness_images": 150,
+    "faithfulness_images": 60,  # probes per model for the deletion / insertion curves (main seed)
+    "faithfulness_steps": 8,  # curve points after the start
+    "faithfulness_max_fraction": 0.5,  # the curves run from 0 to this share of the crop's pixels
+    "cam_sanity_images": 48,  # probes for the weight-randomisation check (Adebayo et al. 2018)
     "cam_examples": 6,
+    "cam_mfr2_examples": 6,  # real masked MFR2 photos shown with their maps
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -110,8 +115,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "hybrid_kwargs": {"depth": 1},
         "data_fractions": [0.5, 1.0],
         "cam_images": 12,
-        "faithfulness_images": 6,
+        "faithfulness_images": 4,
+        "faithfulness_steps": 4,
+        "cam_sanity_images": 4,
         "cam_examples": 3,
+        "cam_mfr2_examples": 2,
     },
     "cpu": {
         # the 2-core budget goes to seeds: the margin-loss comparison runs in the gpu profile (or -p margin_losses=...)
@@ -130,7 +138,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "vit_width": 1.0,
         "vit_kwargs": {"depth": 12},
         "cam_images": 3000,
-        "faithfulness_images": 600,
+        "faithfulness_images": 300,
+        "faithfulness_steps": 10,
+        "cam_sanity_images": 200,
     },
 }
 

@@ -36,7 +36,8 @@ from maskstudy.report import PUBLISHED_ANCHORS, read_results, write_summary
 required = ["01_split", "02_cleaning_summary", "03_verification", "03_identification", "03_differences",
             "03_seed_table", "03_seed_summary", "03_training", "03_fnmr", "03_baseline_differences",
             "04_vit", "04_data_size", "04_data_size_gap"]
-required += ["05_attention_regions", "05_faithfulness"]
+required += ["05_attention_regions", "05_faithfulness", "05_attention_differences", "05_faithfulness_contrasts",
+             "05_randomization_check", "05_cam_geometry"]
 optional = ("03_margin_losses", "03_mfr2", "04_mfr2", "03_mask_scenarios", "03_leave_one_style_out", "01_masked_detection")
 results = read_results(study.tables, required, optional=optional)
 split = json.loads((study.data_dir / "split" / "split.json").read_text())
@@ -180,11 +181,26 @@ display(Markdown("**ViT and hybrid** against the best CNN (same head, data, seed
 display(Markdown("**Data-size curve**, CNN minus ViT on masked-unmasked pairs:"), results["04_data_size_gap"])
 
 # %% [markdown]
-# ## Attention on the eyes (Grad-CAM, notebook 05)
+# ## Attention on the eyes (HiResCAM / Grad-CAM, notebook 05)
+#
+# Shares of raw CAM mass (exact cell geometry) on masked probes with intervals over seeds (or images); differences
+# from the model without attention; deletion/insertion areas of each model's maps against image-independent and
+# face-restricted controls; the weight-randomisation check; and the verdict read from these tables.
 
 # %%
+from maskstudy import study as design
+from maskstudy.explain import attention_verdict
+
 attention = results["05_attention_regions"]
-display(attention, results["05_faithfulness"])
+cam_method = cfg["cam_method"]
+attention_differences, faith_contrasts, randomization = (results["05_attention_differences"], results["05_faithfulness_contrasts"],
+                                                         results["05_randomization_check"])
+cam_baseline = next((n for n, a in design.attention_models(cfg).items() if a == "none"), None)
+attention_verdicts = [attention_verdict(attention_differences, faith_contrasts, randomization, model=n, baseline=cam_baseline, method=cam_method)
+                      for n, a in design.attention_models(cfg).items() if a != "none" and cam_baseline is not None]
+display(attention[attention["input"] == "masked"], attention_differences[attention_differences["input"] == "masked"],
+        results["05_faithfulness"], faith_contrasts, randomization)
+display(Markdown("\n\n".join(attention_verdicts)))
 
 # %% [markdown]
 # ## Cleaning statistics and split
@@ -208,13 +224,20 @@ anchors
 
 # %%
 findings, warnings = study_findings(results, split, cfg)
-attention = results["05_attention_regions"]
-masked_attention = attention[attention["input"] == "masked"].set_index("model")
-if {"plain", "cbam"} <= set(masked_attention.index):
-    findings.append("Share of Grad-CAM mass in the eye band on masked probes: "
-                    + ", ".join(f"{m} {100 * masked_attention.loc[m, 'eye_share']:.1f} %" for m in masked_attention.index)
-                    + f" (the band is {100 * masked_attention['eye_band_area_share'].iloc[0]:.1f} % of the crop).")
+masked_attention = attention[(attention["input"] == "masked") & (attention["method"] == cam_method)]
+if len(masked_attention):
+    findings.append(f"Share of raw {cam_method} mass in the eye band on masked probes: "
+                    + ", ".join(f"{r.model} {100 * r.eye_share:.1f} % [{100 * r.eye_ci_low:.1f}, {100 * r.eye_ci_high:.1f}]"
+                                for r in masked_attention.itertuples())
+                    + f" (95 % intervals: {'; '.join(masked_attention['interval'].unique())}; the band is "
+                    f"{100 * masked_attention['eye_band_area_share'].iloc[0]:.1f} % of the crop).")
+findings += attention_verdicts
+coarse_cams = results["05_cam_geometry"][results["05_cam_geometry"]["eye_band_height_in_cells"] < 1.5]
+if len(coarse_cams):
+    warnings.append("CAM grids too coarse to separate the eye band from the mask region: "
+                    + ", ".join(f"{r.model} {r.grid}x{r.grid} at {r.input_size} px (band {r.eye_band_height_in_cells:.2f} cells tall)"
+                                for r in coarse_cams.itertuples()) + "; the attention verdict is limited by that.")
 write_summary(study.run_dir, findings, warnings, ["06_key_results"],
               ["06_accuracy_by_scenario", "06_differences", "03_accuracy", "03_learning_curves", "04_data_size",
-               "05_cams_masked", "05_attention_regions"])
+               "05_cams_masked", "05_attention_regions", "05_faithfulness_curves"])
 display(Markdown("\n".join(f"* {f}" for f in findings) + "\n\n**Warnings**\n\n" + "\n".join(f"* {w}" for w in warnings)))

@@ -245,7 +245,10 @@ def test_smoke_run_of_notebook_05_gradcam(smoke_run):
     assert attention["eye_share"].between(0, 1).all() and attention["mask_share"].between(0, 1).all()
     assert ((attention["eye_share"] + attention["mask_share"]) <= 1 + 1e-6).all()  # the regions do not overlap
     faith = pd.read_csv(base / "run" / "tables" / "05_faithfulness.csv")
-    assert np.isfinite(faith[["drop_top_cam", "drop_random"]].to_numpy()).all()
+    assert {"cam", "mean_cam", "eye_band", "random_face"} <= set(faith["ranking"])
+    assert set(faith["curve"]) == {"deletion", "insertion"} and np.isfinite(faith["area"]).all()
+    differences = pd.read_csv(base / "run" / "tables" / "05_attention_differences.csv")
+    assert {"cbam - plain", "se - plain"} <= set(differences["comparison"])
     assert (base / "run" / "figures" / "05_cams_masked.png").is_file()
 
 

@@ -1,0 +1,96 @@
+"""Summaries with intervals (over seeds when there are several, else over images) and the attention verdict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..evaluate import bootstrap_ci
+
+
+def seed_interval(values, alpha: float = 0.05) -> tuple[float, float, float]:
+    """``(mean, low, high)``: Student-t interval of the mean of per-seed values (needs >= 2 finite values)."""
+    from scipy.stats import t
+
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        raise ValueError(f"need >= 2 seeds for an interval over seeds, got {len(values)}")
+    mean, half = values.mean(), t.ppf(1 - alpha / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(mean), float(mean - half), float(mean + half)
+
+
+def mean_interval(per_seed: list[np.ndarray], bootstrap_samples: int, seed: int = 0) -> dict:
+    """Mean and 95 % interval of a per-image measure given one array per seed: over the seeds' means when there
+    are >= 2 seeds, else a bootstrap over the images of the one seed. Keys ``value, ci_low, ci_high, seeds,
+    images, interval``."""
+    per_seed = [np.asarray(v, dtype=np.float64)[np.isfinite(v)] for v in per_seed]
+    per_seed = [v for v in per_seed if len(v)]
+    if not per_seed:
+        return {"value": np.nan, "ci_low": np.nan, "ci_high": np.nan, "seeds": 0, "images": 0, "interval": "none"}
+    images = int(np.mean([len(v) for v in per_seed]))
+    if len(per_seed) >= 2:
+        value, low, high = seed_interval([v.mean() for v in per_seed])
+        interval = f"t over {len(per_seed)} seeds"
+    else:
+        value = float(per_seed[0].mean())
+        low, high = bootstrap_ci(per_seed[0], n=bootstrap_samples, seed=seed)
+        interval = f"bootstrap over {len(per_seed[0])} images"
+    return {"value": value, "ci_low": low, "ci_high": high, "seeds": len(per_seed), "images": images,
+            "interval": interval}
+
+
+def _row(table: pd.DataFrame, **where) -> pd.Series | None:
+    mask = np.ones(len(table), dtype=bool)
+    for column, value in where.items():
+        mask &= (table[column] == value).to_numpy()
+    return table[mask].iloc[0] if mask.any() else None
+
+
+def _points(row: pd.Series) -> str:
+    return (f"{100 * row['difference']:+.1f} points [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] "
+            f"({row['interval']})")
+
+
+def controls_beaten(contrasts: pd.DataFrame, model: str) -> tuple[int, int]:
+    """``(beaten, total)``: how many (control, curve) contrasts of ``model``'s own CAM have an interval on the
+    faithful side (deletion area below the control's, insertion area above)."""
+    part = contrasts[contrasts["model"] == model]
+    return int(part["cam_better"].sum()), len(part)
+
+
+def attention_verdict(differences: pd.DataFrame, contrasts: pd.DataFrame, sanity: pd.DataFrame,
+                      model: str, baseline: str, method: str) -> str:
+    """One sentence: does the share of CAM mass on the eye band of masked probes rise from ``baseline`` to
+    ``model`` (e.g. plain -> CBAM), with its interval, and do the maps pass the faithfulness curves and the
+    weight-randomisation check? Reads notebook 05's tables ``05_attention_differences``,
+    ``05_faithfulness_contrasts`` and ``05_randomization_check``; "holds" needs an eye-share difference above
+    0, the mask-region share not above 0, and ``model``'s CAM beating every control."""
+    eye = _row(differences, model=model, baseline=baseline, input="masked", measure="eye_share")
+    mask = _row(differences, model=model, baseline=baseline, input="masked", measure="mask_share")
+    if eye is None or mask is None:
+        return f"Attention on the eyes with {model}: not measured (no {model} - {baseline} difference in notebook 05)."
+    beaten, total = controls_beaten(contrasts, model)
+    faithful = total > 0 and beaten == total
+    if eye["ci_low"] > 0 and mask["ci_high"] <= 0 and faithful:
+        verdict = "holds"
+    elif eye["ci_high"] < 0:
+        verdict = "does not hold (the eye-band share falls)"
+    elif eye["ci_low"] <= 0:
+        verdict = "is not shown (the eye-band difference cannot be separated from 0)"
+    elif mask["ci_high"] > 0:
+        rises = "does" if mask["ci_low"] > 0 else "may"
+        verdict = f"is not shown (the eye-band share rises, but so {rises} the mask region's)"
+    else:
+        verdict = "is not supported (the eye-band share rises, but the maps do not beat every control)"
+    sentence = (f"\"Attention moves to the eyes with {model}\" {verdict}: on masked probes, {model} minus {baseline} "
+                f"{method} eye-band share {_points(eye)}, mask-region share {_points(mask)}; {model}'s maps beat "
+                f"{beaten} of {total} control contrasts on deletion/insertion areas")
+    base_beaten, base_total = controls_beaten(contrasts, baseline)
+    if base_total:
+        sentence += f" ({baseline}'s: {base_beaten} of {base_total})"
+    check = _row(sanity, model=model) if len(sanity) else None
+    if check is not None:
+        sentence += (f"; with randomised weights the maps' rank correlation with the trained ones is "
+                     f"{check['rank_correlation']:.2f} [{check['ci_low']:.2f}, {check['ci_high']:.2f}]")
+    return sentence + "."
