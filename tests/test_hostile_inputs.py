@@ -184,7 +184,8 @@ def test_build_on_every_bad_kind_records_each_file_and_changes_nothing(hostile_t
     fresh = build(root, out / "again", detector, pd.DataFrame({"identity": ["P"], "image": ["P/dup.jpeg"]}),
                   record_skipped_files=False)
     assert fresh["status"].tolist() == ["ok"]
-    np.testing.assert_allclose(kept, np.asarray(Image.open(out / "again/toy/aligned/P/dup.jpg"), float))
+    # the same photo's face; MTCNN's landmarks move by a hair with the batch it runs in (JPEG values +-2)
+    np.testing.assert_allclose(kept, np.asarray(Image.open(out / "again/toy/aligned/P/dup.jpg"), float), atol=3)
     # two faces of equal size: the row is marked and the cleaning step drops it
     assert on_disk.loc["P/two_faces.jpg", "reason"].startswith("ambiguous_face: 2 faces")
     cleaned = clean_manifest(on_disk.reset_index(), max_deviation=1.0).set_index("image")
