@@ -54,7 +54,8 @@ display(Markdown(f"**Protocol `{split['protocol']}`.** {split['description']}"))
 verification = results["03_verification"]
 vit = results["04_vit"]
 key = results["03_seed_table"].copy()
-key = key[~key["model"].isin([m for m in key["model"] if m.startswith("plain_") and m != "plain_nomask"])]
+margin_runs = [r.name for r in design.training_runs(cfg).values() if r.kind == "margin"]
+key = key[~key["model"].isin(margin_runs)]  # the margin-loss comparison has its own table
 mfr2_04 = results.get("04_mfr2", pd.DataFrame(columns=["model"])).set_index("model")
 for name in ["vit", "hybrid"]:
     part = vit[vit["model"] == name].set_index("scenario")
