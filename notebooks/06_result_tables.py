@@ -75,7 +75,7 @@ display(Markdown("Id %: rank-1 of masked probes against an unmasked gallery (ViT
 # %%
 long = comparisons.accuracy_long(verification, results.get("03_mfr2"))
 main = long[long["seed"] == int(cfg["seed"])]
-main = main[main["kind"].isin(["attention", "baseline"])]
+main = main[main["kind"].isin(["attention", "baseline", "twins"])]
 extra = vit[vit["model"].isin(["vit", "hybrid"])].rename(columns={"scenario": "test", "accuracy_mean": "accuracy"})
 if "04_mfr2" in results:
     extra = pd.concat([extra, results["04_mfr2"][results["04_mfr2"]["model"].isin(["vit", "hybrid"])]
@@ -83,14 +83,19 @@ if "04_mfr2" in results:
 both = pd.concat([main[["model", "test", "accuracy"]], extra[["model", "test", "accuracy"]]], ignore_index=True)
 tests_shown = list(dict.fromkeys(both["test"]))
 spread = results["03_seed_summary"].set_index(["model", "test"])
-fig, axes = plt.subplots(1, len(tests_shown), figsize=(2.6 * len(tests_shown), 3.8), sharey=True, squeeze=False)
-for ax, test in zip(axes[0], tests_shown):
+ncols = min(5, len(tests_shown))
+nrows = -(-len(tests_shown) // ncols)
+fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 3.6 * nrows), sharey=True, squeeze=False)
+for ax in axes.ravel()[len(tests_shown):]:
+    ax.axis("off")
+for ax, test in zip(axes.ravel(), tests_shown):
     part = both[both["test"] == test].drop_duplicates("model")
     errors = [spread.loc[(m, test), "accuracy_std"] if (m, test) in spread.index else 0.0 for m in part["model"]]
     means = [spread.loc[(m, test), "accuracy_mean"] if (m, test) in spread.index else a for m, a in zip(part["model"], part["accuracy"])]
     ax.bar(part["model"], means, yerr=np.nan_to_num(errors), capsize=3, color=plt.cm.tab10(np.arange(len(part))))
     ax.set_title(test.replace("_", " "), fontsize=8); ax.tick_params(axis="x", rotation=60, labelsize=7)
-axes[0, 0].set_ylabel("accuracy (attention models: mean ± sd over seeds)")
+for row in axes:
+    row[0].set_ylabel("accuracy (attention models:\nmean ± sd over seeds)")
 axes[0, 0].set_ylim(max(0.4, both["accuracy"].min() - 0.05), 1)
 fig.tight_layout()
 study.save_figure(fig, "06_accuracy_by_scenario")
