@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .align import centre_crop  # noqa: F401  (public here since v0.1)
-from .pairs import SCENARIOS, read_pair_folds, read_pairs
+from .pairs import read_pair_folds, read_pairs
 from .preprocess import load_crops, to_input
 
 #: Side of the aligned crops on disk (the ArcFace template size); models with a smaller ``input_size`` get
@@ -440,45 +440,6 @@ def evaluate_pairs(
     }
 
 
-SCENARIO_COLUMNS = ["scenario", "pairs", "accuracy_mean", "accuracy_std", "acc_ci_low", "acc_ci_high", "auc",
-                    "eer", "tar_far_1e-2", "tar_far_1e-3"]
-
-
-def evaluate_scenarios(
-    model: nn.Module,
-    input_size: int,
-    pairs_dir: str | os.PathLike,
-    aligned_root: str | os.PathLike,
-    scenarios: Sequence[str] = SCENARIOS,
-    crops_cache: dict | None = None,
-    **kw,
-) -> tuple[pd.DataFrame, dict]:
-    """Evaluate ``pairs_dir/<scenario>.csv`` (fold, a, b, label) for each scenario, sharing one embedding
-    cache. Returns a DataFrame (one row per scenario, columns :data:`SCENARIO_COLUMNS`) and a dict scenario ->
-    the full :func:`evaluate_pairs` result (per-pair ``scores``, ``correct``, ``labels``, ``folds``, and the
-    accuracy ``note``). ``kw`` go to :func:`evaluate_pairs`."""
-    pairs_dir = Path(pairs_dir)
-    cache = {} if crops_cache is None else crops_cache
-    rows, details = [], {}
-    for scenario in scenarios:
-        path = pairs_dir / f"{scenario}.csv"
-        if not path.is_file():
-            raise FileNotFoundError(f"pair file for scenario {scenario!r} not found: {path}")
-        result = evaluate_pairs(model, input_size, read_pair_folds(path), aligned_root, cache, **kw)
-        details[scenario] = result
-        rows.append({
-            "scenario": scenario,
-            "pairs": result["pairs"],
-            "accuracy_mean": result["accuracy"]["mean"],
-            "accuracy_std": result["accuracy"]["std"],
-            "acc_ci_low": result["acc_ci"][0],
-            "acc_ci_high": result["acc_ci"][1],
-            "auc": result["roc"]["auc"],
-            "eer": result["roc"]["eer"],
-            "tar_far_1e-2": result["roc"]["tar_at_far_1e-2"],
-            "tar_far_1e-3": result["roc"]["tar_at_far_1e-3"],
-        })
-    return pd.DataFrame(rows, columns=SCENARIO_COLUMNS), details
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from maskstudy.evaluate import (
     bootstrap_ci,
     embed_crops,
     evaluate_pairs,
-    evaluate_scenarios,
     identification_rank1,
     internal_folds,
     kfold_accuracy,
@@ -311,8 +310,12 @@ def test_evaluate_pairs_and_scenarios_share_embeddings(tmp_path):
     np.testing.assert_allclose(result["scores"], np.where(plain["label"] == 1, 1.0, 0.0), atol=1e-6)
     assert result["correct"].all() and result["acc_ci"] == (1.0, 1.0)
 
-    table, details = evaluate_scenarios(MeanColour(), 16, pairs_dir, aligned,
-                                        scenarios=("unmasked_unmasked", "masked_unmasked"), n_boot=200)
+    from maskstudy.testsets import TestSets, evaluate_model
+
+    empty = pd.DataFrame(columns=["identity", "aligned", "masked"])
+    tests = TestSets(pairs_dir, aligned, ["unmasked_unmasked", "masked_unmasked"], empty, empty[["identity", "aligned"]])
+    results = evaluate_model(MeanColour(), 16, tests, identification=False, n_boot=200)
+    table, details = results.verification, results.per_pair
     assert table["scenario"].tolist() == ["unmasked_unmasked", "masked_unmasked"]
     assert list(table.columns) == ["scenario", "pairs", "accuracy_mean", "accuracy_std", "acc_ci_low",
                                    "acc_ci_high", "auc", "eer", "tar_far_1e-2", "tar_far_1e-3"]
@@ -320,8 +323,9 @@ def test_evaluate_pairs_and_scenarios_share_embeddings(tmp_path):
     # fold 2's masked positives (P*_2_mask) carry the next identity's colour: they fail
     assert table.loc[1, "accuracy_mean"] < 1.0
     assert details["masked_unmasked"]["correct"].shape == (12,)
+    assert list(details["masked_unmasked"]["clusters"][:2]) == ["P0", "P0"]  # resampled by identity
     with pytest.raises(FileNotFoundError, match="masked_masked"):
-        evaluate_scenarios(MeanColour(), 16, pairs_dir, aligned, scenarios=("masked_masked",))
+        evaluate_model(MeanColour(), 16, tests, scenarios=["masked_masked"], identification=False)
     with pytest.raises(FileNotFoundError, match="missing"):
         evaluate_pairs(MeanColour(), 16, plain.assign(a="nope/x.png"), aligned)
 
