@@ -37,6 +37,7 @@ from torch import nn
 from .align import centre_crop  # noqa: F401  (public here since v0.1)
 from .pairs import read_pair_folds, read_pairs
 from .preprocess import load_crops, to_input
+from .statistics import cluster_bootstrap_ci
 
 #: Side of the aligned crops on disk (the ArcFace template size); models with a smaller ``input_size`` get
 #: these crops resized by :func:`maskstudy.preprocess.to_input`, as in training.
@@ -405,14 +406,18 @@ def evaluate_pairs(
     progress: bool = False,
     n_boot: int = 2000,
     seed: int = 0,
+    clusters: Sequence | None = None,
 ) -> dict:
     """Verify a pair list: DataFrame[fold, a, b, label] with ``a``/``b`` relative to ``aligned_root``.
 
     Each unique crop is embedded once (:func:`embed_crops`); ``crops_cache`` (rel path -> embedding) lets
     several pair lists of one model share embeddings, e.g. the three masked scenarios. Score = cosine of the
     two embeddings. Returns ``pairs`` (count), ``accuracy`` (:func:`kfold_accuracy`), ``roc``
-    (:func:`roc_metrics`), ``acc_ci`` (bootstrap interval of the accuracy over pairs), and per pair
-    ``scores``, ``labels``, ``folds``, ``correct`` (arrays, for paired bootstrap comparisons).
+    (:func:`roc_metrics`), ``acc_ci`` (bootstrap interval of the accuracy: over pairs, or over whole
+    ``clusters`` when given, e.g. each pair's first identity, see
+    :func:`maskstudy.statistics.cluster_bootstrap_ci`), and per pair ``scores``, ``labels``, ``folds``,
+    ``correct`` and ``clusters`` (arrays, for paired bootstrap comparisons; ``clusters`` is one per pair when
+    none are given).
     """
     missing = {"a", "b", "label"} - set(pairs.columns)
     if missing:
@@ -428,15 +433,21 @@ def evaluate_pairs(
     scores = np.sum(ea.astype(np.float64) * eb, axis=1)
     accuracy, pair_threshold = _kfold(scores, labels, folds)
     correct = (scores > pair_threshold) == (labels == 1)
+    if clusters is None:
+        clusters, acc_ci = np.arange(len(pairs)), bootstrap_ci(correct, n=n_boot, seed=seed)
+    else:
+        clusters = np.asarray(clusters)
+        acc_ci = cluster_bootstrap_ci(correct, clusters, n=n_boot, seed=seed)
     return {
         "pairs": int(len(pairs)),
         "accuracy": accuracy,
         "roc": roc_metrics(scores, labels),
-        "acc_ci": bootstrap_ci(correct, n=n_boot, seed=seed),
+        "acc_ci": acc_ci,
         "scores": scores,
         "labels": labels,
         "folds": folds,
         "correct": correct,
+        "clusters": clusters,
     }
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from . import mfr2
 from .evaluate import evaluate_pairs, identification_rank1
 from .pairs import SCENARIOS, VARIANT_SCENARIOS, read_pair_folds
-from .statistics import cluster_bootstrap_ci, fnmr_at_fmr
+from .statistics import fnmr_at_fmr
 
 VERIFICATION_COLUMNS = ["scenario", "pairs", "accuracy_mean", "accuracy_std", "acc_ci_low", "acc_ci_high", "auc",
                         "eer", "tar_far_1e-2", "tar_far_1e-3"]
@@ -96,10 +96,9 @@ def evaluate_model(model: nn.Module, input_size: int, tests: TestSets, scenarios
         if not path.is_file():
             raise FileNotFoundError(f"pair file for scenario {scenario!r} not found: {path} (run notebooks 01-02)")
         pairs = read_pair_folds(path)
-        result = evaluate_pairs(model, input_size, pairs, tests.aligned_root, cache, **kw)
-        result["clusters"] = pair_clusters(pairs)
+        result = evaluate_pairs(model, input_size, pairs, tests.aligned_root, cache, clusters=pair_clusters(pairs), **kw)
         per_pair[scenario] = result
-        rows.append(_verification_row(scenario, result, n_boot, seed))
+        rows.append(_verification_row(scenario, result))
     fnmr_rows = []
     reference = per_pair.get("unmasked_unmasked")
     if reference is not None:
@@ -122,17 +121,17 @@ def evaluate_model(model: nn.Module, input_size: int, tests: TestSets, scenarios
                  "gallery": plain["gallery"], "gallery_with_distractors": crowded["gallery"]}
     mfr2_row = None
     if use_mfr2 and tests.mfr2_pairs is not None:
-        result = evaluate_pairs(model, input_size, tests.mfr2_pairs, tests.mfr2_root / "aligned", {}, **kw)
-        result["clusters"] = tests.mfr2_pairs["cluster"].to_numpy()
+        result = evaluate_pairs(model, input_size, tests.mfr2_pairs, tests.mfr2_root / "aligned", {},
+                                clusters=tests.mfr2_pairs["cluster"], **kw)
         per_pair["mfr2"] = result
-        mfr2_row = mfr2.summarise(result, tests.mfr2_pairs, tests.mfr2_photos, n_boot=n_boot, seed=seed)
+        mfr2_row = mfr2.summarise(result, tests.mfr2_pairs, tests.mfr2_photos)
     return ModelResults(pd.DataFrame(rows, columns=VERIFICATION_COLUMNS), per_pair,
                         pd.DataFrame(fnmr_rows, columns=["scenario", "fmr_target", "fnmr", "fmr_reached", "threshold"]),
                         ident, mfr2_row)
 
 
-def _verification_row(scenario: str, result: dict, n_boot: int, seed: int) -> dict:
-    low, high = cluster_bootstrap_ci(result["correct"], result["clusters"], n=n_boot, seed=seed)
+def _verification_row(scenario: str, result: dict) -> dict:
+    low, high = result["acc_ci"]
     return {"scenario": scenario, "pairs": result["pairs"], "accuracy_mean": result["accuracy"]["mean"],
             "accuracy_std": result["accuracy"]["std"], "acc_ci_low": low, "acc_ci_high": high,
             "auc": result["roc"]["auc"], "eer": result["roc"]["eer"], "tar_far_1e-2": result["roc"]["tar_at_far_1e-2"],

@@ -151,8 +151,8 @@ def test_mfr2_prepare_and_evaluate_through_the_user_path(mfr2_root, tmp_path, de
     protocol = mfr2.protocol_pairs(mfr2.read_pairs(small, n_folds=2), photos)
     torch.manual_seed(0)
     model = build_backbone("ir18", width=0.125, input_size=32, embedding_size=32).eval()
-    result = evaluate_pairs(model, 32, protocol, out / "aligned", n_boot=50)
-    row = mfr2.summarise(result, protocol, photos, n_boot=50)
+    result = evaluate_pairs(model, 32, protocol, out / "aligned", n_boot=50, clusters=protocol["cluster"])
+    row = mfr2.summarise(result, protocol, photos)
     assert 0 <= row["accuracy_mean"] <= 1 and 0 <= row["face_found"] <= 1
     assert sum(row[f"pairs_{k}"] for k in mfr2.PAIR_KINDS) == len(protocol)
     again = mfr2.prepare(small, out, CountingDetector(detector), progress=False)
