@@ -197,16 +197,16 @@ if cfg["save_masked_photos"] and len(ok):
 # eye-weighted landmarks, and a twin is drawn in a mask style the models **never see in training**.
 
 # %%
+from maskstudy.detect import FaceDetector
 from maskstudy.masked_photos import build_masked_variants, detection_summary
 
+detector = FaceDetector(min_face_size=cfg["min_face_size"], min_prob=cfg["min_prob"])  # one MTCNN for both builds
 if cfg["masked_variants"]:
-    from maskstudy.detect import FaceDetector
-
     began = time.perf_counter()
     eval_rows = manifests["lfw"][manifests["lfw"]["image"].isin(set(eval_images["image"]))]
     variants = build_masked_variants(
         eval_rows, sources["lfw"], study.data_dir / "lfw",
-        FaceDetector(min_face_size=cfg["min_face_size"], min_prob=cfg["min_prob"]), seed=cfg["seed"],
+        detector, seed=cfg["seed"],
         crop_size=cfg["crop_size"], styles=tuple(cfg["mask_styles"]), unseen_styles=tuple(cfg["unseen_mask_styles"]),
         batch_size=cfg["detect_batch_size"])
     timing_table = pd.concat([timing_table, pd.DataFrame([{
@@ -236,9 +236,6 @@ if cfg["masked_variants"]:
 else:
     display(Markdown("*`masked_variants` is off: the detected-on-masked-photo and unseen-style scenarios are skipped.*"))
 if cfg["detected_twins_run"]:  # training twins detected on the masked photo, for the run that trains on them
-    from maskstudy.detect import FaceDetector
-
-    detector = FaceDetector(min_face_size=cfg["min_face_size"], min_prob=cfg["min_prob"])
     for name in sources:
         train_rows = manifests[name][manifests[name]["image"].isin(set(split.train[split.train["dataset"] == name]["image"]))]
         if len(train_rows):
