@@ -21,11 +21,15 @@ ARCFACE_TEMPLATE_112 = np.array(
     dtype=np.float64,
 )
 
+#: Side of the aligned crops on disk, the size the ArcFace template is given for. Models with a smaller
+#: ``input_size`` get these crops resized by :func:`maskstudy.preprocess.to_input`, in training and evaluation.
+CROP_SIZE = 112
+
 #: Index of each landmark in the 5-point convention (MTCNN order).
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
-def template(size: int = 112) -> np.ndarray:
+def template(size: int = CROP_SIZE) -> np.ndarray:
     """The ArcFace template scaled to a ``size`` x ``size`` crop."""
     return ARCFACE_TEMPLATE_112 * (size / 112.0)
 
@@ -70,13 +74,13 @@ def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def estimate_alignment(landmarks: np.ndarray, size: int = 112, weights: np.ndarray | None = None) -> np.ndarray:
+def estimate_alignment(landmarks: np.ndarray, size: int = CROP_SIZE, weights: np.ndarray | None = None) -> np.ndarray:
     """2x3 matrix mapping image coordinates onto the ``size`` x ``size`` ArcFace template (``weights``: one per
     landmark, e.g. :data:`EYE_WEIGHTED`; default equal)."""
     return similarity_transform(np.asarray(landmarks).reshape(5, 2), template(size), weights)
 
 
-def warp(image: Image.Image, matrix: np.ndarray, size: int = 112) -> Image.Image:
+def warp(image: Image.Image, matrix: np.ndarray, size: int = CROP_SIZE) -> Image.Image:
     """Warp ``image`` with the 2x3 ``matrix`` (image -> crop coordinates) into a ``size`` x ``size`` crop.
 
     PIL's affine transform wants the inverse map (crop -> image); pixels outside the photo are black.
@@ -86,14 +90,14 @@ def warp(image: Image.Image, matrix: np.ndarray, size: int = 112) -> Image.Image
     return image.transform((size, size), Image.Transform.AFFINE, data=tuple(inverse), resample=Image.Resampling.BILINEAR)
 
 
-def align_face(image: Image.Image, landmarks: np.ndarray, size: int = 112,
+def align_face(image: Image.Image, landmarks: np.ndarray, size: int = CROP_SIZE,
                weights: np.ndarray | None = None) -> tuple[Image.Image, np.ndarray]:
     """Aligned ``size`` x ``size`` crop and the transform used; see :func:`estimate_alignment`."""
     matrix = estimate_alignment(landmarks, size, weights)
     return warp(image, matrix, size), matrix
 
 
-def centre_crop(image: Image.Image, size: int = 112) -> np.ndarray:
+def centre_crop(image: Image.Image, size: int = CROP_SIZE) -> np.ndarray:
     """Centre square of ``image`` resized to ``size`` x ``size``: the crop of a photo that is already roughly a
     face crop, used when no face is detected. uint8 (size, size, 3)."""
     width, height = image.size
@@ -103,7 +107,7 @@ def centre_crop(image: Image.Image, size: int = 112) -> np.ndarray:
     return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def detect_and_align(images: list[Image.Image], detector, size: int = 112, weights: np.ndarray | None = None,
+def detect_and_align(images: list[Image.Image], detector, size: int = CROP_SIZE, weights: np.ndarray | None = None,
                      batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What a user's pipeline does with raw photos: detect (``detector.detect``), align the chosen face's 5
     landmarks (optionally ``weights``, e.g. :data:`EYE_WEIGHTED`), and centre-crop photos without a usable face.

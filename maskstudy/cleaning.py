@@ -18,8 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-LANDMARK_COLUMNS = [f"lm{i}_{ax}" for i in range(5) for ax in ("x", "y")]
-BOX_COLUMNS = ["box_x1", "box_y1", "box_x2", "box_y2"]
+from .data import BOX_COLUMNS, LANDMARK_COLUMNS  # the manifest's columns, defined with the manifest
 
 # Reasons besides a failed status (which is reported as the status itself), in priority order.
 RULE_REASONS = ("low_prob", "side_face", "fallback_alignment", "ambiguous_face", "missing_landmarks")

@@ -48,20 +48,48 @@ BASE: dict[str, Any] = {
     # plain net trained on twins detected on the masked photo ("detected" or "detected_eyes"; None: skip)
     "detected_twins_run": "detected",
     "nomask_baseline": True,  # also train the plain network on unmasked crops only (the seed's baseline)
-    "train_backbone": "ir18",
+    # training: one key per TrainConfig field, train_<field> (the seed is "seed"); maskstudy.train.TrainConfig takes
+    # its defaults from here, and every one can be set with -p. Model:
+    "train_backbone": "ir18",  # the depth; each variant appends its attention block (ir18_se, ir18_cbam)
     "train_width": 0.25,
     "train_input_size": 56,
     "train_embedding_size": 512,
+    "train_dropout": 0.0,
+    "train_backbone_kwargs": {},  # extra builder arguments, e.g. {"depth": 6} for a ViT
+    # margin head
     "train_margin": "arcface",
     "train_scale": 32.0,  # ArcFace's s=64 is for 10^5 identities; a few hundred train better with s~32
+    # optimisation
     "train_epochs": 10,
-    "train_batch_size": 64,
+    "train_batch_size": 64,  # per process
+    "train_optimizer": "sgd",  # "sgd" (the ArcFace recipe) | "adamw" (for transformers)
     "train_lr": 0.1,
+    "train_momentum": 0.9,  # SGD only
+    "train_weight_decay": 5e-4,
     "train_warmup_epochs": 1.0,
-    "train_masked_share": 0.5,
-    "train_max_per_identity": 20,
-    "train_val_identities": 0.05,
-    "train_max_steps": None,
+    "train_schedule": "cosine",  # "cosine" | "poly" (power 2, as arcface_torch)
+    "train_grad_clip": 5.0,  # max norm of the backbone's gradient; null or 0 = off
+    # augmentation
+    "train_masked_share": 0.5,  # probability that a sample is its masked twin; 0.0 = unmasked-only baseline
+    "train_flip": True,
+    "train_color_jitter": 0.1,  # brightness and contrast factors drawn from [1 - j, 1 + j]
+    # sampling and data
+    "train_sampler": "capped",  # "capped" | "balanced" | "uniform"
+    "train_max_per_identity": 20,  # per-epoch cap ("capped"), images per identity ("balanced", null = mean)
+    "train_min_images_per_identity": 2,
+    "train_val_identities": 0.05,  # share (< 1) or count (>= 1) of identities held out for validation; 0 = none
+    "train_val_pairs": 600,  # at most this many masked-unmasked validation pairs (half positive)
+    "train_cache_limit_gb": 8.0,  # decode crops on the fly when caching them all would need more (per machine)
+    # training runtime: these may change when a run is resumed
+    "train_device": "auto",  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
+    "train_amp": "auto",  # "auto" (bf16 on CUDA if supported else fp16; none on CPU) | "bf16" | "fp16" | "none"
+    "train_channels_last": "auto",  # "auto" = on CUDA
+    "train_compile": False,
+    "train_num_workers": "auto",  # loader processes for on-the-fly decoding; "auto" = 0 on CPU, 4+ on CUDA
+    "train_num_threads": None,  # torch CPU threads while training (null = as set); 1 can be far faster on a busy CPU
+    "train_deterministic": "auto",  # "auto" = on CPU (deterministic algorithms), off on CUDA (cudnn.benchmark)
+    "train_checkpoint_every": 1,  # epochs
+    "train_max_steps": None,  # stop after this many optimizer steps in total (smoke runs)
     "eval_batch_size": 256,
     "bootstrap_samples": 2000,
     "fixed_fmr": [1e-3, 1e-2],  # FNMR on masked pairs at the threshold giving this FMR on unmasked pairs
@@ -185,6 +213,9 @@ EXTRA_VALUE_TYPES: dict[str, tuple[type, ...]] = {
     "extra_datasets": (dict, type(None)),
     # null switches these runs off
     "leave_out_style": (type(None),), "detected_twins_run": (type(None),), "mfr2_root": (str,),
+    # TrainConfig fields that take "auto" or null besides a value
+    "train_grad_clip": (type(None),), "train_max_per_identity": (type(None),), "train_channels_last": (bool,),
+    "train_num_workers": (int,), "train_num_threads": (int,), "train_deterministic": (bool,),
 }
 #: Dataset names an extra training set may not take: the build keeps one folder per name.
 RESERVED_DATASET_NAMES = ("lfw",)
@@ -224,12 +255,15 @@ def check_override_types(overrides: Mapping[str, Any]) -> None:
         raise ValueError("bad parameter value(s): " + "; ".join(problems))
 
 
-#: Profile key -> TrainConfig field, for the settings notebook 03 passes to every variant alike.
-TRAIN_KEYS = {"train_width": "width", "train_input_size": "input_size", "train_embedding_size": "embedding_size",
-              "train_margin": "margin", "train_scale": "scale", "train_epochs": "epochs",
-              "train_batch_size": "batch_size", "train_lr": "lr", "train_warmup_epochs": "warmup_epochs",
-              "train_masked_share": "masked_share", "train_max_per_identity": "max_per_identity",
-              "train_val_identities": "val_identities", "train_max_steps": "max_steps", "seed": "seed"}
+#: Profile key -> TrainConfig field, one to one: ``train_<field>`` for every field, and ``seed``.
+TRAIN_KEYS = {"seed": "seed", **{key: key[len("train_"):] for key in BASE if key.startswith("train_")}}
+
+
+def training_defaults() -> dict[str, Any]:
+    """The base profile's training settings as TrainConfig fields (a fresh copy): the defaults of
+    :class:`maskstudy.train.TrainConfig`."""
+    return {field: copy.deepcopy(BASE[key]) for key, field in TRAIN_KEYS.items()}
+
 
 #: Backbone families notebook 04 trains besides the CNN: profile keys of their name, width, kwargs and lr.
 TRANSFORMER_KEYS = {"vit": ("vit_backbone", "vit_width", "vit_kwargs"),
@@ -242,9 +276,9 @@ def backbone_name(depth: str, attention: str) -> str:
 
 
 def train_settings(config: Mapping[str, Any], attention: str = "none", **changes: Any) -> dict[str, Any]:
-    """The TrainConfig fields of one variant: the profile's shared settings, the variant's backbone, and
+    """All TrainConfig fields of one variant: the profile's training settings, the variant's backbone, and
     ``changes`` (e.g. ``masked_share=0.0`` for the unmasked-only baseline)."""
-    settings = {field: config[key] for key, field in TRAIN_KEYS.items()}
+    settings = {field: copy.deepcopy(config[key]) for key, field in TRAIN_KEYS.items()}
     settings["backbone"] = backbone_name(config["train_backbone"], attention)
     settings.update(changes)
     return settings

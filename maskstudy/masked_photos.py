@@ -28,7 +28,7 @@ import pandas as pd
 from PIL import Image
 
 from . import storage
-from .align import EYE_WEIGHTED, detect_and_align, estimate_alignment, warp
+from .align import CROP_SIZE, EYE_WEIGHTED, detect_and_align, estimate_alignment, warp
 from .data import LANDMARK_COLUMNS, file_seed, row_landmarks
 from .detect import load_image
 from .masks import TRAINING_STYLES, UNSEEN_STYLES, choose_style, draw_mask
@@ -71,7 +71,7 @@ def build_masked_variants(
     out: str | os.PathLike,
     detector,
     seed: int = 0,
-    crop_size: int = 112,
+    crop_size: int = CROP_SIZE,
     styles: tuple[str, ...] = TRAINING_STYLES,
     unseen_styles: tuple[str, ...] = UNSEEN_STYLES,
     batch_size: int = 32,

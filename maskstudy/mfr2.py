@@ -21,7 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from . import storage
-from .align import detect_and_align
+from .align import CROP_SIZE, detect_and_align
 from .detect import file_digest, load_image
 
 N_FOLDS = 10
@@ -93,7 +93,7 @@ def aligned_name(image: str) -> str:
     return os.path.splitext(image)[0] + ".jpg"
 
 
-def prepare(root: str | os.PathLike, out: str | os.PathLike, detector, crop_size: int = 112,
+def prepare(root: str | os.PathLike, out: str | os.PathLike, detector, crop_size: int = CROP_SIZE,
             batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
     """Detect and align every labelled MFR2 photo once (the user's path), into ``out/aligned``; returns and
     writes ``out/photos.csv`` [image, identity, mask_type, masked, sha1, aligned, face_found, fallback].

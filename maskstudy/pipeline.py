@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import random
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -263,19 +262,6 @@ class Study:
         return report.save_table(frame, self.tables, name)
 
 
-def seed_everything(seed: int) -> None:
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    try:
-        import torch
-
-        torch.manual_seed(seed)
-    except ImportError:  # pragma: no cover
-        pass
-
-
 def start_notebook(name: str, profile: str | None = None, run_dir: str | Path | None = None,
                    params: Mapping[str, Any] | None = None) -> Study:
     """First call of every notebook: same behaviour under papermill and in JupyterLab.
@@ -285,6 +271,8 @@ def start_notebook(name: str, profile: str | None = None, run_dir: str | Path | 
     run folder and saves the parameters to ``<run_dir>/params/<name>.json``.
     """
     import warnings
+
+    from .seeding import seed_everything  # torch: imported in the notebook's kernel only
 
     # libraries import tqdm.auto, which warns in kernels without ipywidgets; our bars are plain text on purpose
     warnings.filterwarnings("ignore", message="IProgress not found")

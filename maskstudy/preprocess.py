@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .align import CROP_SIZE
+
 #: Pixel normalisation of arcface_torch: (x / 255 - 0.5) / 0.5, i.e. to [-1, 1].
 MEAN, STD = 0.5, 0.5
 
@@ -26,7 +28,18 @@ def to_input(crops: np.ndarray | torch.Tensor, input_size: int, device: torch.de
     return tensor.contiguous()
 
 
-def load_crops(paths, size: int = 112) -> np.ndarray:
+def check_crops(crops: np.ndarray | torch.Tensor, name: str = "crops") -> np.ndarray:
+    """``crops`` as a uint8 numpy array ``(N, H, W, 3)`` (one ``(H, W, 3)`` crop becomes ``N = 1``); anything
+    else raises ``ValueError`` naming ``name``."""
+    array = crops.detach().cpu().numpy() if isinstance(crops, torch.Tensor) else np.asarray(crops)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 RGB crops of shape (N, H, W, 3), got {array.dtype} {array.shape}")
+    return array
+
+
+def load_crops(paths, size: int = CROP_SIZE) -> np.ndarray:
     """Read aligned crops from disk into one (N, size, size, 3) uint8 array."""
     from PIL import Image
 

@@ -19,6 +19,7 @@ import pandas as pd
 from torch import nn
 
 from . import mfr2
+from .align import CROP_SIZE
 from .evaluate import evaluate_pairs, identification_rank1
 from .pairs import SCENARIOS, VARIANT_SCENARIOS, read_pair_folds
 from .statistics import fnmr_at_fmr
@@ -53,7 +54,7 @@ class TestSets:
 
     @classmethod
     def from_run(cls, data_dir: str | Path, cleaned_lfw: pd.DataFrame, eval_identities: set,
-                 mfr2_source: str | Path | None = None, detector=None, crop_size: int = 112) -> TestSets:
+                 mfr2_source: str | Path | None = None, detector=None, crop_size: int = CROP_SIZE) -> TestSets:
         """Build from the data folder of notebooks 01-02; ``mfr2_source`` (the MFR2 folder, or None) is detected
         and aligned once into ``<data_dir>/mfr2``."""
         data_dir = Path(data_dir)

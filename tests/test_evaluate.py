@@ -19,13 +19,13 @@ from maskstudy.evaluate import (
     add_verify_arguments,
     best_threshold,
     bootstrap_ci,
+    compute_embeddings,
     embed_crops,
     evaluate_pairs,
     identification_rank1,
     internal_folds,
     kfold_accuracy,
     pair_correctness,
-    paired_bootstrap_difference,
     roc_metrics,
     run_verify,
     verify_command,
@@ -72,6 +72,27 @@ def test_best_threshold_midpoint_and_extremes():
     assert threshold < 0.3 and acc == 1.0
     threshold, acc = best_threshold([0.3, 0.4], [0, 0])
     assert threshold > 0.4 and acc == 1.0
+
+
+def test_best_threshold_is_exact_with_ties():
+    """The one best-threshold rule (k-fold protocol and training validation): equal scores get one decision, the
+    accuracy is the best over every threshold, and of equally good thresholds the lowest is returned."""
+    assert best_threshold([0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0])[1] == 1.0
+    assert best_threshold([0.5, 0.5], [1, 0])[1] == 0.5  # ties cannot be split
+    assert best_threshold([0.1, 0.9], [1, 0])[1] == 0.5
+    assert best_threshold([0.2, 0.2, 0.2, 0.7], [1, 0, 0, 1]) == (pytest.approx(0.45), 0.75)
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(1, 40))
+        scores = np.round(rng.normal(size=n), int(rng.integers(0, 2)))  # many ties
+        labels = rng.integers(0, 2, n)
+        unique = np.unique(scores)
+        candidates = np.r_[unique[0] - 1.0, (unique[:-1] + unique[1:]) / 2, unique[-1] + 1.0]
+        accuracies = [np.mean((scores > t) == (labels == 1)) for t in candidates]
+        threshold, accuracy = best_threshold(scores, labels)
+        assert accuracy == max(accuracies), trial
+        assert threshold == pytest.approx(candidates[int(np.argmax(accuracies))]), trial
+        assert np.mean((scores > threshold) == (labels == 1)) == accuracy
 
 
 def test_kfold_perfectly_separable():
@@ -191,19 +212,6 @@ def test_bootstrap_ci_contains_mean_and_narrows_with_sample_size():
     assert low_s <= lo90 and hi90 <= high_s
 
 
-def test_paired_bootstrap():
-    correct = np.random.default_rng(0).random(300) < 0.7
-    same = paired_bootstrap_difference(correct, correct.copy())
-    assert same["diff"] == 0.0 and same["low"] == 0.0 and same["high"] == 0.0
-    assert same["p_value_two_sided"] == 1.0
-    better = paired_bootstrap_difference(np.ones(300, bool), correct, n=500)
-    assert better["diff"] == pytest.approx(1 - correct.mean())
-    assert 0 < better["low"] < better["diff"] < better["high"]
-    assert better["p_value_two_sided"] == pytest.approx(1 / 501)
-    with pytest.raises(ValueError, match="equal lengths"):
-        paired_bootstrap_difference([1, 0], [1])
-
-
 # ------------------------------------------------------------------------------------------
 # Embeddings, pairs, identification
 # ------------------------------------------------------------------------------------------
@@ -232,6 +240,65 @@ def test_embed_crops_unit_norm_flip_fusion_and_determinism(tmp_path):
     embed_crops(model, crops[:1], 56)
     assert model.training  # the training flag is restored
     assert embed_crops(model, crops[:0], 56).shape == (0, 32)
+
+
+def _old_validation_embeddings(model, crops, input_size, batch_size, channels_last):
+    """Training validation's embedding loop before compute_embeddings existed (reference)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for lo in range(0, len(crops), batch_size):
+            x = to_input(crops[lo:lo + batch_size], input_size, "cpu")
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(nn.functional.normalize(model(x).float(), dim=1).cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def _old_cam_embeddings(model, crops, input_size, batch_size):
+    """Grad-CAM's raw fp32 reference embeddings before compute_embeddings existed (reference)."""
+    out = []
+    model.eval()
+    with torch.no_grad(), torch.autocast(device_type="cpu", enabled=False):
+        for start in range(0, len(crops), batch_size):
+            out.append(model(to_input(crops[start:start + batch_size], input_size)).float().cpu())
+    return torch.cat(out)
+
+
+def test_compute_embeddings_gives_what_validation_evaluation_and_gradcam_computed():
+    from maskstudy.explain.cams import _embed
+
+    model = tiny_model()
+    crops = np.random.default_rng(1).integers(0, 256, (7, 112, 112, 3), dtype=np.uint8)
+    model.train()
+    # training validation: no flip, normalised, the run's memory format
+    for channels_last in (False, True):
+        got = compute_embeddings(model, crops, 56, batch_size=3, device="cpu", flip=False, normalise=True,
+                                 amp_dtype=None, channels_last=channels_last)
+        np.testing.assert_array_equal(got.numpy(), _old_validation_embeddings(model, crops, 56, 3, channels_last))
+    assert model.training
+    # evaluation: flip fusion, normalised (embed_crops is this setting)
+    with torch.no_grad():
+        x = to_input(crops, 56)
+        both = model.eval()(torch.cat([x, x.flip(3)])).float()
+    fused = nn.functional.normalize(both[:7] + both[7:], dim=1).numpy()
+    np.testing.assert_allclose(compute_embeddings(model, crops, 56, flip=True).numpy(), fused, atol=1e-6)
+    np.testing.assert_array_equal(embed_crops(model, crops, 56), compute_embeddings(model, crops, 56, flip=True).numpy())
+    # Grad-CAM: raw fp32, also inside a caller's autocast block
+    raw = compute_embeddings(model, crops, 56, batch_size=4, normalise=False)
+    old = _old_cam_embeddings(model, crops, 56, 4)
+    assert torch.equal(raw, old) and raw.dtype == torch.float32
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        assert torch.equal(_embed(model, crops, 56, 4), old)
+    assert not torch.allclose(raw.norm(dim=1), torch.ones(7))  # not normalised
+    # autocast to bf16 when asked: close to fp32, not equal
+    half = compute_embeddings(model, crops, 56, amp_dtype=torch.bfloat16)
+    assert half.dtype == torch.float32 and not torch.equal(half, compute_embeddings(model, crops, 56))
+    np.testing.assert_allclose(half.numpy(), compute_embeddings(model, crops, 56).numpy(), atol=0.05)
+    with pytest.raises(ValueError, match="uint8"):
+        compute_embeddings(model, crops.astype(np.float32), 56)
 
 
 class MeanColour(nn.Module):

@@ -23,7 +23,6 @@ from maskstudy.train import (
     FaceCropDataset,
     TrainConfig,
     augment_batch,
-    best_threshold_accuracy,
     epoch_order,
     epoch_plan,
     learning_rate,
@@ -123,6 +122,49 @@ def test_config_round_trip_and_unknown_keys():
         TrainConfig(sampler="random")
     with pytest.raises(ValueError, match="val_identities"):
         TrainConfig(val_identities=2.5)
+
+
+def test_train_config_defaults_are_the_base_profile_and_every_field_a_parameter():
+    import dataclasses
+
+    from maskstudy.config import BASE, PROFILES, TRAIN_KEYS, resolve_config, train_settings
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert sorted(TRAIN_KEYS.values()) == sorted(fields)  # one profile key per field, and back
+    assert TrainConfig().to_dict() == {field: BASE[key] for key, field in TRAIN_KEYS.items()}
+    for profile in PROFILES:  # a variant's settings are every field, from the profile
+        config = resolve_config(profile)
+        settings = train_settings(config, "se")
+        assert TrainConfig.from_dict(settings).to_dict() == {**{f: config[k] for k, f in TRAIN_KEYS.items()},
+                                                             "backbone": config["train_backbone"] + "_se"}
+    overridden = resolve_config("smoke", {"train_dropout": 0.2, "train_grad_clip": None, "train_sampler": "balanced",
+                                          "train_schedule": "poly", "train_color_jitter": 0.0, "train_num_threads": 1,
+                                          "train_channels_last": False, "train_num_workers": 2})
+    settings = train_settings(overridden)
+    assert (settings["dropout"], settings["grad_clip"], settings["sampler"], settings["schedule"]) == \
+        (0.2, None, "balanced", "poly")
+    assert TrainConfig.from_dict(settings).num_workers == 2
+
+
+def test_train_parameters_are_type_checked_like_their_fields():
+    """Every ``train_<field>`` accepts exactly the types of its TrainConfig annotation (a float field takes an
+    int too), so a wrong -p value stops the pipeline at its start."""
+    import dataclasses
+
+    from maskstudy.config import TRAIN_KEYS, _allowed_types, resolve_config
+
+    names = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "None": type(None)}
+    samples = {int: 3, float: 0.5, str: "x", bool: True, dict: {}, type(None): None, list: [1]}
+    for key, field in TRAIN_KEYS.items():
+        annotation = {f.name: f.type for f in dataclasses.fields(TrainConfig)}[field]
+        expected = {names[part.strip()] for part in annotation.split("|")}
+        if float in expected:
+            expected.add(int)
+        assert _allowed_types(key) == expected, key
+        for kind, value in samples.items():
+            if kind not in expected:
+                with pytest.raises(ValueError, match=key):
+                    resolve_config("smoke", {key: value})
 
 
 def test_smoke_training_lowers_loss_and_writes_outputs(data, tmp_path):
@@ -297,7 +339,7 @@ def test_samplers_cap_and_balance():
     assert sorted(uniform.tolist()) == list(range(len(labels)))
 
 
-def test_augmentation_schedule_and_threshold_accuracy():
+def test_augmentation_and_schedule():
     crops = torch.randint(0, 256, (3, 112, 112, 3), dtype=torch.uint8)
     plain = augment_batch(crops, 32)
     flipped = augment_batch(crops, 32, flip=torch.tensor([True, False, False]),
@@ -313,9 +355,6 @@ def test_augmentation_schedule_and_threshold_accuracy():
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-3
     assert learning_rate(55, 0.1, 10, 100, "poly") == pytest.approx(0.1 * 0.5**2)
 
-    assert best_threshold_accuracy(np.array([0.9, 0.8, 0.3, 0.1]), np.array([1, 1, 0, 0])) == 1.0
-    assert best_threshold_accuracy(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5  # ties cannot be split
-    assert best_threshold_accuracy(np.array([0.1, 0.9]), np.array([1, 0])) == 0.5
 
 
 def test_split_holds_out_identities(data):

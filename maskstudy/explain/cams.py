@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.registry import lookup
-from ..preprocess import to_input
+from ..evaluate.embed import compute_embeddings
+from ..models.registry import eval_mode, lookup, model_device
+from ..preprocess import check_crops, to_input
 from .geometry import cell_centres, grid_size, grid_to_crop, resize_centres
 
 
@@ -119,22 +120,6 @@ def _cam_class(method: str) -> type:
     return getattr(pytorch_grad_cam, lookup(CAM_METHODS, str(method).lower(), "CAM method"))
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    tensor = next(model.parameters(), None)
-    if tensor is None:
-        tensor = next(model.buffers(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
-def _check_crops(crops, name: str = "crops") -> np.ndarray:
-    array = crops.detach().cpu().numpy() if isinstance(crops, torch.Tensor) else np.asarray(crops)
-    if array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"{name} must be uint8 of shape (N, H, W, 3), got {array.dtype} {array.shape}")
-    return array
-
-
 @contextlib.contextmanager
 def _fp32_grad(device: torch.device) -> Iterator[None]:
     """Gradients on (also inside a caller's ``no_grad`` / ``inference_mode``), autocast off."""
@@ -142,25 +127,11 @@ def _fp32_grad(device: torch.device) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _embed(model: nn.Module, crops: np.ndarray, input_size: int, batch_size: int) -> torch.Tensor:
-    """Raw (un-normalised) fp32 embeddings ``(N, D)`` on the CPU: eval mode, autocast off, no flip."""
-    device = _model_device(model)
-    outputs = []
-    with _eval_mode(model), torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
-        for start in range(0, len(crops), batch_size):
-            x = to_input(crops[start:start + batch_size], input_size, device=device)
-            outputs.append(model(x).float().cpu())
-    return torch.cat(outputs)
+    """The embeddings CAM scores compare: raw (un-normalised) fp32 ``(N, D)`` on the CPU, eval mode, autocast
+    off, no flip (:func:`~maskstudy.evaluate.embed.compute_embeddings` in that setting)."""
+    return compute_embeddings(model, crops, input_size, batch_size=batch_size, flip=False, normalise=False,
+                              amp_dtype=None)
 
 
 def _reference_embeddings(model, references, n: int, input_size: int, batch_size: int) -> torch.Tensor:
@@ -169,7 +140,7 @@ def _reference_embeddings(model, references, n: int, input_size: int, batch_size
     ref = references.detach().cpu() if isinstance(references, torch.Tensor) else np.asarray(references)
     is_uint8 = ref.dtype in (np.uint8, torch.uint8)
     if ref.ndim == 4:
-        ref = _embed(model, _check_crops(ref, "references"), input_size, batch_size)
+        ref = _embed(model, check_crops(ref, "references"), input_size, batch_size)
     elif ref.ndim == 2 and not is_uint8:
         ref = torch.as_tensor(ref).to(torch.float32)
     else:
@@ -234,13 +205,13 @@ def compute_grid_cams(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     cam_class = _cam_class(method)
-    crops = _check_crops(crops)
+    crops = check_crops(crops)
     n = len(crops)
     refs = _reference_embeddings(model, references, n, input_size, batch_size) if n else None
-    device = _model_device(model)
+    device = model_device(model)
     chunks = []
     try:
-        with _eval_mode(model), _cam_extractor(model, cam_class) as cam, _fp32_grad(device):
+        with eval_mode(model), _cam_extractor(model, cam_class) as cam, _fp32_grad(device):
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
                 # An input that requires grad keeps the graph alive even when the parameters are frozen.
@@ -254,18 +225,12 @@ def compute_grid_cams(
     return np.concatenate(chunks)
 
 
-def compute_cams(
-    model: nn.Module,
-    crops,
-    references,
-    input_size: int,
-    method: str = "hirescam",
-    batch_size: int = 16,
-) -> np.ndarray:
+def compute_cams(model: nn.Module, crops, references, input_size: int, method: str = "hirescam",
+                 batch_size: int = 16) -> np.ndarray:
     """Raw CAMs at the crop size: ``(N, H, W)`` float32 >= 0, :func:`compute_grid_cams` brought to the crop by
     :func:`~maskstudy.explain.geometry.grid_to_crop` (each cell's value at the centre of its receptive field,
     linear in between). Not min-max scaled: divide by a map's maximum for display only."""
-    crops = _check_crops(crops)
+    crops = check_crops(crops)
     grid_maps = compute_grid_cams(model, crops, references, input_size, method, batch_size)
     return grid_to_crop(grid_maps, crop_centres(model, grid_maps.shape[-1], crops.shape[1]), crops.shape[1])
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cams import _check_crops, _embed, _reference_embeddings
+from ..preprocess import check_crops
+from .cams import _embed, _reference_embeddings
 from .geometry import eye_band_mask, visible_face_region
 
 BLUR_RADIUS = 8.0
@@ -104,7 +105,7 @@ def deletion_check(
     similarities) and ``drop_top = sim_original - sim_top_blurred``, ``drop_random`` likewise. A faithful
     CAM gives ``drop_top > drop_random`` on average. Deterministic for a ``seed``.
     """
-    crops = _check_crops(crops)
+    crops = check_crops(crops)
     n, height, width = crops.shape[:3]
     cams = np.asarray(cams, dtype=np.float64)
     if cams.shape != (n, height, width):
@@ -193,7 +194,7 @@ def deletion_insertion_curves(
     :func:`blur_region`'s blur) or are the only sharp ones (``"insertion"``, starting from the blurred crop);
     ``similarity`` is the cosine similarity of the re-embedded crop (fp32, eval mode) to the reference.
     """
-    crops = _check_crops(crops)
+    crops = check_crops(crops)
     n, height, width = crops.shape[:3]
     fractions = np.asarray(fractions, dtype=np.float64)
     counts = np.rint(fractions * height * width).astype(int)

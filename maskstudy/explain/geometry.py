@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from ..align import template
+from ..align import CROP_SIZE, template
 from ..masks import mask_alpha
 
 IR_STAGE_STRIDE = 2
@@ -57,7 +57,7 @@ def receptive_grid(model: nn.Module) -> tuple[float, float]:
     raise ValueError(f"no receptive-grid geometry for {type(model).__name__}")
 
 
-def cell_centres(model: nn.Module, crop_size: int = 112) -> np.ndarray:
+def cell_centres(model: nn.Module, crop_size: int = CROP_SIZE) -> np.ndarray:
     """``(g,)`` float64: the centres of the explained grid's cells in crop pixels (the same along rows and
     columns), from :func:`receptive_grid` scaled from the model's ``input_size`` to ``crop_size`` (the input
     is the crop resized with ``align_corners=False``, so continuous coordinates scale linearly)."""
@@ -66,7 +66,7 @@ def cell_centres(model: nn.Module, crop_size: int = 112) -> np.ndarray:
     return (first + stride * np.arange(grid_size(model))) * scale
 
 
-def resize_centres(grid: int, crop_size: int = 112) -> np.ndarray:
+def resize_centres(grid: int, crop_size: int = CROP_SIZE) -> np.ndarray:
     """``(grid,)``: the centres a generic resize (``align_corners=False``) assumes, ``(j + 0.5) crop / grid``;
     right for ViT patches, half a cell off for the IR-ResNet. Used for models without known geometry."""
     return (np.arange(grid) + 0.5) * crop_size / float(grid)
@@ -120,7 +120,7 @@ def _mask_region(size: int) -> np.ndarray:
     return region
 
 
-def mask_region(size: int = 112) -> np.ndarray:
+def mask_region(size: int = CROP_SIZE) -> np.ndarray:
     """Bool ``(size, size)``: the synthetic face mask on the aligned crop, i.e. the pixels the mask of
     :mod:`maskstudy.masks` covers by more than half when drawn on the ArcFace template landmarks (nose,
     mouth, chin and the lower cheeks)."""
@@ -140,7 +140,7 @@ def _eye_band(size: int) -> np.ndarray:
     return band
 
 
-def eye_band_mask(size: int = 112) -> np.ndarray:
+def eye_band_mask(size: int = CROP_SIZE) -> np.ndarray:
     """Bool ``(size, size)``: the periocular band of the aligned crop, the part of the face a mask leaves visible.
 
     On the ArcFace template (eye line at ``y = 51.6``, inter-ocular distance ``d = 35.2`` px at 112x112) the
@@ -174,13 +174,13 @@ def _face_region(size: int) -> np.ndarray:
     return inside
 
 
-def face_region(size: int = 112) -> np.ndarray:
+def face_region(size: int = CROP_SIZE) -> np.ndarray:
     """Bool ``(size, size)``: an ellipse around the face on the ArcFace template (forehead to chin, cheek to
     cheek; :data:`FACE_ABOVE`, :data:`FACE_BELOW`, :data:`FACE_SIDE`), pixel centres inside."""
     return _face_region(int(size)).copy()
 
 
-def visible_face_region(size: int = 112) -> np.ndarray:
+def visible_face_region(size: int = CROP_SIZE) -> np.ndarray:
     """Bool ``(size, size)``: the part of :func:`face_region` a synthetic mask leaves visible (forehead, brows,
     eyes, upper cheeks), where the random control regions of the faithfulness curves are drawn."""
     return _face_region(int(size)) & ~_mask_region(int(size))

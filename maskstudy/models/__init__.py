@@ -12,6 +12,8 @@ from .registry import (
     build_backbone,
     count_flops,
     count_parameters,
+    eval_mode,
+    model_device,
     register_backbone,
 )
 
@@ -21,5 +23,7 @@ __all__ = [
     "build_backbone",
     "count_flops",
     "count_parameters",
+    "eval_mode",
+    "model_device",
     "register_backbone",
 ]

@@ -1,4 +1,4 @@
-"""Name -> builder registries for backbones, plus parameter and FLOP counting.
+"""Name -> builder registries for backbones, plus parameter and FLOP counting, a model's device and eval mode.
 
 Backbones register themselves with :func:`register_backbone` in their own module (see
 ``iresnet.py``); ``maskstudy.models`` imports those modules so every name is known once the package
@@ -12,8 +12,9 @@ to ``(B, embedding_size)`` embeddings.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 import torch
@@ -101,11 +102,25 @@ def count_flops(model: nn.Module, input_size: int | None = None, in_channels: in
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     x = torch.zeros(1, in_channels, input_size, input_size, device=device, dtype=dtype)
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (else buffer); the CPU for a model with neither."""
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode inside the block; its training flag is restored afterwards, also on errors."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
+        yield model
     finally:
         model.train(was_training)
-    return int(counter.get_total_flops())

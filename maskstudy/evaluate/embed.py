@@ -1,0 +1,139 @@
+"""Embedding aligned crops: the one function that runs a backbone on crops, for training, evaluation and Grad-CAM.
+
+All model input goes through :func:`maskstudy.preprocess.load_crops` and :func:`maskstudy.preprocess.to_input`,
+exactly as in training. What differs between the callers is explicit in the arguments of
+:func:`compute_embeddings`:
+
+* training validation: no flip, the run's autocast dtype, ``channels_last`` when the run uses it, L2-normalised;
+* evaluation (:func:`embed_crops`): flip fusion, bf16 autocast on CUDA only, L2-normalised;
+* Grad-CAM references: fp32 (autocast off), no flip, raw (un-normalised) embeddings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..align import CROP_SIZE
+from ..models import eval_mode, model_device
+from ..preprocess import check_crops, load_crops, to_input
+
+
+def progress_bar(iterable, total: int, enabled: bool, desc: str):
+    """``iterable`` wrapped in a tqdm bar of ``total`` batches when ``enabled``."""
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
+
+
+def compute_embeddings(
+    model: nn.Module,
+    crops: np.ndarray | torch.Tensor | Sequence[str | os.PathLike],
+    input_size: int,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    flip: bool = False,
+    normalise: bool = True,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Embeddings of aligned face crops: ``(N, D)`` float32 on the CPU.
+
+    ``crops``: uint8 RGB crops ``(N, H, W, 3)`` (array or tensor), or crop files (read ``batch_size`` at a
+    time with :func:`~maskstudy.preprocess.load_crops` at :data:`~maskstudy.preprocess.CROP_SIZE`). Each batch
+    becomes model input through :func:`~maskstudy.preprocess.to_input` (resized to ``input_size`` when needed).
+
+    * ``flip``: the embedding is ``f(x) + f(hflip(x))`` (one forward pass over both), the flip fusion of
+      ArcFace's evaluation (Deng et al., CVPR 2019); else ``f(x)``.
+    * ``normalise``: rows L2-normalised; else the raw output.
+    * ``amp_dtype``: autocast to this dtype (e.g. ``torch.bfloat16``); ``None`` runs in fp32 with autocast
+      off (also inside a caller's autocast block). The output is cast to fp32 before the flip sum.
+    * ``channels_last``: the input batch in channels-last memory format.
+
+    The model runs in eval mode without gradients (its training flag is restored afterwards). ``device``
+    defaults to the model's device; a different device moves the model.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from_paths = not isinstance(crops, (np.ndarray, torch.Tensor))
+    crops = [str(p) for p in crops] if from_paths else check_crops(crops)
+    if device is None:
+        device = model_device(model)
+    else:
+        device = torch.device(device)
+        model.to(device)
+    if len(crops) == 0:
+        return torch.zeros((0, int(getattr(model, "embedding_size", 0))), dtype=torch.float32)
+    precision = torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    outputs = []
+    starts = range(0, len(crops), batch_size)
+    with eval_mode(model), torch.no_grad(), precision:
+        for start in progress_bar(starts, len(starts), progress, "embedding"):
+            chunk = crops[start:start + batch_size]
+            x = to_input(load_crops(chunk, CROP_SIZE) if from_paths else chunk, input_size, device=device)
+            n = len(x)
+            if flip:
+                x = torch.cat([x, x.flip(3)])
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = model(x).float()
+            if flip:
+                out = out[:n] + out[n:]
+            if normalise:
+                out = nn.functional.normalize(out, dim=1)
+            outputs.append(out.cpu())
+    return torch.cat(outputs)
+
+
+def embed_crops(model: nn.Module, crops: np.ndarray | torch.Tensor | Sequence[str | os.PathLike], input_size: int,
+                batch_size: int = 256, device: torch.device | str | None = None, flip: bool = True,
+                progress: bool = False) -> np.ndarray:
+    """Evaluation embeddings of aligned face crops: (N, D) float32 numpy, each row L2-normalised.
+
+    :func:`compute_embeddings` with flip fusion (``normalise(f(x) + f(hflip(x)))``, Deng et al. 2019; without
+    ``flip``, ``normalise(f(x))``) and bf16 autocast on CUDA only. ``crops`` is a uint8 array (N, H, W, 3) of
+    RGB crops or a list of crop files. ``device`` defaults to the model's device; a different device moves
+    the model.
+    """
+    resolved = model_device(model) if device is None else torch.device(device)
+    embeddings = compute_embeddings(model, crops, input_size, batch_size=batch_size, device=device, flip=flip,
+                                    amp_dtype=torch.bfloat16 if resolved.type == "cuda" else None,
+                                    progress=progress)
+    return embeddings.numpy().astype(np.float32, copy=False)
+
+
+def _check_files(root: Path, rels: Iterable[str]) -> None:
+    missing = [r for r in rels if not (root / r).is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise FileNotFoundError(f"{len(missing)} image(s) missing under {root}: {shown}")
+
+
+def embed_paths(
+    model: nn.Module,
+    input_size: int,
+    rels: Iterable[str],
+    aligned_root: str | os.PathLike,
+    cache: dict | None = None,
+    **embed_kw,
+) -> dict[str, np.ndarray]:
+    """Embeddings of aligned crops ``aligned_root/rel`` keyed by ``rel``, each unique crop embedded once
+    (:func:`embed_crops` with ``embed_kw``); ``cache`` (rel -> embedding, for one model and one set of options)
+    is filled and reused."""
+    root = Path(aligned_root)
+    cache = {} if cache is None else cache
+    todo = [r for r in dict.fromkeys(str(r) for r in rels) if r not in cache]
+    if todo:
+        _check_files(root, todo)
+        embeddings = embed_crops(model, [root / r for r in todo], input_size, **embed_kw)
+        cache.update(zip(todo, embeddings))
+    return cache
