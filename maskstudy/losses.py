@@ -152,3 +152,60 @@ def build_margin_head(
     m1, m2, m3 = lookup(MARGIN_PRESETS, name, "margin")
     params = {"m1": m1, "m2": m2, "m3": m3, **overrides}
     return MarginHead(embedding_size, num_classes, s=s, **params)
+
+
+def _without_autocast(device: torch.device):
+    """A context that turns autocast off on ``device`` (nothing where autocast is unavailable)."""
+    if hasattr(torch.amp, "is_autocast_available") and not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+class DistillationLoss(nn.Module):
+    """Embedding distillation from a frozen teacher: ``mean(1 - cos(P(student), teacher))``.
+
+    ``P`` is a learnt linear projection (no bias) from the student's embedding size to the teacher's, so a
+    512-d student can follow a 128-d teacher (dlib) or a 512-d one (FaceNet); with equal sizes it starts as the
+    identity. The teacher's embeddings are detached: gradients reach the student and ``P`` only. The loss is 0
+    (and its gradient vanishes) when every projected student embedding points the teacher's way; its scale does
+    not matter, as in the cosine heads of :class:`MarginHead`.
+
+    This is the instance-wise term of the de-occlusion distillation of Li et al., "Look Through Masks: Towards
+    Masked Face Recognition with De-Occlusion Distillation", ACM MM 2020 (a teacher trained on unmasked faces,
+    a student fed masked or completed ones) written as a cosine loss; their pair- and triplet-wise relational
+    terms (after Park et al., "Relational Knowledge Distillation", CVPR 2019) are not included. The training
+    loop adds it to the margin loss with a weight and must give ``P``'s parameters to the optimiser.
+
+    Computed in float32, even under ``torch.autocast``.
+    """
+
+    def __init__(self, student_size: int, teacher_size: int, eps: float = 1e-8):
+        super().__init__()
+        if student_size < 1 or teacher_size < 1:
+            raise ValueError(f"student_size and teacher_size must be >= 1, got {student_size}, {teacher_size}")
+        self.student_size = int(student_size)
+        self.teacher_size = int(teacher_size)
+        self.eps = float(eps)
+        self.projection = nn.Linear(self.student_size, self.teacher_size, bias=False)
+        if self.student_size == self.teacher_size:
+            with torch.no_grad():
+                self.projection.weight.copy_(torch.eye(self.teacher_size))
+
+    def extra_repr(self) -> str:
+        return f"student_size={self.student_size}, teacher_size={self.teacher_size}"
+
+    def cosine(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """(B,) cosine between each projected student embedding and its (detached) teacher embedding."""
+        if student.dim() != 2 or student.shape[1] != self.student_size:
+            raise ValueError(f"expected (B, {self.student_size}) student embeddings, got {tuple(student.shape)}")
+        if teacher.shape != (student.shape[0], self.teacher_size):
+            raise ValueError(f"expected ({student.shape[0]}, {self.teacher_size}) teacher embeddings, "
+                             f"got {tuple(teacher.shape)}")
+        device = student.device
+        with _without_autocast(device):
+            projected = F.linear(student.float(), self.projection.weight.float())
+            return F.cosine_similarity(projected, teacher.detach().float().to(device), dim=1, eps=self.eps)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Mean of ``1 - cos`` over the batch, for ``(B, student_size)`` and ``(B, teacher_size)`` embeddings."""
+        return (1.0 - self.cosine(student, teacher)).mean()
