@@ -156,7 +156,7 @@ def fetch_lfw(
     downloader = pooch.HTTPDownloader(progressbar=progress, timeout=DOWNLOAD_TIMEOUT_S)
     local: dict[str, Path] = {}
     for remote in remotes:
-        local[remote.filename] = _download(remote, dest, base_url, downloader, manual)
+        local[remote.filename] = download_verified(remote, dest, base_url, downloader, manual)
 
     archive_path = local[spec.archive]
     _extract_atomically(
@@ -189,7 +189,7 @@ def _manual_instructions(remotes: list[RemoteFile], base_url: str | None) -> str
     )
 
 
-def _download(
+def download_verified(
     remote: RemoteFile,
     dest: Path,
     base_url: str | None,

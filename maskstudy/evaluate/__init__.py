@@ -37,11 +37,11 @@ from .metrics import (
     pair_correctness,
     roc_metrics,
 )
-from .recognizer import EmbedResult, FaceRecognizer
+from .recognizer import EmbedResult, FaceRecognizer, read_image
 from .verification import evaluate_pairs
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "CROP_SIZE", "CheckpointError", "EmbedResult", "FAR_LEVELS", "FaceRecognizer",
+    "CHECKPOINT_FORMAT", "CROP_SIZE", "CheckpointError", "EmbedResult", "FAR_LEVELS", "FaceRecognizer", "read_image",
     "INTERNAL_FOLDS", "add_verify_arguments", "backbone_from_checkpoint", "best_threshold", "bootstrap_ci",
     "centre_crop", "compute_embeddings", "embed_crops", "embed_paths", "evaluate_pairs", "identification_rank1",
     "internal_folds", "kfold_accuracy", "load_checkpoint", "pair_correctness", "read_any_pairs", "roc_metrics",

@@ -30,7 +30,7 @@ class EmbedResult:
     fallback: np.ndarray
 
 
-def _read_image(item, index: int):
+def read_image(item, index: int):
     """Path / PIL image / uint8 HxWx3 array -> RGB PIL image; unreadable files raise ValueError."""
     from PIL import Image
 
@@ -108,7 +108,7 @@ class FaceRecognizer:
         (see :func:`maskstudy.align.detect_and_align`)."""
         from ..align import detect_and_align
 
-        pil = [_read_image(item, i) for i, item in enumerate(images)]
+        pil = [read_image(item, i) for i, item in enumerate(images)]
         crops, found, fallback, _ = detect_and_align(pil, self.detector, CROP_SIZE)
         return crops, found, fallback
 

@@ -118,14 +118,14 @@ class Teacher:
         raises ``ValueError`` naming the file."""
         from PIL import Image
 
-        from ..evaluate import _read_image
+        from ..evaluate import read_image
 
         if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 3):
             images = [images]
         images = list(images)
         parts = [(np.zeros((0, self.embedding_size), np.float32), np.zeros(0, bool), np.zeros(0, bool))]
         for start in _progress(range(0, len(images), self.batch_size), len(images), progress, f"{self.name}"):
-            chunk = [_read_image(item, start + i) for i, item in enumerate(images[start:start + self.batch_size])]
+            chunk = [read_image(item, start + i) for i, item in enumerate(images[start:start + self.batch_size])]
             detections = self.detector.detect(chunk)
             boxes = np.full((len(chunk), 4), np.nan)
             for i, detection in enumerate(detections):

@@ -71,8 +71,7 @@ def fetch_facenet_weights(
     """
     import pooch
 
-    from ..download import DOWNLOAD_TIMEOUT_S
-    from ..download import _download as download_verified
+    from ..download import DOWNLOAD_TIMEOUT_S, download_verified
 
     folder = weights_dir(cache_dir)
     target = folder / remote.filename
