@@ -21,6 +21,7 @@ from torch import nn
 from . import mfr2
 from .align import CROP_SIZE
 from .evaluate import evaluate_pairs, identification_rank1
+from .evaluate.store import EmbeddingStore
 from .pairs import SCENARIOS, VARIANT_SCENARIOS, read_pair_folds
 from .statistics import fnmr_at_fmr
 
@@ -43,6 +44,8 @@ def available_scenarios(pairs_dir: str | Path) -> list[str]:
 class TestSets:
     """The evaluation data of one run: LFW pair files and crops, identification images, MFR2 (optional)."""
 
+    __test__ = False  # not a pytest class, despite the name
+
     pairs_dir: Path
     aligned_root: Path
     scenarios: list[str]
@@ -51,18 +54,21 @@ class TestSets:
     mfr2_root: Path | None = None  # <data_dir>/mfr2 (aligned crops and photos.csv), None = skipped
     mfr2_pairs: pd.DataFrame | None = None
     mfr2_photos: pd.DataFrame | None = None
+    embedding_dir: Path | None = None  # evaluation embeddings kept per model (:mod:`maskstudy.evaluate.store`)
 
     @classmethod
     def from_run(cls, data_dir: str | Path, cleaned_lfw: pd.DataFrame, eval_identities: set,
                  mfr2_source: str | Path | None = None, detector=None, crop_size: int = CROP_SIZE) -> TestSets:
         """Build from the data folder of notebooks 01-02; ``mfr2_source`` (the MFR2 folder, or None) is detected
-        and aligned once into ``<data_dir>/mfr2``."""
+        and aligned once into ``<data_dir>/mfr2``. Evaluation embeddings are kept in ``<data_dir>/eval_embeddings``,
+        so that a rerun embeds only crops (or models) it has not seen."""
         data_dir = Path(data_dir)
         pairs_dir = data_dir / "lfw" / "pairs"
         lfw = cleaned_lfw[cleaned_lfw["identity"].isin(eval_identities) & (cleaned_lfw["aligned"] != "")]
         counts = lfw.groupby("identity")["aligned"].transform("size")
         tests = cls(pairs_dir, data_dir / "lfw" / "aligned", available_scenarios(pairs_dir),
-                    lfw[counts >= 2][["identity", "aligned", "masked"]], lfw[counts == 1][["identity", "aligned"]])
+                    lfw[counts >= 2][["identity", "aligned", "masked"]], lfw[counts == 1][["identity", "aligned"]],
+                    embedding_dir=data_dir / "eval_embeddings")
         if mfr2_source is not None:
             if detector is None:
                 from .detect import FaceDetector
@@ -90,7 +96,8 @@ def evaluate_model(model: nn.Module, input_size: int, tests: TestSets, scenarios
                    batch_size: int = 256, n_boot: int = 2000, seed: int = 0) -> ModelResults:
     """Run every test of :class:`TestSets` (or the given ``scenarios``) on one model."""
     kw = {"batch_size": batch_size, "n_boot": n_boot, "seed": seed}
-    cache: dict = {}
+    store = _store(tests, model, input_size, tests.aligned_root)
+    cache: dict = store.load() if store else {}
     rows, per_pair = [], {}
     for scenario in scenarios or tests.scenarios:
         path = tests.pairs_dir / f"{scenario}.csv"
@@ -120,15 +127,25 @@ def evaluate_model(model: nn.Module, input_size: int, tests: TestSets, scenarios
                  "rank1_per_identity": plain["rank1_per_identity"], "rank1_distractors": crowded["rank1"],
                  "rank1_per_identity_distractors": crowded["rank1_per_identity"], "probes": plain["probes"],
                  "gallery": plain["gallery"], "gallery_with_distractors": crowded["gallery"]}
+    if store:
+        store.save(cache)
     mfr2_row = None
     if use_mfr2 and tests.mfr2_pairs is not None:
-        result = evaluate_pairs(model, input_size, tests.mfr2_pairs, tests.mfr2_root / "aligned", {},
+        mfr2_store = _store(tests, model, input_size, tests.mfr2_root / "aligned")
+        mfr2_cache = mfr2_store.load() if mfr2_store else {}
+        result = evaluate_pairs(model, input_size, tests.mfr2_pairs, tests.mfr2_root / "aligned", mfr2_cache,
                                 clusters=tests.mfr2_pairs["cluster"], **kw)
+        if mfr2_store:
+            mfr2_store.save(mfr2_cache)
         per_pair["mfr2"] = result
         mfr2_row = mfr2.summarise(result, tests.mfr2_pairs, tests.mfr2_photos)
     return ModelResults(pd.DataFrame(rows, columns=VERIFICATION_COLUMNS), per_pair,
                         pd.DataFrame(fnmr_rows, columns=["scenario", "fmr_target", "fnmr", "fmr_reached", "threshold"]),
                         ident, mfr2_row)
+
+
+def _store(tests: TestSets, model: nn.Module, input_size: int, crop_root: Path) -> EmbeddingStore | None:
+    return None if tests.embedding_dir is None else EmbeddingStore(tests.embedding_dir, model, input_size, crop_root)
 
 
 def _verification_row(scenario: str, result: dict) -> dict:
