@@ -2,9 +2,14 @@
 
 The notebooks are stored as Jupytext ``py:percent`` text (``notebooks/NN_*.py``: one source, diffed and linted like
 code). ``python -m maskstudy run --profile cpu`` converts each to ``.ipynb`` in ``reports/<profile>/``, executes it
-there with papermill (working directory: the repository root), exports it to self-contained HTML and writes
-``index.html`` + ``run.json`` with the run's metadata. It stops at the first failing notebook and says which cell
-failed.
+there with papermill (working directory: the repository root), collapses the progress-bar redraws the kernel
+streamed into one final line per loop (:mod:`maskstudy.progress_output`), exports it to self-contained HTML, with
+and without the code, and writes ``index.html`` + ``run.json`` with the run's metadata. It stops at the first
+failing notebook and says which cell failed.
+
+The kernel gets as many OpenMP/MKL threads as this process may use cores (:mod:`maskstudy.cpu_threads`), and the
+run starts by checking whether other busy processes share those cores (warnings in the log, ``run.json`` and
+``index.html``).
 """
 
 from __future__ import annotations
@@ -20,11 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import report, storage
+from . import cpu_threads, report, storage
 from .config import resolve_config
 from .data import project_root
+from .progress_output import tidy_executed_notebook
 
 KERNEL_NAME = "python3"
+
+#: Progress-bar defaults for the notebook kernel (tqdm >= 4.66 reads ``TQDM_*`` variables; a variable the user set
+#: wins): at most one redraw per second, which keeps a terminal bar live and the saved notebook small.
+KERNEL_TQDM_ENVIRONMENT = {"TQDM_MININTERVAL": "1"}
 
 
 class PipelineError(RuntimeError):
@@ -133,14 +143,44 @@ def _failure_details(error: Exception) -> tuple[int | None, str]:
     return cell, f"{ename}: {evalue}"
 
 
-def export_html(notebook_path: Path, html_path: Path) -> Path:
-    """Self-contained HTML (images embedded) of an executed notebook, written atomically."""
+def results_html_path(html_path: Path) -> Path:
+    """Where the code-hidden variant of ``<stem>.html`` goes: ``<stem>.results.html``."""
+    return html_path.with_name(f"{html_path.stem}.results.html")
+
+
+def export_html(notebook_path: Path, html_path: Path, without_code: bool = True) -> list[Path]:
+    """Self-contained HTML (images embedded) of an executed notebook, written atomically; with ``without_code``
+    also :func:`results_html_path`, the same page without code cells' input (text, figures, tables and output only)
+    for a reader who wants the results. Returns the paths written."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(embed_images=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook_path, as_version=4))
-    return storage.write_text(html_path, body)
+    nb = nbformat.read(notebook_path, as_version=4)
+    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nb)
+    written = [storage.write_text(html_path, body)]
+    if without_code:
+        body, _ = HTMLExporter(embed_images=True, exclude_input=True, exclude_input_prompt=True,
+                               exclude_output_prompt=True).from_notebook_node(nb)
+        written.append(storage.write_text(results_html_path(html_path), body))
+    return written
+
+
+@contextlib.contextmanager
+def kernel_environment(cores: int):
+    """Set, for the kernels started inside the block, the thread-pool variables for ``cores`` threads and the
+    progress-bar defaults (:data:`KERNEL_TQDM_ENVIRONMENT`); variables the user set are kept. Restored after."""
+    extra = cpu_threads.thread_environment(cores)
+    extra.update({k: v for k, v in KERNEL_TQDM_ENVIRONMENT.items() if not os.environ.get(k)})
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield extra
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def run_pipeline(
@@ -152,11 +192,14 @@ def run_pipeline(
     kernel_name: str = KERNEL_NAME,
     progress: bool = True,
     log=print,
+    thread_check=None,
 ) -> dict[str, Any]:
     """Execute the selected notebooks and export them; returns the run record (also saved as ``run.json``).
 
     The run holds a lock on ``run_dir`` (:func:`run_folder_lock`): a second run on the same folder stops at once
-    with :class:`RunFolderLockedError` naming the holder, so that no run loses the other's entries."""
+    with :class:`RunFolderLockedError` naming the holder, so that no run loses the other's entries.
+    ``thread_check()`` returns the start's :class:`~maskstudy.cpu_threads.ThreadCheck` (default
+    :func:`~maskstudy.cpu_threads.check_threads`; tests inject one)."""
     root = project_root()
     config = resolve_config(profile, overrides)
     profile = config["profile"]
@@ -164,11 +207,13 @@ def run_pipeline(
     run_dir = run_dir if run_dir.is_absolute() else root / run_dir
     selected = select_notebooks(notebooks(root), only, start)
     with run_folder_lock(run_dir):
-        return _run_notebooks(selected, config, run_dir, root, kernel_name, progress, log)
+        check = (thread_check or cpu_threads.check_threads)()
+        with kernel_environment(check.torch_threads):
+            return _run_notebooks(selected, config, run_dir, root, kernel_name, progress, log, check)
 
 
 def _run_notebooks(selected: list[Path], config: dict[str, Any], run_dir: Path, root: Path, kernel_name: str,
-                   progress: bool, log) -> dict[str, Any]:
+                   progress: bool, log, check: cpu_threads.ThreadCheck) -> dict[str, Any]:
     import papermill
 
     profile = config["profile"]
@@ -177,15 +222,20 @@ def _run_notebooks(selected: list[Path], config: dict[str, Any], run_dir: Path, 
         "profile": profile, "parameters": config, "git_commit": report.git_commit(root),
         "device": report.device_description(), "packages": report.package_versions(), "started": _now(),
         "command": " ".join(sys.argv), "notebooks": previous.get("notebooks", []),
-        "matmul_gflops": report.matmul_gflops(),
+        "matmul_gflops": check.matmul_gflops, "cpu_threads": check.as_record(), "warnings": list(check.warnings),
     }
     executed = {p.stem for p in selected}
     record["notebooks"] = [n for n in record["notebooks"] if n["name"] not in executed]
     log(f"maskstudy: profile {profile}, {len(selected)} notebook(s) -> {run_dir}")
+    log(f"maskstudy: {check.torch_threads} torch thread(s) on {check.cores} core(s), fp32 matmul "
+        f"{check.matmul_gflops} GFLOP/s ({check.single_thread_gflops} with one thread)")
+    for warning in check.warnings:
+        log(f"maskstudy: warning: {warning}")
     for path in selected:
         out_nb, out_html = run_dir / f"{path.stem}.ipynb", run_dir / f"{path.stem}.html"
+        # partial reruns can mix commits and machine states: each entry says which
         entry: dict[str, Any] = {"name": path.stem, "notebook": out_nb.name, "started": _now(), "status": "running",
-                                 "git_commit": record["git_commit"]}  # partial reruns can mix commits: say which
+                                 "git_commit": record["git_commit"], "matmul_gflops": check.matmul_gflops}
         record["notebooks"].append(entry)
         record["notebooks"].sort(key=lambda n: n["name"])
         report.write_index(record, run_dir)
@@ -206,8 +256,9 @@ def _run_notebooks(selected: list[Path], config: dict[str, Any], run_dir: Path, 
         entry["ended"] = _now()
         entry["seconds"] = round(time.perf_counter() - began, 1)
         if out_nb.exists():
-            export_html(out_nb, out_html)
-            entry["html"] = out_html.name
+            tidy_executed_notebook(out_nb)  # one final line per progress bar instead of every redraw
+            _, results_html = export_html(out_nb, out_html)
+            entry["html"], entry["results_html"] = out_html.name, results_html.name
         record["data_fingerprint"] = report.data_fingerprint(root / config["data_dir"])
         record["ended"] = _now()
         report.write_index(record, run_dir)
@@ -255,8 +306,15 @@ class Study:
     def data_dir(self) -> Path:
         return self.root / self.config["data_dir"]
 
+    @property
+    def figure_order_file(self) -> Path:
+        """The notebook's figures in the order it saved them, with their titles: how ``index.html`` lays them out."""
+        return report.figure_order_path(self.run_dir, self.name)
+
     def save_figure(self, fig, name: str) -> Path:
-        return report.save_figure(fig, self.figures, name, dpi=self.config.get("figure_dpi", 110))
+        png = report.save_figure(fig, self.figures, name, dpi=self.config.get("figure_dpi", 110))
+        report.record_figure(self.figure_order_file, name, report.figure_title(fig))
+        return png
 
     def save_table(self, frame, name: str) -> Path:
         return report.save_table(frame, self.tables, name)
@@ -268,7 +326,8 @@ def start_notebook(name: str, profile: str | None = None, run_dir: str | Path | 
 
     Changes the working directory to the repository root, resolves the profile (``params`` from papermill
     already hold it; in JupyterLab they are empty and the profile's defaults apply), seeds the RNGs, creates the
-    run folder and saves the parameters to ``<run_dir>/params/<name>.json``.
+    run folder and saves the parameters to ``<run_dir>/params/<name>.json``. Torch's intra-op threads are pinned to
+    the cores this process may use (``OMP_NUM_THREADS`` when set; :func:`maskstudy.cpu_threads.pin_torch_threads`).
     """
     import warnings
 
@@ -283,5 +342,8 @@ def start_notebook(name: str, profile: str | None = None, run_dir: str | Path | 
     for folder in ("figures", "tables", "outputs", "params"):
         (run_dir / folder).mkdir(parents=True, exist_ok=True)
     storage.write_json(run_dir / "params" / f"{name}.json", config)
+    study = Study(name=name, config=config, run_dir=run_dir, root=root)
+    storage.write_json(study.figure_order_file, [])  # a rerun lists its figures afresh
+    cpu_threads.pin_torch_threads()
     seed_everything(int(config["seed"]))
-    return Study(name=name, config=config, run_dir=run_dir, root=root)
+    return study

@@ -33,6 +33,49 @@ def save_figure(fig, folder: str | Path, name: str, dpi: int = 110, svg: bool = 
     return png
 
 
+def figure_order_path(run_dir: str | Path, notebook: str) -> Path:
+    """``<run_dir>/outputs/figure_order/<notebook>.json``: the figures a notebook saved, in the order it saved them."""
+    return Path(run_dir) / "outputs" / "figure_order" / f"{notebook}.json"
+
+
+def figure_title(fig) -> str:
+    """The figure's suptitle, else the title of its only titled axes; "" when it has none (the caption then is
+    the file name alone)."""
+    if hasattr(fig, "get_suptitle"):  # matplotlib >= 3.8
+        suptitle = fig.get_suptitle().strip()
+    else:
+        suptitle = fig._suptitle.get_text().strip() if getattr(fig, "_suptitle", None) is not None else ""
+    if suptitle:
+        return suptitle
+    titles = [ax.get_title().strip() for ax in fig.get_axes() if ax.get_title().strip()]
+    return titles[0] if len(titles) == 1 else ""
+
+
+def record_figure(order_file: str | Path, name: str, title: str = "") -> Path:
+    """Append ``name`` (with its ``title``) to a notebook's figure order file, atomically; a figure saved again
+    keeps its first place and takes the new title."""
+    order_file = Path(order_file)
+    entries = _read_figure_order(order_file)
+    for entry in entries:
+        if entry["name"] == name:
+            entry["title"] = title
+            break
+    else:
+        entries.append({"name": name, "title": title})
+    return storage.write_json(order_file, entries)
+
+
+def _read_figure_order(order_file: Path) -> list[dict[str, str]]:
+    try:
+        entries = json.loads(order_file.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [{"name": str(e["name"]), "title": str(e.get("title") or "")} for e in entries
+            if isinstance(e, dict) and e.get("name")]
+
+
 def to_markdown(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
     """A GitHub-flavoured markdown table (no extra dependency)."""
 
@@ -145,7 +188,12 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max
 padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;
 vertical-align:top}th{background:#f3f3f3}.failed{color:#b00020;font-weight:bold}.ok{color:#1b7f3b}
-code{background:#f5f5f5;padding:0 .2em}.figs img{max-width:48%;margin:.3em;border:1px solid #ddd}
+.warning{color:#8a4b00}td.num{text-align:right;white-space:nowrap}
+code{background:#f5f5f5;padding:0 .2em}
+.figs{display:flex;flex-direction:column;align-items:flex-start;gap:1.2em;margin:.5em 0 1.5em}
+.figs figure{margin:0;max-width:100%}
+.figs img{max-width:100%;height:auto;display:block;border:1px solid #ddd}
+.figs figcaption{font-size:.9em;color:#444;margin-top:.3em}
 details{margin:.5em 0}
 """
 
@@ -156,8 +204,89 @@ def _kv_table(mapping: Mapping[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
+def format_duration(seconds: Any) -> str:
+    """``12.3 s``, ``4 min 05 s``, ``1 h 32 min``; "" when unknown."""
+    try:
+        seconds = float(seconds)
+    except (TypeError, ValueError):
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def figures_in_reading_order(run_dir: str | Path, notebooks: list[str] | None = None) -> list[dict[str, Any]]:
+    """The run's figures (``figures/*.png``) grouped by notebook in notebook order, each group in the order the
+    notebook saved them (its :func:`figure_order_path` file; figures it does not list follow by modification time,
+    then name). Groups: ``{"notebook", "figures": [{"name", "title", "path"}]}``; a figure whose ``NN_`` prefix
+    matches no notebook goes into a last group with notebook "other"."""
+    run_dir = Path(run_dir)
+    pngs = {p.stem: p for p in (run_dir / "figures").glob("*.png")}
+    names = list(notebooks or [])
+    order_dir = run_dir / "outputs" / "figure_order"
+    names += [p.stem for p in order_dir.glob("*.json") if p.stem not in names]
+    names = sorted(set(names))
+    by_prefix = {n[:2]: n for n in names}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    placed: set[str] = set()
+    for notebook in names:
+        for entry in _read_figure_order(figure_order_path(run_dir, notebook)):
+            if entry["name"] in pngs and entry["name"] not in placed:
+                groups.setdefault(notebook, []).append({**entry, "path": pngs[entry["name"]]})
+                placed.add(entry["name"])
+    rest = sorted((p for stem, p in pngs.items() if stem not in placed), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    for png in rest:
+        notebook = by_prefix.get(png.stem[:2], "other")
+        groups.setdefault(notebook, []).append({"name": png.stem, "title": "", "path": png})
+    ordered = [n for n in names if n in groups] + (["other"] if "other" in groups and "other" not in names else [])
+    return [{"notebook": n, "figures": groups[n]} for n in ordered]
+
+
+def _figure_html(name: str, title: str = "") -> str:
+    """One figure at its saved size (at most the page width), linked to its PNG, captioned with its title when
+    known and its file name."""
+    src = f"figures/{html.escape(name)}.png"
+    caption = (f"{html.escape(title)} · " if title else "") + f"<code>{html.escape(name)}.png</code>"
+    return (f"<figure><a href='{src}'><img src='{src}' alt='{html.escape(title or name)}' loading='lazy'></a>"
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+def _notebook_links(entry: Mapping[str, Any]) -> str:
+    name = html.escape(entry["name"])
+    if not entry.get("html"):
+        return name
+    link = f"<a href='{html.escape(entry['html'])}'>{name}</a>"
+    if entry.get("results_html"):
+        link += f" · <a href='{html.escape(entry['results_html'])}'>results only</a>"
+    return link
+
+
+def _machine_line(run: Mapping[str, Any]) -> str:
+    threads = run.get("cpu_threads") or {}
+    parts = [f"Machine: {html.escape(str(run.get('device', '?')))}"]
+    if run.get("matmul_gflops") is not None:
+        rate = f"fp32 matmul <b>{run['matmul_gflops']} GFLOP/s</b>"
+        if threads.get("single_thread_gflops") is not None:
+            rate += (f" with {threads.get('torch_threads')} thread(s) on {threads.get('cores')} core(s) "
+                     f"({threads['single_thread_gflops']} with one thread")
+            rate += (f", parallel efficiency {threads['parallel_efficiency']})" if threads.get("parallel_efficiency")
+                     is not None else ")")
+        parts.append(rate + ", measured at the start of the run")
+    total = sum(float(n.get("seconds") or 0) for n in run.get("notebooks", []))
+    if total:
+        parts.append(f"wall time of the notebooks: <b>{format_duration(total)}</b>")
+    return "<p>" + "; ".join(parts) + ".</p>"
+
+
 def render_index(run: Mapping[str, Any], run_dir: str | Path) -> str:
-    """The run folder's ``index.html``: every notebook's HTML with its status and times, and the run metadata."""
+    """The run folder's ``index.html``: run warnings, machine and wall time, the study summary, every notebook's
+    HTML (with and without code) with its status, wall time and the matmul rate of its run, the figures in reading
+    order (one column, notebook by notebook, in the order each saved them, with captions), the tables and the run
+    metadata."""
     run_dir = Path(run_dir)
     title = f"maskstudy — {run.get('profile', '?')} run"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -167,22 +296,31 @@ def render_index(run: Mapping[str, Any], run_dir: str | Path) -> str:
         first = failed[0]
         parts.append(f"<p class='failed'>Run failed in {html.escape(first['name'])}, cell {first.get('failed_cell')}: "
                      f"{html.escape(str(first.get('error', '')))}</p>")
+    if run.get("warnings"):
+        parts.append("<ul>" + "".join(f"<li class='warning'>Run warning: {html.escape(str(w))}</li>"
+                                      for w in run["warnings"]) + "</ul>")
+    parts.append(_machine_line(run))
     parts += _summary_section(run_dir)
-    parts.append("<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>started</th><th>ended</th>"
-                 "<th>seconds</th><th>commit</th></tr>")
+    parts.append("<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>wall time</th>"
+                 "<th>matmul GFLOP/s</th><th>started</th><th>ended</th><th>commit</th></tr>")
     for entry in run.get("notebooks", []):
-        link = f"<a href='{html.escape(entry['html'])}'>{html.escape(entry['name'])}</a>" if entry.get("html") else html.escape(entry["name"])
         status = entry.get("status", "")
-        parts.append(f"<tr><td>{link}</td><td class='{'failed' if status == 'failed' else 'ok'}'>{html.escape(status)}</td>"
+        parts.append(f"<tr><td>{_notebook_links(entry)}</td><td class='{'failed' if status == 'failed' else 'ok'}'>"
+                     f"{html.escape(status)}</td><td class='num'>{format_duration(entry.get('seconds'))}</td>"
+                     f"<td class='num'>{html.escape(str(entry.get('matmul_gflops', '')))}</td>"
                      f"<td>{html.escape(str(entry.get('started', '')))}</td><td>{html.escape(str(entry.get('ended', '')))}</td>"
-                     f"<td>{entry.get('seconds', '')}</td><td><code>{html.escape(str(entry.get('git_commit', ''))[:12])}</code></td></tr>")
+                     f"<td><code>{html.escape(str(entry.get('git_commit', ''))[:12])}</code></td></tr>")
     parts.append("</table>")
-    figures = sorted((run_dir / "figures").glob("*.png"))
-    if figures:
-        parts.append("<h2>Figures</h2><div class='figs'>")
-        parts += [f"<a href='figures/{f.name}'><img src='figures/{f.name}' alt='{html.escape(f.stem)}' title='{html.escape(f.stem)}'></a>"
-                  for f in figures]
-        parts.append("</div>")
+    links = {e["name"]: e for e in run.get("notebooks", [])}
+    groups = figures_in_reading_order(run_dir, [e["name"] for e in run.get("notebooks", [])])
+    if groups:
+        parts.append("<h2>Figures</h2>")
+        for group in groups:
+            entry = links.get(group["notebook"])
+            heading = _notebook_links(entry) if entry else html.escape(group["notebook"])
+            parts.append(f"<h3>{heading}</h3><div class='figs'>")
+            parts += [_figure_html(f["name"], f["title"]) for f in group["figures"]]
+            parts.append("</div>")
     tables = sorted((run_dir / "tables").glob("*.md"))
     if tables:
         parts.append("<h2>Tables</h2><ul>")
@@ -192,6 +330,8 @@ def render_index(run: Mapping[str, Any], run_dir: str | Path) -> str:
     meta = {k: run.get(k) for k in ("profile", "git_commit", "device", "matmul_gflops", "started", "ended", "command")
             if k in run}
     parts.append(_kv_table(meta))
+    if run.get("cpu_threads"):
+        parts.append("<details><summary>CPU threads</summary>" + _kv_table(run["cpu_threads"]) + "</details>")
     parts.append("<details><summary>Parameters</summary>" + _kv_table(run.get("parameters", {})) + "</details>")
     parts.append("<details open><summary>Data fingerprint</summary>" + _kv_table(run.get("data_fingerprint", {})) + "</details>")
     parts.append("<details><summary>Package versions</summary>" + _kv_table(run.get("packages", {})) + "</details>")
@@ -231,8 +371,10 @@ def _summary_section(run_dir: Path) -> list[str]:
             parts.append(f"<h3>{html.escape(name)}</h3>" + _markdown_table_to_html(table.read_text()))
     figures = [f for f in summary.get("key_figures", []) if (run_dir / "figures" / f"{f}.png").is_file()]
     if figures:
+        titles = {e["name"]: e["title"] for p in (run_dir / "outputs" / "figure_order").glob("*.json")
+                  for e in _read_figure_order(p)}
         parts.append("<div class='figs'>" + "".join(
-            f"<a href='figures/{f}.png'><img src='figures/{f}.png' alt='{html.escape(f)}'></a>" for f in figures) + "</div>")
+            _figure_html(f, titles.get(f, "")) for f in figures) + "</div>")
     return parts
 
 

@@ -116,10 +116,25 @@ def test_smoke_run_of_notebooks_01_02(smoke_run):
         html = (run / f"{name}.html").read_text()
         assert "data:image/png;base64" in html  # self-contained, with figures
         assert (run / f"{name}.ipynb").is_file()
+        results = (run / f"{name}.results.html").read_text()
+        assert "data:image/png;base64" in results and "start_notebook" not in results and "start_notebook" in html
+    # the executed notebook keeps each progress bar's final line, not every redraw
+    executed = nbformat.read(run / "01_data_build.ipynb", as_version=4)
+    stderr = "\n".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", [])
+                     if o.get("output_type") == "stream" and o.get("name") == "stderr")
+    assert "\r" not in stderr
+    bar_lines = [line for line in stderr.split("\n") if re.match(r"MTCNN \w+:", line)]
+    assert 1 <= len(bar_lines) <= 2 * len({line.split(":")[0] for line in bar_lines})
     index = (run / "index.html").read_text()
     assert "01_data_build.html" in index and "02_mtcnn_cleaning.html" in index
+    assert "01_data_build.results.html" in index and "GFLOP/s" in index
+    # figures in the order notebook 01 saved them, then notebook 02's
+    assert index.index("figures/01_detection_status.png") < index.index("figures/01_aligned_and_masked.png") \
+        < index.index("figures/02_deviation_rate.png")
     meta = json.loads((run / "run.json").read_text())
     assert meta["profile"] == "smoke" and meta["git_commit"] and meta["packages"]["torch"]
+    assert isinstance(meta["warnings"], list) and meta["cpu_threads"]["torch_threads"] >= 1
+    assert all(n["results_html"] == f"{n['name']}.results.html" and n["matmul_gflops"] for n in meta["notebooks"])
     assert all(n["git_commit"] == meta["git_commit"] for n in meta["notebooks"])
     assert meta["data_fingerprint"]["lfw"]["images"] > 0 and len(meta["data_fingerprint"]["lfw"]["manifest_sha256"]) == 64
     for figure in ("01_detection_status", "01_aligned_and_masked", "02_deviation_rate", "02_kept_frontal",
@@ -181,6 +196,12 @@ def test_smoke_run_of_notebook_03_training(smoke_run):
     config = resolve_config("smoke")
     runs = design.training_runs(config)
     assert "data:image/png;base64" in (run / "03_se_cbam_training.html").read_text()
+    executed = nbformat.read(run / "03_se_cbam_training.ipynb", as_version=4)
+    stderr = "\n".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", [])
+                     if o.get("output_type") == "stream" and o.get("name") == "stderr")
+    epoch_bars = [line for line in stderr.split("\n") if re.match(r"epoch \d+/\d+:", line)]
+    epochs = int(pd.read_csv(run / "tables" / "03_training.csv")["epochs"].max())
+    assert "\r" not in stderr and 0 < len(epoch_bars) <= 2 * len(runs) * epochs  # one line per epoch, not per step
     verification = pd.read_csv(run / "tables" / "03_verification.csv")
     assert set(verification["run"]) == set(runs)
     assert {"plain", "se", "cbam", "plain_seed1", "se_seed1", "cbam_seed1", "plain_nomask"} <= set(runs)
