@@ -6,7 +6,8 @@ and ``class_names``), ``model`` and ``head`` (state dicts), ``optimizer``, ``sch
 the LR is a function of the step), ``scaler`` (``None`` without fp16), ``rng`` (torch, numpy, python and CUDA
 states as tensors/lists, :func:`maskstudy.seeding.rng_state`), ``epoch`` (epochs completed), ``step``
 (optimizer steps), ``history`` (the log rows), ``partial`` (``None``, or the progress inside an epoch stopped
-by ``max_steps``), ``world_size`` and ``torch_version``. It is written atomically with ``torch.save``
+by ``max_steps``), ``world_size`` and ``torch_version``; a run with distillation adds ``distill`` (the training-only
+projection and its teacher's fingerprint, :mod:`maskstudy.train.distill`), which evaluation ignores. It is written atomically with ``torch.save``
 (:func:`save_checkpoint`) and read with ``torch.load(..., weights_only=True)`` only (:func:`load_checkpoint`),
 so loading never runs code from the file.
 """
@@ -41,7 +42,8 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: str | os.PathLike, *, config: Mapping[str, Any], class_names: Iterable[str],
                     model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler_state: Mapping[str, Any] | None, epoch: int, step: int, history: Iterable[Mapping],
-                    partial: Mapping[str, Any] | None, world_size: int) -> None:
+                    partial: Mapping[str, Any] | None, world_size: int,
+                    distill: Mapping[str, Any] | None = None) -> None:
     """Write a ``maskstudy-checkpoint-v1`` file atomically (see the module docstring for its fields); the RNG
     states are this process's global ones at the time of the call."""
     class_names = list(class_names)
@@ -61,6 +63,8 @@ def save_checkpoint(path: str | os.PathLike, *, config: Mapping[str, Any], class
         "world_size": world_size,
         "torch_version": str(torch.__version__),
     }
+    if distill is not None:
+        checkpoint["distill"] = dict(distill)
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 

@@ -80,6 +80,11 @@ BASE: dict[str, Any] = {
     "train_val_identities": 0.05,  # share (< 1) or count (>= 1) of identities held out for validation; 0 = none
     "train_val_pairs": 600,  # at most this many masked-unmasked validation pairs (half positive)
     "train_cache_limit_gb": 8.0,  # decode crops on the fly when caching them all would need more (per machine)
+    # distillation from a pretrained teacher (Li et al., ACM MM 2020): the loss adds train_distill_weight x
+    # mean(1 - cos(P(student), teacher)) over clean and masked samples alike, each aimed at its clean photo's teacher
+    # embedding, read from train_teacher_embeddings (maskstudy.teachers.training); 0 = off
+    "train_distill_weight": 0.0,
+    "train_teacher_embeddings": None,  # path of the .npz; may move on resume (its content is checked)
     # training runtime: these may change when a run is resumed
     "train_device": "auto",  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
     "train_amp": "auto",  # "auto" (bf16 on CUDA if supported else fp16; none on CPU) | "bf16" | "fp16" | "none"
@@ -108,6 +113,13 @@ BASE: dict[str, Any] = {
     "hybrid_backbone": "hybrid_ir18_cbam_vit",
     "hybrid_kwargs": {},
     "data_fractions": [0.25, 0.5, 1.0],  # shares of the training identities for the data-size curve
+    # pretrained reference and teacher (maskstudy.teachers): "dlib_resnet" | "facenet_vggface2"; None = neither the
+    # reference row nor the guided students
+    "teacher": None,
+    "teacher_students": [],  # attention variants ("none", "se", "cbam") also trained with distillation from it
+    # distill weight of the guided students: the margin loss's gradient on an embedding is ~s = 32 times the cosine
+    # term's early on, so a weight of a few units lets the teacher matter without swamping the margin (untuned)
+    "teacher_distill_weight": 4.0,
     # Grad-CAM analysis (notebook 05)
     "cam_method": "hirescam",  # exact for the IR-ResNet's flatten + FC head (Draelos and Carin 2020)
     "cam_compare_methods": ["gradcam"],  # beside it for the IR-ResNets on the masked probes (main seed)
@@ -216,6 +228,7 @@ EXTRA_VALUE_TYPES: dict[str, tuple[type, ...]] = {
     # TrainConfig fields that take "auto" or null besides a value
     "train_grad_clip": (type(None),), "train_max_per_identity": (type(None),), "train_channels_last": (bool,),
     "train_num_workers": (int,), "train_num_threads": (int,), "train_deterministic": (bool,),
+    "train_teacher_embeddings": (str,), "teacher": (str,),
 }
 #: Dataset names an extra training set may not take: the build keeps one folder per name.
 RESERVED_DATASET_NAMES = ("lfw",)

@@ -1,7 +1,9 @@
 """Pretrained face recognisers as references and distillation teachers (see :mod:`.registry` for the names).
 
 Every teacher embeds photos inside the kit's MTCNN face boxes (:mod:`.base`), so that detection is the same for
-every recogniser of the study; :mod:`.cache` keeps their embeddings of the training photos on disk.
+every recogniser of the study; :mod:`.cache` keeps their embeddings on disk. :mod:`.training` embeds the training
+photos (the targets of :mod:`maskstudy.train.distill`); :mod:`.reference` runs the study's tests on a teacher, on
+the same pairs as the trained models (``evaluate_teacher``).
 """
 
 from .base import Teacher, TeacherUnavailableError, default_cache_dir

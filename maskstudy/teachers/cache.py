@@ -1,10 +1,11 @@
 """Teacher embeddings of photo files, computed once and kept on disk.
 
-One file per teacher, ``<cache_dir>/<teacher name>.npz``, holds one row per photo: the photo's digest
-(:func:`maskstudy.detect.file_digest`), the face box it was embedded in, whether that box was the centre-square
-fallback, and the unit-length embedding; the teacher's :attr:`~maskstudy.teachers.base.Teacher.settings` (name,
+One file per teacher, ``<cache_dir>/<teacher name>.npz``, holds one row per photo and face box: the photo's digest
+(:func:`maskstudy.detect.file_digest`), the face box it was embedded in (one photo may be embedded in several boxes,
+e.g. a masked photo inside the clean photo's box and inside the box found on it), whether that box was the
+centre-square fallback, and the unit-length embedding; the teacher's :attr:`~maskstudy.teachers.base.Teacher.settings` (name,
 embedding size, crop options) are stored inside the same file. A row is reused only when the photo's digest,
-its box and the teacher's settings are all unchanged: a changed photo is embedded again, and a different teacher
+its box and the teacher's settings are all unchanged: a changed photo (or box) is embedded again, and a different teacher
 (or the same one with other settings) starts from nothing. The file is written atomically
 (:func:`maskstudy.storage.atomic_path`) every ``checkpoint_every`` photos, so an interrupted run resumes; a
 readable summary is written beside it (``<teacher name>.json``).
@@ -40,7 +41,7 @@ class TeacherEmbeddings:
 
     ``keys``: the photos as given (paths, or manifest image names); ``embeddings`` (N, D) float32 unit rows;
     ``fallback`` (N,) whether the centre square stood in for a missing box; ``digests`` the photos' SHA-1;
-    ``computed``: how many distinct photos this call embedded (the rest came from the cache); ``path``: the
+    ``computed``: how many distinct (photo, box) this call embedded (the rest came from the cache); ``path``: the
     cache file.
     """
 
@@ -65,8 +66,16 @@ def _settings_json(teacher: Teacher) -> str:
     return json.dumps({"format": CACHE_FORMAT, "teacher": teacher.settings}, sort_keys=True)
 
 
-def _load(path: Path, teacher: Teacher) -> dict[str, tuple[np.ndarray, np.ndarray, bool]]:
-    """``digest -> (embedding, box, fallback)`` from the cache file, or ``{}`` when it is absent, unreadable or
+def _box_key(box: np.ndarray) -> tuple | None:
+    """A box as a dict key: coordinates in units of :data:`BOX_TOLERANCE`; ``None`` for no box (NaN)."""
+    box = np.asarray(box, dtype=np.float64)
+    if not np.isfinite(box).all():
+        return None
+    return tuple(int(v) for v in np.round(box / BOX_TOLERANCE))
+
+
+def _load(path: Path, teacher: Teacher) -> dict[tuple, tuple[np.ndarray, np.ndarray, bool]]:
+    """``(digest, box key) -> (embedding, box, fallback)`` from the cache file, or ``{}`` when it is absent, unreadable or
     written by another teacher (or other settings)."""
     if not path.is_file():
         return {}
@@ -85,28 +94,22 @@ def _load(path: Path, teacher: Teacher) -> dict[str, tuple[np.ndarray, np.ndarra
             embeddings.shape[1:] != (teacher.embedding_size,):
         logger.warning("ignoring inconsistent teacher cache %s: everything is embedded again", path)
         return {}
-    return {str(d): (e, b, bool(f)) for d, e, b, f in zip(digests, embeddings, boxes, fallback)}
+    return {(str(d), _box_key(b)): (e, b, bool(f)) for d, e, b, f in zip(digests, embeddings, boxes, fallback)}
 
 
-def _save(path: Path, teacher: Teacher, rows: dict[str, tuple[np.ndarray, np.ndarray, bool]]) -> None:
-    digests = sorted(rows)
+def _save(path: Path, teacher: Teacher, rows: dict[tuple, tuple[np.ndarray, np.ndarray, bool]]) -> None:
+    keys = sorted(rows, key=lambda k: (k[0], k[1] is not None, k[1] or ()))
     dim = teacher.embedding_size
-    embeddings = np.stack([rows[d][0] for d in digests]).astype(np.float32) if digests else np.zeros((0, dim), np.float32)
-    boxes = np.stack([rows[d][1] for d in digests]).astype(np.float64) if digests else np.zeros((0, 4))
-    fallback = np.array([rows[d][2] for d in digests], dtype=bool)
+    embeddings = np.stack([rows[k][0] for k in keys]).astype(np.float32) if keys else np.zeros((0, dim), np.float32)
+    boxes = np.stack([rows[k][1] for k in keys]).astype(np.float64) if keys else np.zeros((0, 4))
+    fallback = np.array([rows[k][2] for k in keys], dtype=bool)
+    digests = [k[0] for k in keys]
     with storage.atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, settings=np.array(_settings_json(teacher)), digests=np.array(digests, dtype=str),
                  embeddings=embeddings, boxes=boxes, fallback=fallback)
     storage.write_json(path.with_suffix(".json"), {"format": CACHE_FORMAT, "teacher": teacher.settings,
-                                                   "photos": len(digests), "fallback": int(fallback.sum()),
-                                                   "file": path.name})
-
-
-def _same_box(a: np.ndarray, b: np.ndarray) -> bool:
-    a_missing, b_missing = not np.isfinite(a).all(), not np.isfinite(b).all()
-    if a_missing or b_missing:
-        return a_missing and b_missing
-    return bool(np.all(np.abs(a - b) <= BOX_TOLERANCE))
+                                                   "photos": len(set(digests)), "photo_boxes": len(keys),
+                                                   "fallback": int(fallback.sum()), "file": path.name})
 
 
 def teacher_embeddings(
@@ -123,8 +126,8 @@ def teacher_embeddings(
 
     ``boxes``: (N, 4) face boxes in the photos' pixels (NaN rows or ``None``: the centre-square fallback), see
     :meth:`~maskstudy.teachers.base.Teacher.embed_files`. ``digests``: the photos' SHA-1 when already known
-    (else they are computed). Photos with equal digests are embedded once. A tqdm bar counts the photos being
-    embedded when ``progress``.
+    (else they are computed). Photos with equal digests and boxes are embedded once. A tqdm bar counts the photos
+    being embedded when ``progress``.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -142,13 +145,11 @@ def teacher_embeddings(
     storage.remove_stale_temp_files(path.parent)
     rows = _load(path, teacher)
 
-    todo: dict[str, int] = {}  # digest -> index of the first photo with it
-    for index, (digest, box) in enumerate(zip(digests, boxes)):
-        if digest in todo:
-            continue
-        cached = rows.get(digest)
-        if cached is None or not _same_box(cached[1], box):
-            todo[digest] = index
+    wanted = [(digest, _box_key(box)) for digest, box in zip(digests, boxes)]
+    todo: dict[tuple, int] = {}  # (digest, box key) -> index of the first photo with it
+    for index, key in enumerate(wanted):
+        if key not in todo and key not in rows:
+            todo[key] = index
     pending = list(todo.items())
     bar = None
     if progress and pending:
@@ -160,8 +161,8 @@ def teacher_embeddings(
             chunk = pending[start:start + checkpoint_every]
             indices = [index for _, index in chunk]
             result = teacher.embed_files([paths[i] for i in indices], boxes[indices])
-            for (digest, index), embedding, fallback in zip(chunk, result.embeddings, result.fallback):
-                rows[digest] = (embedding, boxes[index], bool(fallback))
+            for (key, index), embedding, fallback in zip(chunk, result.embeddings, result.fallback):
+                rows[key] = (embedding, boxes[index], bool(fallback))
             _save(path, teacher, rows)
             if bar is not None:
                 bar.update(len(chunk))
@@ -172,8 +173,8 @@ def teacher_embeddings(
         _save(path, teacher, rows)
 
     dim = teacher.embedding_size
-    embeddings = np.stack([rows[d][0] for d in digests]).astype(np.float32) if digests else np.zeros((0, dim), np.float32)
-    fallback = np.array([rows[d][2] for d in digests], dtype=bool)
+    embeddings = np.stack([rows[k][0] for k in wanted]).astype(np.float32) if wanted else np.zeros((0, dim), np.float32)
+    fallback = np.array([rows[k][2] for k in wanted], dtype=bool)
     return TeacherEmbeddings(keys, embeddings, fallback, digests, len(pending), path)
 
 

@@ -24,6 +24,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "none")
 RUNTIME_KEYS = frozenset({
     "epochs", "max_steps", "checkpoint_every", "device", "amp", "channels_last", "compile",
     "num_workers", "num_threads", "deterministic", "cache_limit_gb",
+    "teacher_embeddings",  # the file may move; its content is checked against the checkpoint's (train.distill)
 })
 
 # Streams of randomness, each its own seeded generator: (seed, stream[, epoch]) (see maskstudy.seeding).
@@ -83,6 +84,9 @@ class TrainConfig:
     val_pairs: int = _DEFAULTS["val_pairs"]
     cache_limit_gb: float = _DEFAULTS["cache_limit_gb"]
     seed: int = _DEFAULTS["seed"]
+    # distillation from a teacher (maskstudy.train.distill): weight of the term, the teacher embeddings' file
+    distill_weight: float = _DEFAULTS["distill_weight"]
+    teacher_embeddings: str | None = _DEFAULTS["teacher_embeddings"]
     # runtime (RUNTIME_KEYS)
     device: str = _DEFAULTS["device"]
     amp: str = _DEFAULTS["amp"]
@@ -138,6 +142,16 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not float(self.cache_limit_gb) >= 0:
             raise ValueError(f"cache_limit_gb must be >= 0, got {self.cache_limit_gb}")
+        if isinstance(self.distill_weight, bool) or not isinstance(self.distill_weight, (int, float)) \
+                or not 0.0 <= float(self.distill_weight) < float("inf"):
+            raise ValueError(f"distill_weight must be a number >= 0, got {self.distill_weight!r}")
+        if self.teacher_embeddings is not None and not isinstance(self.teacher_embeddings, (str, os.PathLike)):
+            raise ValueError(f"teacher_embeddings must be a path or None, got {self.teacher_embeddings!r}")
+        if self.teacher_embeddings is not None:
+            self.teacher_embeddings = os.fspath(self.teacher_embeddings)  # JSON-able, as every field
+        if self.distill_weight > 0 and not self.teacher_embeddings:
+            raise ValueError("distill_weight > 0 needs teacher_embeddings: the .npz of the teacher's embeddings of "
+                             "the training photos (maskstudy.teachers.training.embed_training_photos)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

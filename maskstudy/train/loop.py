@@ -22,7 +22,6 @@ from ..seeding import derive_seed, seed_everything, set_rng_state
 from ..storage import remove_stale_temp_files, write_csv, write_json
 from .config import (
     INIT_STREAM,
-    LOG_COLUMNS,
     RUNTIME_KEYS,
     TRAIN_RNG_STREAM,
     ConfigMismatchError,
@@ -41,6 +40,7 @@ from .data import (
     read_rows,
     split_identities,
 )
+from .distill import Distiller, build_distiller, log_columns
 from .optimization import build_optimizer, learning_rate
 from .runtime import Runtime, process_settings, resolve_runtime
 from .validation import Validation
@@ -143,6 +143,7 @@ class _Run:
     out_dir: Path
     progress: bool
     log: Log
+    distiller: Distiller | None = None  # the distillation term (train.distill), None without it
     clip_params: list[nn.Parameter] = field(init=False)  # the backbone's trainable parameters
 
     def __post_init__(self) -> None:
@@ -173,6 +174,7 @@ def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, 
                               embedding_size=config.embedding_size, dropout=config.dropout,
                               **config.backbone_kwargs)
     head = build_margin_head(config.margin, config.embedding_size, dataset.num_classes, s=config.scale)
+    distiller = build_distiller(config, train_rows, rt, checkpoint, ckpt_path, log)  # None when distill_weight is 0
     if checkpoint is not None:
         backbone.load_state_dict(checkpoint["model"])
         head.load_state_dict(checkpoint["head"])
@@ -181,6 +183,8 @@ def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, 
     if rt.channels_last:
         backbone.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(backbone, head, config)
+    if distiller is not None:
+        distiller.add_to(optimizer)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype is torch.float16)
 
     position = _Position()
@@ -190,7 +194,7 @@ def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, 
         log(f"train: resuming {ckpt_path} at epoch {position.epoch + 1}, step {position.step}"
             + (" (already done)" if done else ""))
         if done:
-            return TrainResult(pd.DataFrame([dict(r) for r in checkpoint["history"]], columns=LOG_COLUMNS),
+            return TrainResult(pd.DataFrame([dict(r) for r in checkpoint["history"]], columns=log_columns(config)),
                                ckpt_path, 0.0, float("nan"), out_dir)
     else:  # per rank: dropout masks differ between processes
         seed_everything(derive_seed(config.seed, TRAIN_RNG_STREAM, rt.rank))
@@ -198,11 +202,11 @@ def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, 
         write_json(out_dir / "config.json", config.to_dict())
     _log_start(config, rt, dataset, sizes, log)
     run = _Run(config, rt, dataset, validation, sizes, *_wrap(backbone, head, config, rt), backbone, head, optimizer,
-               scaler, ckpt_path, out_dir, progress, log)
+               scaler, ckpt_path, out_dir, progress, log, distiller)
     trained_images, trained_seconds = _train_epochs(run, position)
     seconds = time.perf_counter() - started
     log(f"train: done in {seconds:.1f} s, {trained_images / max(trained_seconds, 1e-9):.0f} img/s -> {ckpt_path}")
-    return TrainResult(pd.DataFrame(position.history, columns=LOG_COLUMNS), ckpt_path, seconds,
+    return TrainResult(pd.DataFrame(position.history, columns=log_columns(config)), ckpt_path, seconds,
                        trained_images / trained_seconds if trained_seconds > 0 else float("nan"), out_dir)
 
 
@@ -368,6 +372,8 @@ def _train_step(run: _Run, piece: EpochPlan, crops: torch.Tensor, lr: float) -> 
     with rt.autocast():
         embeddings = run.backbone(x)
     loss, _ = run.head(embeddings.float(), labels)
+    if run.distiller is not None:
+        loss = loss + run.distiller.term(embeddings, piece.order)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if config.grad_clip:
@@ -401,17 +407,19 @@ def _end_epoch(run: _Run, position: _Position, sums: torch.Tensor, done_batches:
         "loss": loss_sum / seen if seen else float("nan"),
         "train_acc": correct / seen if seen else float("nan"),
         "lr": float(lr), "val_acc": val_acc, "images_per_s": images_per_s, "seconds": seconds,
+        **(run.distiller.end_epoch(epoch_complete) if run.distiller is not None else {}),
     })
     position.history = [{k: _plain(v) for k, v in row.items()} for row in position.history]
     row = position.history[-1]
     run.log(f"epoch {row['epoch']}/{config.epochs}" + ("" if epoch_complete else f" (stopped at step {position.step})")
             + f": loss {row['loss']:.4f}, train_acc {row['train_acc']:.3f}, val_acc {row['val_acc']:.3f}, "
-            f"lr {row['lr']:.4g}, {row['images_per_s']:.0f} img/s, {row['seconds']:.1f} s")
+            f"lr {row['lr']:.4g}, {row['images_per_s']:.0f} img/s, {row['seconds']:.1f} s"
+            + (f", distill {row['distill_loss']:.4f}" if run.distiller is not None else ""))
     if epoch_complete:
         position.epoch += 1
     stopped = not epoch_complete or (config.max_steps is not None and position.step >= config.max_steps)
     if rt.rank == 0:
-        write_csv(run.out_dir / "log.csv", pd.DataFrame(position.history, columns=LOG_COLUMNS))
+        write_csv(run.out_dir / "log.csv", pd.DataFrame(position.history, columns=log_columns(config)))
         if stopped or position.epoch % config.checkpoint_every == 0 or position.epoch >= config.epochs:
             partial = None if epoch_complete else {"batch": done_batches, "loss_sum": loss_sum, "correct": correct,
                                                    "seen": seen, "seconds": seconds}
@@ -419,7 +427,8 @@ def _end_epoch(run: _Run, position: _Position, sums: torch.Tensor, done_batches:
                             model=run.raw_backbone, head=run.raw_head, optimizer=run.optimizer,
                             scaler_state=run.scaler.state_dict() if run.scaler.is_enabled() else None,
                             epoch=position.epoch, step=position.step, history=position.history, partial=partial,
-                            world_size=rt.world_size)
+                            world_size=rt.world_size,
+                            distill=run.distiller.state_dict() if run.distiller is not None else None)
     return stopped
 
 
