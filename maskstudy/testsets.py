@@ -94,54 +94,80 @@ class ModelResults:
 def evaluate_model(model: nn.Module, input_size: int, tests: TestSets, scenarios: Sequence[str] | None = None,
                    identification: bool = True, use_mfr2: bool = True, fixed_fmr: Sequence[float] = (1e-3, 1e-2),
                    batch_size: int = 256, n_boot: int = 2000, seed: int = 0) -> ModelResults:
-    """Run every test of :class:`TestSets` (or the given ``scenarios``) on one model."""
+    """Run every test of :class:`TestSets` (or the given ``scenarios``) on one model, reusing the embeddings
+    kept in ``tests.embedding_dir`` for this model's weights and saving the new ones."""
+    lfw_store = _store(tests, model, input_size, tests.aligned_root)
+    with_mfr2 = use_mfr2 and tests.mfr2_pairs is not None
+    mfr2_store = _store(tests, model, input_size, tests.mfr2_root / "aligned") if with_mfr2 else None
+    lfw_cache: dict = lfw_store.load() if lfw_store else {}
+    mfr2_cache: dict = mfr2_store.load() if mfr2_store else {}
+    results = evaluate_embeddings(tests, lfw_cache, mfr2_cache, model, input_size, scenarios, identification,
+                                  use_mfr2, fixed_fmr, batch_size, n_boot, seed)
+    for store, cache in ((lfw_store, lfw_cache), (mfr2_store, mfr2_cache)):
+        if store:
+            store.save(cache)
+    return results
+
+
+def evaluate_embeddings(tests: TestSets, lfw_cache: dict, mfr2_cache: dict | None = None,
+                        model: nn.Module | None = None, input_size: int = 0, scenarios: Sequence[str] | None = None,
+                        identification: bool = True, use_mfr2: bool = True,
+                        fixed_fmr: Sequence[float] = (1e-3, 1e-2), batch_size: int = 256, n_boot: int = 2000,
+                        seed: int = 0) -> ModelResults:
+    """Every test of :class:`TestSets` from embedding caches (crop rel -> unit vector; LFW crops and MFR2 crops),
+    the crops missing from them embedded by ``model`` and added. With ``model=None`` every crop must have an
+    embedding already (e.g. a pretrained recogniser's, :mod:`maskstudy.teachers.reference`)."""
     kw = {"batch_size": batch_size, "n_boot": n_boot, "seed": seed}
-    store = _store(tests, model, input_size, tests.aligned_root)
-    cache: dict = store.load() if store else {}
     rows, per_pair = [], {}
     for scenario in scenarios or tests.scenarios:
-        path = tests.pairs_dir / f"{scenario}.csv"
-        if not path.is_file():
-            raise FileNotFoundError(f"pair file for scenario {scenario!r} not found: {path} (run notebooks 01-02)")
-        pairs = read_pair_folds(path)
-        result = evaluate_pairs(model, input_size, pairs, tests.aligned_root, cache, clusters=pair_clusters(pairs), **kw)
+        pairs = scenario_pairs(tests, scenario)
+        result = evaluate_pairs(model, input_size, pairs, tests.aligned_root, lfw_cache,
+                                clusters=pair_clusters(pairs), **kw)
         per_pair[scenario] = result
         rows.append(_verification_row(scenario, result))
-    fnmr_rows = []
-    reference = per_pair.get("unmasked_unmasked")
-    if reference is not None:
-        for scenario, result in per_pair.items():
-            if scenario == "unmasked_unmasked":
-                continue
-            for fmr in fixed_fmr:
-                r = fnmr_at_fmr(reference, result, fmr)
-                fnmr_rows.append({"scenario": scenario, "fmr_target": fmr, "fnmr": r["fnmr"],
-                                  "fmr_reached": r["fmr_reached"], "threshold": r["threshold"]})
     ident = None
     if identification:
         plain = identification_rank1(model, input_size, tests.identification_images, tests.aligned_root,
-                                     crops_cache=cache, **kw)
+                                     crops_cache=lfw_cache, **kw)
         crowded = identification_rank1(model, input_size, tests.identification_images, tests.aligned_root,
-                                       crops_cache=cache, distractors=tests.distractors, **kw)
+                                       crops_cache=lfw_cache, distractors=tests.distractors, **kw)
         ident = {"rank1": plain["rank1"], "ci_low": plain["ci"][0], "ci_high": plain["ci"][1],
                  "rank1_per_identity": plain["rank1_per_identity"], "rank1_distractors": crowded["rank1"],
                  "rank1_per_identity_distractors": crowded["rank1_per_identity"], "probes": plain["probes"],
                  "gallery": plain["gallery"], "gallery_with_distractors": crowded["gallery"]}
-    if store:
-        store.save(cache)
     mfr2_row = None
     if use_mfr2 and tests.mfr2_pairs is not None:
-        mfr2_store = _store(tests, model, input_size, tests.mfr2_root / "aligned")
-        mfr2_cache = mfr2_store.load() if mfr2_store else {}
+        if mfr2_cache is None:
+            raise ValueError("the tests include MFR2 but no MFR2 embeddings were given (or use_mfr2=False)")
         result = evaluate_pairs(model, input_size, tests.mfr2_pairs, tests.mfr2_root / "aligned", mfr2_cache,
                                 clusters=tests.mfr2_pairs["cluster"], **kw)
-        if mfr2_store:
-            mfr2_store.save(mfr2_cache)
         per_pair["mfr2"] = result
         mfr2_row = mfr2.summarise(result, tests.mfr2_pairs, tests.mfr2_photos)
-    return ModelResults(pd.DataFrame(rows, columns=VERIFICATION_COLUMNS), per_pair,
-                        pd.DataFrame(fnmr_rows, columns=["scenario", "fmr_target", "fnmr", "fmr_reached", "threshold"]),
+    return ModelResults(pd.DataFrame(rows, columns=VERIFICATION_COLUMNS), per_pair, _fnmr_table(per_pair, fixed_fmr),
                         ident, mfr2_row)
+
+
+def scenario_pairs(tests: TestSets, scenario: str) -> pd.DataFrame:
+    """The pair list (fold, a, b, label) of one LFW scenario of ``tests``."""
+    path = tests.pairs_dir / f"{scenario}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"pair file for scenario {scenario!r} not found: {path} (run notebooks 01-02)")
+    return read_pair_folds(path)
+
+
+def _fnmr_table(per_pair: dict, fixed_fmr: Sequence[float]) -> pd.DataFrame:
+    """False non-match rate of every LFW scenario at the thresholds giving ``fixed_fmr`` on unmasked pairs."""
+    rows = []
+    reference = per_pair.get("unmasked_unmasked")
+    if reference is not None:
+        for scenario, result in per_pair.items():
+            if scenario in ("unmasked_unmasked", "mfr2"):
+                continue
+            for fmr in fixed_fmr:
+                r = fnmr_at_fmr(reference, result, fmr)
+                rows.append({"scenario": scenario, "fmr_target": fmr, "fnmr": r["fnmr"],
+                             "fmr_reached": r["fmr_reached"], "threshold": r["threshold"]})
+    return pd.DataFrame(rows, columns=["scenario", "fmr_target", "fnmr", "fmr_reached", "threshold"])
 
 
 def _store(tests: TestSets, model: nn.Module, input_size: int, crop_root: Path) -> EmbeddingStore | None:

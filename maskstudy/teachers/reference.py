@@ -34,13 +34,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import storage
+from .. import storage, testsets
 from ..data import BOX_COLUMNS, LANDMARK_COLUMNS, file_seed, read_manifest, row_landmarks
 from ..detect import file_digest, load_image
-from ..evaluate import evaluate_pairs, identification_rank1
-from ..pairs import MASK_VARIANTS, read_pair_folds
-from ..statistics import fnmr_at_fmr
-from ..testsets import VERIFICATION_COLUMNS, ModelResults, TestSets, _verification_row, pair_clusters
+from ..pairs import MASK_VARIANTS
+from ..testsets import ModelResults, TestSets
 from .base import Teacher
 from .cache import teacher_embeddings
 
@@ -336,7 +334,7 @@ def crops_of_tests(tests: TestSets, scenarios: Sequence[str] | None = None, iden
     distractors), each once, in first-use order."""
     rels: list[str] = []
     for scenario in tests.scenarios if scenarios is None else scenarios:
-        pairs = _scenario_pairs(tests, scenario)
+        pairs = testsets.scenario_pairs(tests, scenario)
         rels += pairs["a"].astype(str).tolist() + pairs["b"].astype(str).tolist()
     if identification:
         images = tests.identification_images
@@ -384,13 +382,6 @@ def teacher_crop_embeddings(
     return CropEmbeddings(lfw, mfr2, table, pd.concat(coverage, ignore_index=True))
 
 
-def _scenario_pairs(tests: TestSets, scenario: str) -> pd.DataFrame:
-    path = tests.pairs_dir / f"{scenario}.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"pair file for scenario {scenario!r} not found: {path} (run notebooks 01-02)")
-    return read_pair_folds(path)
-
-
 def _check_covered(cache: Mapping[str, np.ndarray], rels, what: str) -> None:
     missing = [r for r in dict.fromkeys(str(r) for r in rels) if r not in cache]
     if missing:
@@ -402,54 +393,18 @@ def evaluate_embeddings(tests: TestSets, lfw: Mapping[str, np.ndarray], mfr2: Ma
                         scenarios: Sequence[str] | None = None, identification: bool = True, use_mfr2: bool = True,
                         fixed_fmr: Sequence[float] = (1e-3, 1e-2), n_boot: int = 2000,
                         seed: int = 0) -> ModelResults:
-    """:func:`maskstudy.testsets.evaluate_model` on given embeddings (crop rel -> unit vector) instead of a model:
-    the same pairs, folds, thresholds, bootstraps and tables (its metric functions run with their embedding
-    caches prefilled; a crop without an embedding raises ``KeyError``)."""
-    kw = {"n_boot": n_boot, "seed": seed}
-    cache = dict(lfw)
-    rows, per_pair = [], {}
-    for scenario in scenarios or tests.scenarios:
-        pairs = _scenario_pairs(tests, scenario)
-        _check_covered(cache, pairs["a"].tolist() + pairs["b"].tolist(), f"LFW {scenario}")
-        result = evaluate_pairs(None, 0, pairs, tests.aligned_root, cache, clusters=pair_clusters(pairs), **kw)
-        per_pair[scenario] = result
-        rows.append(_verification_row(scenario, result))
-    fnmr_rows = []
-    reference = per_pair.get("unmasked_unmasked")
-    if reference is not None:
-        for scenario, result in per_pair.items():
-            if scenario == "unmasked_unmasked":
-                continue
-            for fmr in fixed_fmr:
-                r = fnmr_at_fmr(reference, result, fmr)
-                fnmr_rows.append({"scenario": scenario, "fmr_target": fmr, "fnmr": r["fnmr"],
-                                  "fmr_reached": r["fmr_reached"], "threshold": r["threshold"]})
-    ident = None
-    if identification:
-        _check_covered(cache, crops_of_tests(tests, scenarios=[], identification=True), "identification")
-        plain = identification_rank1(None, 0, tests.identification_images, tests.aligned_root, crops_cache=cache,
-                                     **kw)
-        crowded = identification_rank1(None, 0, tests.identification_images, tests.aligned_root, crops_cache=cache,
-                                       distractors=tests.distractors, **kw)
-        ident = {"rank1": plain["rank1"], "ci_low": plain["ci"][0], "ci_high": plain["ci"][1],
-                 "rank1_per_identity": plain["rank1_per_identity"], "rank1_distractors": crowded["rank1"],
-                 "rank1_per_identity_distractors": crowded["rank1_per_identity"], "probes": plain["probes"],
-                 "gallery": plain["gallery"], "gallery_with_distractors": crowded["gallery"]}
-    mfr2_row = None
-    if use_mfr2 and tests.mfr2_pairs is not None:
-        from .. import mfr2 as mfr2_protocol
-
+    """:func:`maskstudy.testsets.evaluate_embeddings` on given embeddings (crop rel -> unit vector) instead of a
+    model: the same pairs, folds, thresholds, bootstraps and tables; a crop without an embedding raises
+    ``KeyError``."""
+    needed = crops_of_tests(tests, scenarios=scenarios, identification=identification)
+    _check_covered(lfw, needed, "LFW")
+    with_mfr2 = use_mfr2 and tests.mfr2_pairs is not None
+    if with_mfr2:
         if mfr2 is None:
             raise ValueError("the tests include MFR2 but no MFR2 embeddings were given (or use_mfr2=False)")
-        mfr2_cache = dict(mfr2)
-        _check_covered(mfr2_cache, tests.mfr2_pairs["a"].tolist() + tests.mfr2_pairs["b"].tolist(), "MFR2")
-        result = evaluate_pairs(None, 0, tests.mfr2_pairs, tests.mfr2_root / "aligned", mfr2_cache,
-                                clusters=tests.mfr2_pairs["cluster"], **kw)
-        per_pair["mfr2"] = result
-        mfr2_row = mfr2_protocol.summarise(result, tests.mfr2_pairs, tests.mfr2_photos)
-    return ModelResults(pd.DataFrame(rows, columns=VERIFICATION_COLUMNS), per_pair,
-                        pd.DataFrame(fnmr_rows, columns=["scenario", "fmr_target", "fnmr", "fmr_reached", "threshold"]),
-                        ident, mfr2_row)
+        _check_covered(mfr2, tests.mfr2_pairs["a"].tolist() + tests.mfr2_pairs["b"].tolist(), "MFR2")
+    return testsets.evaluate_embeddings(tests, dict(lfw), dict(mfr2) if with_mfr2 else None, None, 0, scenarios,
+                                        identification, use_mfr2, fixed_fmr, n_boot=n_boot, seed=seed)
 
 
 def evaluate_teacher(
