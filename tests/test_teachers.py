@@ -138,6 +138,22 @@ def test_dlib_separates_lfw_pairs(dlib_teacher, lfw_root, lfw_pairs):
 
 
 @pytest.mark.realdata
+def test_dlib_worker_processes_give_the_same_embeddings(dlib_teacher, lfw_root, lfw_pairs, tmp_path):
+    from maskstudy.teachers.cache import teacher_embeddings
+
+    dlib_teacher.batch_size, batch_size = 2, dlib_teacher.batch_size
+    try:
+        paths = [lfw_root / image for image in sorted(set(lfw_pairs["image_a"]))[:5]]
+        boxes = np.array([[60.0, 60.0, 190.0, 190.0]] * len(paths))
+        alone = teacher_embeddings(dlib_teacher, paths, tmp_path / "one", boxes=boxes, progress=False, workers=1)
+        shared = teacher_embeddings(dlib_teacher, paths, tmp_path / "two", boxes=boxes, progress=False, workers=2)
+    finally:
+        dlib_teacher.batch_size = batch_size
+    assert alone.computed == shared.computed == len(paths)
+    np.testing.assert_allclose(shared.embeddings, alone.embeddings, atol=1e-6)
+
+
+@pytest.mark.realdata
 def test_dlib_fallbacks_are_recorded(dlib_teacher, lfw_root, lfw_pairs, tmp_path):
     photo = lfw_root / lfw_pairs["image_a"].iloc[0]
     no_box = dlib_teacher.embed_files([photo, photo], np.array([[np.nan] * 4, [60.0, 60.0, 190.0, 190.0]]))

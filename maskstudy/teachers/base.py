@@ -84,6 +84,11 @@ class Teacher:
         """Everything that changes this teacher's embeddings (compared by the embedding cache)."""
         return {"name": self.name, "embedding_size": self.embedding_size}
 
+    def worker_spec(self) -> tuple[str, dict] | None:
+        """``(registry name, keyword arguments)`` that rebuild this teacher in a worker process, or ``None`` when it
+        must run in this process (see :func:`maskstudy.teachers.cache.teacher_embeddings`'s ``workers``)."""
+        return None
+
     @property
     def detector(self):
         """The kit's MTCNN (:class:`maskstudy.detect.FaceDetector`, on CUDA when present), created on first use

@@ -121,13 +121,16 @@ def teacher_embeddings(
     progress: bool = True,
     checkpoint_every: int = 512,
     keys: Sequence[str] | None = None,
+    workers: int | None = None,
 ) -> TeacherEmbeddings:
     """Embeddings of photo files by ``teacher``, from ``<cache_dir>/<teacher.name>.npz`` where possible.
 
     ``boxes``: (N, 4) face boxes in the photos' pixels (NaN rows or ``None``: the centre-square fallback), see
     :meth:`~maskstudy.teachers.base.Teacher.embed_files`. ``digests``: the photos' SHA-1 when already known
     (else they are computed). Photos with equal digests and boxes are embedded once. A tqdm bar counts the photos
-    being embedded when ``progress``.
+    being embedded when ``progress``. ``workers`` processes (default: the usable cores,
+    :func:`maskstudy.cpu_threads.available_cores`) share the photos when the teacher can be rebuilt in one
+    (:meth:`~maskstudy.teachers.base.Teacher.worker_spec`); the embeddings are the same as in one process.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -156,12 +159,13 @@ def teacher_embeddings(
         from tqdm import tqdm
 
         bar = tqdm(total=len(pending), desc=f"{teacher.name} embeddings", unit="photo")
+    pool = _worker_pool(teacher, workers, len(pending))
     try:
         for start in range(0, len(pending), checkpoint_every):
             chunk = pending[start:start + checkpoint_every]
             indices = [index for _, index in chunk]
-            result = teacher.embed_files([paths[i] for i in indices], boxes[indices])
-            for (key, index), embedding, fallback in zip(chunk, result.embeddings, result.fallback):
+            embeddings, fallbacks = _embed_chunk(teacher, pool, [paths[i] for i in indices], boxes[indices])
+            for (key, index), embedding, fallback in zip(chunk, embeddings, fallbacks):
                 rows[key] = (embedding, boxes[index], bool(fallback))
             _save(path, teacher, rows)
             if bar is not None:
@@ -169,6 +173,8 @@ def teacher_embeddings(
     finally:
         if bar is not None:
             bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     if not path.is_file():  # nothing to embed and no file yet: leave an empty, valid cache
         _save(path, teacher, rows)
 
@@ -176,6 +182,47 @@ def teacher_embeddings(
     embeddings = np.stack([rows[k][0] for k in wanted]).astype(np.float32) if wanted else np.zeros((0, dim), np.float32)
     fallback = np.array([rows[k][2] for k in wanted], dtype=bool)
     return TeacherEmbeddings(keys, embeddings, fallback, digests, len(pending), path)
+
+
+_WORKER_TEACHER: Teacher | None = None
+
+
+def _start_worker(name: str, kwargs: dict) -> None:
+    global _WORKER_TEACHER
+    from .registry import build_teacher
+
+    _WORKER_TEACHER = build_teacher(name, **kwargs)
+
+
+def _embed_in_worker(paths: list[Path], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    result = _WORKER_TEACHER.embed_files(paths, boxes)
+    return result.embeddings, result.fallback
+
+
+def _worker_pool(teacher: Teacher, workers: int | None, photos: int):
+    """A process pool of teachers rebuilt from :meth:`Teacher.worker_spec` (spawned: no state shared with this
+    process's threads), or ``None`` for one process."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from ..cpu_threads import available_cores
+
+    spec = teacher.worker_spec()
+    workers = available_cores() if workers is None else int(workers)
+    workers = min(workers, max(1, photos // max(1, teacher.batch_size)))
+    if spec is None or workers < 2:
+        return None
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker, initargs=spec)
+
+
+def _embed_chunk(teacher: Teacher, pool, paths: list[Path], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if pool is None:
+        result = teacher.embed_files(paths, boxes)
+        return result.embeddings, result.fallback
+    step = teacher.batch_size
+    futures = [pool.submit(_embed_in_worker, paths[i:i + step], boxes[i:i + step]) for i in range(0, len(paths), step)]
+    parts = [future.result() for future in futures]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def manifest_teacher_embeddings(

@@ -108,6 +108,10 @@ class DlibResnetTeacher(Teacher):
         return {**super().settings, "num_jitters": self.num_jitters, "chip": [CHIP_SIZE, CHIP_PADDING],
                 "box": "square around the MTCNN box"}
 
+    def worker_spec(self) -> tuple[str, dict]:
+        """dlib's network runs on one core (this wheel has no BLAS): photos are spread over worker processes."""
+        return self.name, {"batch_size": self.batch_size, "num_jitters": self.num_jitters}
+
     def landmarks(self, image: np.ndarray, box: np.ndarray):
         """dlib's 5-point shape (``full_object_detection``) of the face inside ``box`` of a uint8 RGB array."""
         left, top, right, bottom = (int(round(v)) for v in dlib_box(box))
