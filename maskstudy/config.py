@@ -114,9 +114,11 @@ BASE: dict[str, Any] = {
     "hybrid_kwargs": {},
     "data_fractions": [0.25, 0.5, 1.0],  # shares of the training identities for the data-size curve
     # pretrained reference and teacher (maskstudy.teachers): "dlib_resnet" | "facenet_vggface2"; None = neither the
-    # reference row nor the guided students
-    "teacher": None,
-    "teacher_students": [],  # attention variants ("none", "se", "cbam") also trained with distillation from it
+    # reference row nor the guided students. Without the optional extra (pip install -e .[teacher]) both are skipped
+    # with a note.
+    "teacher": "dlib_resnet",
+    # attention variants also trained with distillation from the teacher, with the same seeds, data and schedule
+    "teacher_students": ["none", "se", "cbam"],
     # distill weight of the guided students: the margin loss's gradient on an embedding is ~s = 32 times the cosine
     # term's early on, so a weight of a few units lets the teacher matter without swamping the margin (untuned)
     "teacher_distill_weight": 4.0,
@@ -150,6 +152,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "bootstrap_samples": 200,
         "margin_losses": [],
         "extra_seeds": [1],
+        "teacher_students": ["none", "cbam"],
         "vit_width": 0.25,
         "vit_kwargs": {"depth": 2},
         "hybrid_kwargs": {"depth": 1},
@@ -228,7 +231,7 @@ EXTRA_VALUE_TYPES: dict[str, tuple[type, ...]] = {
     # TrainConfig fields that take "auto" or null besides a value
     "train_grad_clip": (type(None),), "train_max_per_identity": (type(None),), "train_channels_last": (bool,),
     "train_num_workers": (int,), "train_num_threads": (int,), "train_deterministic": (bool,),
-    "train_teacher_embeddings": (str,), "teacher": (str,),
+    "train_teacher_embeddings": (str,), "teacher": (type(None),),
 }
 #: Dataset names an extra training set may not take: the build keeps one folder per name.
 RESERVED_DATASET_NAMES = ("lfw",)
