@@ -92,3 +92,53 @@ def single_difference(per_pair: Mapping[str, Mapping[str, dict]], run_a: str, ru
                                     np.asarray(first["clusters"])[chosen], n=n_boot, seed=seed)
     return {"comparison": f"{run_a} - {run_b}", "test": test, "pairs": int(chosen.sum()), "diff": boot["diff"],
             "ci_low": boot["low"], "ci_high": boot["high"], "p_value": boot["p_value"]}
+
+
+def seed_table(long: pd.DataFrame, identification: pd.DataFrame, tests: Sequence[str],
+               kinds: Sequence[str]) -> pd.DataFrame:
+    """The seed study's table: per model (runs of ``kinds``), the seeds, Id % (rank-1 of masked probes, mean over
+    seeds) and, per test, Ver % (mean over seeds) and ± (standard deviation over seeds; blank for single runs)."""
+    rows = []
+    for model, part in long[long["kind"].isin(kinds)].groupby("model", sort=False):
+        ident = identification[identification["model"] == model]
+        row = {"model": model, "seeds": int(part["seed"].nunique()),
+               "Id %": 100 * ident["rank1"].mean() if len(ident) else np.nan}
+        for test in tests:
+            acc = part[part["test"] == test]["accuracy"]
+            row[f"Ver % {test}"] = 100 * acc.mean()
+            row[f"± {test}"] = 100 * acc.std(ddof=1) if len(acc) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows).round(2)
+
+
+def baseline_differences(per_pair: Mapping[str, Mapping[str, dict]], pairs: Sequence[tuple[str, str]],
+                         n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """:func:`single_difference` of each single-run comparison ``(a, b)`` on every test both runs met (in
+    ``a``'s order), with Holm-adjusted p-values over the whole table (``p_holm``)."""
+    rows = [single_difference(per_pair, a, b, test, n_boot=n_boot, seed=seed)
+            for a, b in pairs for test in per_pair[a] if test in per_pair[b]]
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["p_holm"] = holm_adjust(table["p_value"])
+    return table
+
+
+def leave_one_style_out(per_pair: Mapping[str, Mapping[str, dict]], run: str, style: str, reference: str,
+                        references: Sequence[str], left_out: np.ndarray, scenario: str, n_boot: int = 2000,
+                        seed: int = 0) -> pd.DataFrame:
+    """The run trained without mask ``style`` against the ``reference`` run that saw it, on the pairs of
+    ``scenario`` masked with that style (``left_out``) and on the others: each run's accuracy (``run`` and the
+    ``references`` that exist), then the paired identity-bootstrap difference run - reference."""
+    rows = []
+    left_out = np.asarray(left_out, bool)
+    for subset, chosen in [(f"masked with {style} (unseen by {run})", left_out),
+                           ("masked with the other styles", ~left_out)]:
+        for name in [run, *references]:
+            if name in per_pair:
+                correct = per_pair[name][scenario]["correct"][chosen]
+                rows.append({"pairs": subset, "run": name, "n_pairs": int(chosen.sum()),
+                             "accuracy": float(correct.mean())})
+        difference = single_difference(per_pair, run, reference, scenario, n_boot=n_boot, seed=seed, subset=chosen)
+        rows.append({"pairs": subset, "run": f"{run} - {reference}", "n_pairs": int(chosen.sum()),
+                     **{k: v for k, v in difference.items() if k in ("diff", "ci_low", "ci_high", "p_value")}})
+    return pd.DataFrame(rows)

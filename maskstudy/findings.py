@@ -12,13 +12,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import study as design
 from .comparisons import MFR2
+from .pairs import MASKED_MASKED, MASKED_UNMASKED, UNMASKED_UNMASKED, variant_scenario
 
+DETECTED, UNSEEN = design.DETECTED, design.UNSEEN
+DETECTED_EYES = variant_scenario(MASKED_UNMASKED, "detected_eyes")
+BOTH_DETECTED = variant_scenario(MASKED_MASKED, "detected")
 #: Tests named in the findings, in reading order, with a short label.
-HEADLINE_TESTS = {"unmasked_unmasked": "unmasked", "masked_unmasked": "masked-unmasked (shared alignment)",
-                  "masked_unmasked_detected": "masked-unmasked (mask detected on the photo)",
-                  "masked_unmasked_unseen": "masked-unmasked (unseen mask styles)",
-                  "masked_masked_detected": "masked-masked (detected)", MFR2: "MFR2 real masks"}
+HEADLINE_TESTS = {UNMASKED_UNMASKED: "unmasked", MASKED_UNMASKED: "masked-unmasked (shared alignment)",
+                  DETECTED: "masked-unmasked (mask detected on the photo)",
+                  UNSEEN: "masked-unmasked (unseen mask styles)",
+                  BOTH_DETECTED: "masked-masked (detected)", MFR2: "MFR2 real masks"}
 
 
 def _pct(x: float) -> str:
@@ -48,12 +53,12 @@ def study_findings(results: Mapping[str, pd.DataFrame], split: Mapping[str, Any]
         findings.append(f"{model} (mean ± sd over {seeds} training seeds): " + "; ".join(shown) + ".")
     findings += _difference_findings(results["03_differences"], warnings)
     findings += _mask_findings(spread, results)
-    findings += _baseline_findings(results)
+    findings += _baseline_findings(results, design.reference_run(config))
     vit = results["04_vit"].set_index(["model", "scenario"])
-    if ("vit", "masked_unmasked") in vit.index and ("hybrid", "masked_unmasked") in vit.index:
-        findings.append(f"ViT {_pct(vit.loc[('vit', 'masked_unmasked'), 'accuracy_mean'])} and hybrid "
-                        f"{_pct(vit.loc[('hybrid', 'masked_unmasked'), 'accuracy_mean'])} on masked-unmasked pairs "
-                        "(one seed each).")
+    keys = [(model, MASKED_UNMASKED) for model in design.TRANSFORMER_MODELS]
+    if all(key in vit.index for key in keys):
+        findings.append(" and ".join(f"{design.model_label(model)} {_pct(vit.loc[(model, test), 'accuracy_mean'])}"
+                                     for model, test in keys) + " on masked-unmasked pairs (one seed each).")
     if config.get("profile") == "smoke":
         warnings.append("smoke profile: a few training steps on a handful of images; the numbers test the pipeline, "
                         "not the methods.")
@@ -72,7 +77,7 @@ def _difference_findings(differences: pd.DataFrame, warnings: list[str]) -> list
     out = []
     if differences.empty:
         return out
-    headline = differences[differences["test"].isin(["masked_unmasked", "masked_unmasked_detected", MFR2])]
+    headline = differences[differences["test"].isin([MASKED_UNMASKED, DETECTED, MFR2])]
     for row in headline.itertuples():
         if np.isfinite(row.seed_ci_low):
             interval = f"[{_pts(row.seed_ci_low)}, {_pts(row.seed_ci_high)}] over {row.seeds} seeds, Holm p {row.p_seed_holm:.2f}"
@@ -85,7 +90,7 @@ def _difference_findings(differences: pd.DataFrame, warnings: list[str]) -> list
     out.append(f"{len(separated)} of {len(differences)} attention comparisons (all tests) are separated after Holm's "
                "correction" + (": " + "; ".join(f"{r.comparison} on {r.test}" for r in separated.itertuples())
                                 if len(separated) else "; the study cannot tell the attention variants apart."))
-    flips = differences[differences["test"] != "unmasked_unmasked"].groupby("comparison")["diff_seed_mean"].agg(
+    flips = differences[differences["test"] != UNMASKED_UNMASKED].groupby("comparison")["diff_seed_mean"].agg(
         lambda d: bool((d > 0).any() and (d < 0).any()))
     if flips.any():
         warnings.append("the sign of " + ", ".join(flips[flips].index) + " changes from one test to another.")
@@ -99,23 +104,23 @@ def _difference_findings(differences: pd.DataFrame, warnings: list[str]) -> list
 def _mask_findings(spread: pd.DataFrame, results: Mapping[str, pd.DataFrame]) -> list[str]:
     out = []
     means = spread.pivot(index="model", columns="test", values="accuracy_mean")
-    if {"masked_unmasked", "masked_unmasked_detected"} <= set(means.columns):
-        change = means["masked_unmasked_detected"] - means["masked_unmasked"]
+    if {MASKED_UNMASKED, DETECTED} <= set(means.columns):
+        change = means[DETECTED] - means[MASKED_UNMASKED]
         out.append("Detecting the masked face on the masked photo (as a user's pipeline does) instead of reusing the "
                    f"clean photo's landmarks changes masked-unmasked accuracy by {_pts(change.min())} to "
                    f"{_pts(change.max())} points across models (mean over seeds).")
-    if {"masked_unmasked_detected", "masked_unmasked_detected_eyes"} <= set(means.columns):
-        gain = means["masked_unmasked_detected_eyes"] - means["masked_unmasked_detected"]
+    if {DETECTED, DETECTED_EYES} <= set(means.columns):
+        gain = means[DETECTED_EYES] - means[DETECTED]
         out.append(f"Eye-weighted alignment of detected masked faces changes that by {_pts(gain.min())} to "
                    f"{_pts(gain.max())} points.")
-    if {"masked_unmasked", "masked_unmasked_unseen"} <= set(means.columns):
-        change = means["masked_unmasked_unseen"] - means["masked_unmasked"]
+    if {MASKED_UNMASKED, UNSEEN} <= set(means.columns):
+        change = means[UNSEEN] - means[MASKED_UNMASKED]
         out.append(f"Mask styles never seen in training change masked-unmasked accuracy by {_pts(change.min())} to "
                    f"{_pts(change.max())} points against the training styles (shared alignment).")
-    if MFR2 in means.columns and "masked_unmasked_detected" in means.columns:
+    if MFR2 in means.columns and DETECTED in means.columns:
         out.append("MFR2 real masks: " + ", ".join(f"{m} {_pct(v)}" for m, v in means[MFR2].items())
                    + " (mean over seeds), against " + ", ".join(
-                       f"{m} {_pct(v)}" for m, v in means["masked_unmasked_detected"].items())
+                       f"{m} {_pct(v)}" for m, v in means[DETECTED].items())
                    + " on LFW with synthetic masks detected on the photo.")
     if "01_masked_detection" in results:
         detection = results["01_masked_detection"].set_index("mask_styles")
@@ -129,32 +134,33 @@ def _mask_findings(spread: pd.DataFrame, results: Mapping[str, pd.DataFrame]) ->
     return out
 
 
-def _baseline_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
+def _baseline_findings(results: Mapping[str, pd.DataFrame], reference: str | None) -> list[str]:
+    """Sentences on the plain network's extra runs, compared with its main-seed run ``reference``."""
     out = []
     base = results["03_baseline_differences"]
-    if len(base):
-        nomask = base[base["comparison"] == "plain - plain_nomask"].set_index("test")
-        for test in ("masked_unmasked", "masked_unmasked_detected", MFR2):
+    if len(base) and reference:
+        nomask = base[base["comparison"] == f"{reference} - {design.NOMASK_RUN}"].set_index("test")
+        for test in (MASKED_UNMASKED, DETECTED, MFR2):
             if test in nomask.index:
                 r = nomask.loc[test]
                 out.append(f"Training with masked twins (plain, main seed) vs without, on {HEADLINE_TESTS[test]}: "
                            f"{_pts(r['diff'])} points [{_pts(r['ci_low'])}, {_pts(r['ci_high'])}].")
-        twins = base[base["comparison"].str.contains("_twins - plain")]
-        for test in ("masked_unmasked_detected", MFR2, "masked_unmasked"):
+        twins = base[base["comparison"].isin([f"{design.twins_run(v)} - {reference}" for v in design.TWIN_VARIANTS])]
+        for test in (DETECTED, MFR2, MASKED_UNMASKED):
             for row in twins[twins["test"] == test].itertuples():
                 out.append(f"Training on twins detected on the masked photo ({row.comparison}, main seed), on "
                            f"{HEADLINE_TESTS[test]}: {_pts(row.diff)} points [{_pts(row.ci_low)}, {_pts(row.ci_high)}].")
-    if "03_leave_one_style_out" in results:
+    if "03_leave_one_style_out" in results and reference:
         loso = results["03_leave_one_style_out"]
-        diffs = loso[loso["run"].str.endswith(" - plain")]
+        diffs = loso[loso["run"].str.endswith(f" - {reference}")]
         for row in diffs.itertuples():
             out.append(f"Leave one style out, {row.pairs}: {_pts(row.diff)} points [{_pts(row.ci_low)}, "
                        f"{_pts(row.ci_high)}] against the plain net that saw every style.")
     fnmr = results["03_fnmr"]
-    part = fnmr[(fnmr["kind"] == "attention") & (fnmr["fmr_target"] == fnmr["fmr_target"].min())]
+    part = fnmr[(fnmr["kind"] == design.RunKind.ATTENTION) & (fnmr["fmr_target"] == fnmr["fmr_target"].min())]
     if len(part):
         worst = part.groupby("scenario")["fnmr"].mean()
-        shown = [s for s in ("masked_unmasked", "masked_unmasked_detected", "masked_masked_detected") if s in worst.index]
+        shown = [s for s in (MASKED_UNMASKED, DETECTED, BOTH_DETECTED) if s in worst.index]
         if shown:
             out.append(f"At the threshold giving FMR {part['fmr_target'].iloc[0]:g} on unmasked pairs, masked pairs are "
                        "falsely rejected " + ", ".join(f"{_pct(worst[s])} of the time ({HEADLINE_TESTS.get(s, s)})"

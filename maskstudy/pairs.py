@@ -18,7 +18,9 @@ import pandas as pd
 
 from .storage import write_csv, write_text
 
-SCENARIOS = ("unmasked_unmasked", "masked_unmasked", "masked_masked")
+#: The basic scenarios: no image masked, one image of each pair masked, both masked.
+UNMASKED_UNMASKED, MASKED_UNMASKED, MASKED_MASKED = "unmasked_unmasked", "masked_unmasked", "masked_masked"
+SCENARIOS = (UNMASKED_UNMASKED, MASKED_UNMASKED, MASKED_MASKED)
 MASK_SUFFIX = "_mask"
 #: Masked-crop variants (:mod:`maskstudy.masked_photos`) -> suffix of their crop names.
 MASK_VARIANTS = {
@@ -30,12 +32,29 @@ MASK_VARIANTS = {
 }
 #: Scenarios on masked-crop variants: name -> (basic scenario whose pairs and masked sides it keeps, variant).
 VARIANT_SCENARIOS = {
-    "masked_unmasked_detected": ("masked_unmasked", "detected"),
-    "masked_masked_detected": ("masked_masked", "detected"),
-    "masked_unmasked_detected_eyes": ("masked_unmasked", "detected_eyes"),
-    "masked_unmasked_unseen": ("masked_unmasked", "unseen"),
-    "masked_unmasked_unseen_detected": ("masked_unmasked", "unseen_detected"),
+    f"{MASKED_UNMASKED}_detected": (MASKED_UNMASKED, "detected"),
+    f"{MASKED_MASKED}_detected": (MASKED_MASKED, "detected"),
+    f"{MASKED_UNMASKED}_detected_eyes": (MASKED_UNMASKED, "detected_eyes"),
+    f"{MASKED_UNMASKED}_unseen": (MASKED_UNMASKED, "unseen"),
+    f"{MASKED_UNMASKED}_unseen_detected": (MASKED_UNMASKED, "unseen_detected"),
 }
+
+
+def variant_scenario(basic: str, variant: str) -> str:
+    """Name of the :data:`VARIANT_SCENARIOS` scenario that keeps ``basic``'s pairs with ``variant``'s masked crops
+    (``("masked_unmasked", "detected")`` -> ``"masked_unmasked_detected"``)."""
+    for name, key in VARIANT_SCENARIOS.items():
+        if key == (basic, variant):
+            return name
+    known = ", ".join(f"{b}/{v}" for b, v in VARIANT_SCENARIOS.values())
+    raise ValueError(f"no scenario for masked crops {variant!r} on {basic!r} pairs; known: {known}")
+
+
+def variants_of(basic: str) -> list[str]:
+    """The variant scenarios built on ``basic``'s pairs, in :data:`VARIANT_SCENARIOS` order."""
+    return [name for name, (base, _) in VARIANT_SCENARIOS.items() if base == basic]
+
+
 GENERATED_COLUMNS = ["fold", "image_a", "identity_a", "image_b", "identity_b", "label"]
 
 
@@ -50,6 +69,13 @@ def masked_name(rel: str) -> str:
     if not p.stem:
         raise ValueError(f"not an image name: {rel!r}")
     return str(p.with_name(p.stem + MASK_SUFFIX + p.suffix))
+
+
+def masked_images(pairs: pd.DataFrame) -> np.ndarray:
+    """The masked image of each pair of a masked–unmasked pair list (columns ``a`` and ``b``): ``b`` where
+    ``a`` is not a masked twin."""
+    twin = MASK_SUFFIX + ".jpg"
+    return np.where(pairs["a"].astype(str).str.endswith(twin), pairs["a"], pairs["b"])
 
 
 def _pair_columns(df: pd.DataFrame) -> tuple[str, str]:
@@ -82,10 +108,10 @@ def scenario_pairs(pairs: pd.DataFrame, scenario: str, seed: int = 0) -> pd.Data
     ca, cb = _pair_columns(pairs)
     a = pairs[ca].astype(str).tolist()
     b = pairs[cb].astype(str).tolist()
-    if scenario == "masked_masked":
+    if scenario == MASKED_MASKED:
         a = [masked_name(x) for x in a]
         b = [masked_name(x) for x in b]
-    elif scenario == "masked_unmasked":
+    elif scenario == MASKED_UNMASKED:
         new_a, new_b = [], []
         for x, y in zip(a, b):
             if _mask_a(seed, x, y):

@@ -1,23 +1,85 @@
-"""The study's design in one place: which models are trained, with which seeds, under which names.
+"""The study's design in one place: which models are trained, with which seeds, under which names, and which
+tests each table and figure shows in which order.
 
-Notebooks 03-06 take every model name, seed and checkpoint folder from here, so that removing ``se`` from
-``attention_variants`` or adding a seed runs through all of them without edits.
+Notebooks 03-06 take every model name, run name, seed, checkpoint folder and test list from here (scenario names
+come from :mod:`maskstudy.pairs`), so that removing ``se`` from ``attention_variants``, adding a block or a seed
+runs through all of them without edits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Display name of each attention variant (``attention_variants`` in the profile).
-ATTENTION_NAMES = {"none": "plain", "se": "se", "cbam": "cbam"}
+from .comparisons import MFR2
+from .config import TRANSFORMER_KEYS, train_settings
+from .pairs import (
+    MASK_VARIANTS,
+    MASKED_MASKED,
+    MASKED_UNMASKED,
+    SCENARIOS,
+    UNMASKED_UNMASKED,
+    variant_scenario,
+    variants_of,
+)
+
+#: The attention block of the network without attention (``attention_variants`` in the profile).
+NO_ATTENTION = "none"
+#: Name of the network without attention: the reference of every comparison and of the single baseline runs.
+PLAIN = "plain"
+#: Display name of each attention variant (``attention_variants`` in the profile); other blocks keep their name.
+ATTENTION_NAMES = {NO_ATTENTION: PLAIN, "se": "se", "cbam": "cbam"}
+#: The transformer models notebook 04 trains beside the CNNs (one per family of :data:`config.TRANSFORMER_KEYS`).
+TRANSFORMER_MODELS = tuple(TRANSFORMER_KEYS)
+#: Readable labels of models whose name is not already one (others are shown as they are).
+MODEL_LABELS = {"vit": "ViT"}
+#: The transformer of notebook 04's data-size curve, and the column of the CNN's lead over it.
+DATA_SIZE_TRANSFORMER = "vit"
+DATA_SIZE_GAP = f"cnn_minus_{DATA_SIZE_TRANSFORMER}"
+#: Masked-crop variant of the twins the networks train on unless a run says otherwise.
+SHARED_TWINS = "shared"
+
+
+class RunKind:
+    """Values of :attr:`TrainingRun.kind` (see there)."""
+
+    ATTENTION = "attention"
+    BASELINE = "baseline"
+    LEAVE_OUT = "leave_out"
+    TWINS = "twins"
+    MARGIN = "margin"
+
+
+#: Run kinds in notebook 03's learning curves, the seed study's table (03 and 06) and 06's accuracy figure.
+CURVE_KINDS = (RunKind.ATTENTION, RunKind.BASELINE)
+SEED_TABLE_KINDS = (RunKind.ATTENTION, RunKind.BASELINE, RunKind.TWINS, RunKind.MARGIN)
+FIGURE_KINDS = (RunKind.ATTENTION, RunKind.BASELINE, RunKind.TWINS)
+
+#: The scenario the study is about: a masked probe against an unmasked photo. The best CNN is chosen on it, the
+#: data-size gap and the leave-one-style-out run are measured on it.
+KEY_SCENARIO = MASKED_UNMASKED
+#: The two scenarios of runs evaluated only in part (leave-one-style-out run, data-size curve).
+CORE_SCENARIOS = (UNMASKED_UNMASKED, MASKED_UNMASKED)
+#: Masked-unmasked pairs whose masked photo is detected and aligned by itself, and those in unseen mask styles.
+DETECTED = variant_scenario(MASKED_UNMASKED, "detected")
+UNSEEN = variant_scenario(MASKED_UNMASKED, "unseen")
 
 
 def attention_models(config: Mapping[str, Any]) -> dict[str, str]:
     """Model name -> attention block, in the profile's order: ``{"plain": "none", "se": "se", "cbam": "cbam"}``."""
     return {ATTENTION_NAMES.get(a, a): a for a in config["attention_variants"]}
+
+
+def plain_model(config: Mapping[str, Any]) -> str | None:
+    """The attention model without an attention block (``plain``), or ``None`` when the profile trains none."""
+    return next((name for name, block in attention_models(config).items() if block == NO_ATTENTION), None)
+
+
+def attended_models(config: Mapping[str, Any]) -> list[str]:
+    """The attention models that have an attention block (e.g. ``se``, ``cbam``), in the profile's order."""
+    return [name for name, block in attention_models(config).items() if block != NO_ATTENTION]
 
 
 def seeds(config: Mapping[str, Any]) -> list[int]:
@@ -39,14 +101,35 @@ def checkpoint(outputs: str | Path, run: str) -> Path:
     return Path(outputs) / "checkpoints" / run / "last.pt"
 
 
+#: Masked-crop variants a twins run may train on (:data:`maskstudy.pairs.MASK_VARIANTS`).
+TWIN_VARIANTS = ("detected", "detected_eyes")
+#: The run of the plain network trained without masked twins (the seed study's baseline).
+NOMASK_RUN = f"{PLAIN}_nomask"
+
+
+def leave_out_run(style: str) -> str:
+    """Name of the plain network trained without the twins of mask ``style``."""
+    return f"{PLAIN}_without_{style}"
+
+
+def twins_run(variant: str) -> str:
+    """Name of the plain network trained on twins of masked-crop ``variant`` (e.g. ``detected``)."""
+    return f"{PLAIN}_{variant}_twins"
+
+
+def margin_run(margin: str) -> str:
+    """Name of the plain network trained with margin head ``margin`` instead of the profile's."""
+    return f"{PLAIN}_{margin}"
+
+
 @dataclass(frozen=True)
 class TrainingRun:
     """One network notebook 03 trains: its model name, seed, kind and TrainConfig fields.
 
-    ``kind``: ``attention`` (the compared variants, repeated over seeds), ``baseline`` (no masks in training),
-    ``leave_out`` (trained without one mask style's twins), ``twins`` (trained on masked twins detected and
-    aligned on the masked photo, ``masked_variant``, as they are met at test time) or ``margin`` (another margin
-    head on the plain net).
+    ``kind`` (:class:`RunKind`): ``attention`` (the compared variants, repeated over seeds), ``baseline`` (no
+    masks in training), ``leave_out`` (trained without one mask style's twins), ``twins`` (trained on masked twins
+    detected and aligned on the masked photo, ``masked_variant``, as they are met at test time) or ``margin``
+    (another margin head on the plain net).
     """
 
     name: str
@@ -55,48 +138,144 @@ class TrainingRun:
     kind: str
     settings: dict
     left_out_style: str | None = None
-    masked_variant: str = "shared"
+    masked_variant: str = SHARED_TWINS
+
+    @property
+    def scenarios(self) -> list[str] | None:
+        """The LFW scenarios this run is evaluated on (``None``: every test); the leave-one-style-out run meets
+        only the two it is compared on."""
+        return list(CORE_SCENARIOS) if self.kind == RunKind.LEAVE_OUT else None
+
+    @property
+    def identification(self) -> bool:
+        """Whether the identification test runs on this network."""
+        return self.kind != RunKind.LEAVE_OUT
+
+    @property
+    def swaps_twins(self) -> bool:
+        """Whether the run trains on other masked crops than the shared twins."""
+        return self.masked_variant != SHARED_TWINS
 
 
 def training_runs(config: Mapping[str, Any]) -> dict[str, TrainingRun]:
     """Every training run of notebook 03, by run name, in training order (main seed first)."""
-    from .config import train_settings
-
     runs: dict[str, TrainingRun] = {}
     attention = attention_models(config)
     for seed in seeds(config):
         for model, block in attention.items():
             name = run_name(model, seed, config)
-            runs[name] = TrainingRun(name, model, seed, "attention", train_settings(config, block, seed=seed))
+            runs[name] = TrainingRun(name, model, seed, RunKind.ATTENTION, train_settings(config, block, seed=seed))
     main = int(config["seed"])
     if config.get("nomask_baseline"):
-        runs["plain_nomask"] = TrainingRun("plain_nomask", "plain_nomask", main, "baseline",
-                                           train_settings(config, "none", masked_share=0.0))
+        runs[NOMASK_RUN] = TrainingRun(NOMASK_RUN, NOMASK_RUN, main, RunKind.BASELINE,
+                                       train_settings(config, NO_ATTENTION, masked_share=0.0))
     style = config.get("leave_out_style")
     if style and style not in config["mask_styles"]:
         raise ValueError(f"leave_out_style={style!r} is not one of the training styles {config['mask_styles']}")
     if style:
-        name = f"plain_without_{style}"
-        runs[name] = TrainingRun(name, name, main, "leave_out", train_settings(config, "none"), style)
+        name = leave_out_run(style)
+        runs[name] = TrainingRun(name, name, main, RunKind.LEAVE_OUT, train_settings(config, NO_ATTENTION), style)
     variant = config.get("detected_twins_run")
-    if variant and variant not in ("detected", "detected_eyes"):
-        raise ValueError(f"detected_twins_run={variant!r}: expected 'detected', 'detected_eyes' or null")
+    if variant and variant not in TWIN_VARIANTS:
+        raise ValueError(f"detected_twins_run={variant!r}: expected {' or '.join(map(repr, TWIN_VARIANTS))} or null")
     if variant:
-        name = f"plain_{variant}_twins"
-        runs[name] = TrainingRun(name, name, main, "twins", train_settings(config, "none"), masked_variant=variant)
-    for margin in config.get("margin_losses") or []:
-        name = f"plain_{margin}"
-        runs[name] = TrainingRun(name, name, main, "margin", train_settings(config, "none", margin=margin))
+        name = twins_run(variant)
+        runs[name] = TrainingRun(name, name, main, RunKind.TWINS, train_settings(config, NO_ATTENTION),
+                                 masked_variant=variant)
+    for margin in margin_losses(config):
+        name = margin_run(margin)
+        runs[name] = TrainingRun(name, name, main, RunKind.MARGIN, train_settings(config, NO_ATTENTION, margin=margin))
     return runs
+
+
+def margin_losses(config: Mapping[str, Any]) -> list[str]:
+    """The margin heads the plain network is also trained with (``margin_losses``; may be empty)."""
+    return list(config.get("margin_losses") or [])
+
+
+def margin_runs(config: Mapping[str, Any]) -> list[str]:
+    """Names of the margin-loss runs, in the profile's order."""
+    return [margin_run(m) for m in margin_losses(config)]
+
+
+def nomask_run(config: Mapping[str, Any]) -> str | None:
+    """The no-mask baseline's run name, or ``None`` when the profile skips it."""
+    return NOMASK_RUN if config.get("nomask_baseline") else None
+
+
+def reference_run(config: Mapping[str, Any]) -> str | None:
+    """The plain network's main-seed run: what the baseline, twins, margin and leave-one-style-out runs are
+    compared with (``None`` when the profile trains no plain network)."""
+    plain = plain_model(config)
+    return None if plain is None else run_name(plain, int(config["seed"]), config)
+
+
+def plain_runs(config: Mapping[str, Any]) -> list[str]:
+    """The plain network's runs over all seeds (main seed first); empty when it is not trained."""
+    plain = plain_model(config)
+    return [] if plain is None else [run_name(plain, seed, config) for seed in seeds(config)]
+
+
+def baseline_comparisons(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Single-run comparisons ``(a, b)`` (a - b, main seed) of the plain network's extra runs: plain against
+    the no-mask baseline, each twins run against plain, plain against each margin head."""
+    reference = reference_run(config)
+    if reference is None:
+        return []
+    runs = training_runs(config).values()
+    pairs = [(reference, r.name) for r in runs if r.kind == RunKind.BASELINE]
+    pairs += [(r.name, reference) for r in runs if r.kind == RunKind.TWINS]
+    return pairs + [(reference, r.name) for r in runs if r.kind == RunKind.MARGIN]
+
+
+def margin_table_models(config: Mapping[str, Any]) -> list[str]:
+    """Models of the margin-loss table: the plain network (the profile's head) and each other head's run."""
+    plain = plain_model(config)
+    return ([plain] if plain else []) + margin_runs(config)
+
+
+def roc_runs(config: Mapping[str, Any]) -> list[str]:
+    """Runs of notebook 06's ROC figure: the attention models (main seed) and the no-mask baseline."""
+    return list(attention_models(config)) + ([NOMASK_RUN] if config.get("nomask_baseline") else [])
+
+
+def explained_networks(config: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """``(model, seed)`` of every network notebook 05 explains: the attention models with every seed, then the
+    transformers with the main seed."""
+    main = int(config["seed"])
+    return [(m, s) for m in attention_models(config) for s in seeds(config)] + [(m, main) for m in TRANSFORMER_MODELS]
 
 
 def attention_comparisons(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Pairs ``(a, b)`` of attention models compared as a - b: each block against plain, then the blocks
     against each other (e.g. se - plain, cbam - plain, cbam - se)."""
     names = list(attention_models(config))
-    base = "plain" if "plain" in names else names[0]
+    base = plain_model(config) or names[0]
     others = [n for n in names if n != base]
     return [(n, base) for n in others] + [(b, a) for i, a in enumerate(others) for b in others[i + 1:]]
+
+
+def _present(tests: Iterable[str], available: Iterable[str]) -> list[str]:
+    have = set(available)
+    return [t for t in tests if t in have]
+
+
+def table_tests(available: Iterable[str]) -> list[str]:
+    """Columns of the seed study's table, in order: the basic scenarios, then those of the masked photo detected
+    by itself, of unseen mask styles and MFR2 that were ``available``."""
+    return list(SCENARIOS) + _present((DETECTED, UNSEEN, MFR2), available)
+
+
+def mask_scenario_order(available: Iterable[str]) -> list[str]:
+    """The masked scenarios of the seen/unseen and shared/detected table, in order: each masked basic scenario
+    followed by its variants, then MFR2 (only those ``available``)."""
+    order = [MASKED_UNMASKED, *variants_of(MASKED_UNMASKED), MASKED_MASKED, *variants_of(MASKED_MASKED), MFR2]
+    return _present(order, available)
+
+
+def roc_tests(available: Iterable[str]) -> list[str]:
+    """Panels of notebook 06's ROC figure, in order (only those ``available``)."""
+    return _present((*SCENARIOS, DETECTED, MFR2), available)
 
 
 def without_style(rows, style: str):
@@ -110,8 +289,6 @@ def without_style(rows, style: str):
 def with_masked_variant(rows, variant: str, data_dir):
     """Training rows whose masked twins are replaced by their ``variant`` crops (e.g. ``detected``: the masked
     photo detected and aligned by itself) where notebook 01 built them; other rows keep their shared twin."""
-    from pathlib import Path
-
     from .masked_photos import variant_name
 
     rows = rows.copy()
@@ -127,6 +304,23 @@ def with_masked_variant(rows, variant: str, data_dir):
     return rows
 
 
+#: Readable label of each masked-crop variant (:data:`maskstudy.pairs.MASK_VARIANTS`) in figures.
+VARIANT_LABELS = {SHARED_TWINS: "shared", "detected": "detected", "detected_eyes": "detected, eye-weighted",
+                  "unseen": "unseen", "unseen_detected": "unseen, detected"}
+
+
+def variant_titles(seen_style: str, unseen_style: str) -> dict[str, str]:
+    """Figure title of each masked-crop variant of one photo, in :data:`maskstudy.pairs.MASK_VARIANTS` order; the
+    shared twin and the unseen-style twin name their mask style."""
+    styled = {SHARED_TWINS: seen_style, "unseen": unseen_style}
+    return {v: f"{VARIANT_LABELS[v]} {styled[v]}" if v in styled else VARIANT_LABELS[v] for v in MASK_VARIANTS}
+
+
+def model_label(model: str) -> str:
+    """Readable label of a model name in sentences (``vit`` -> ``ViT``)."""
+    return MODEL_LABELS.get(model, model)
+
+
 def display_name(run: str) -> str:
     """Readable label of a run or model name for tables and figures."""
-    return run.replace("_seed", " seed ").replace("plain_without_", "plain without ").replace("_", " ")
+    return run.replace("_seed", " seed ").replace(leave_out_run(""), f"{PLAIN} without ").replace("_", " ")

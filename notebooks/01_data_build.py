@@ -221,12 +221,11 @@ if cfg["masked_variants"]:
     sample = variants[variants["unseen_style"] != ""].sample(min(6, len(variants)), random_state=cfg["seed"])
     root = study.data_dir / "lfw" / "aligned"
     from maskstudy.masked_photos import variant_name
+    from maskstudy.study import variant_titles
 
     images, titles = [], []
     for row in sample.to_dict("records"):
-        for variant, title in [("shared", f"shared {row['seen_style']}"), ("detected", "detected"),
-                               ("detected_eyes", "detected, eye-weighted"), ("unseen", f"unseen {row['unseen_style']}"),
-                               ("unseen_detected", "unseen, detected")]:
+        for variant, title in variant_titles(row["seen_style"], row["unseen_style"]).items():
             images.append(root / variant_name(row["aligned"], variant))
             titles.append(title)
     fig = image_grid(images, titles, ncols=5, size=1.8,

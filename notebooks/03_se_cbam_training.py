@@ -42,16 +42,13 @@ cfg = study.config
 display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`, data folder `{study.data_dir}`"))
 
 # %%
-from maskstudy import storage
+from maskstudy import experiment
 from maskstudy import study as design
 from maskstudy.protocol import Split
-from maskstudy.train import TrainConfig, train_or_restart
 
 train_csv = study.data_dir / "split" / "train_clean.csv"
 pairs_dir = study.data_dir / "lfw" / "pairs"
-for needed in (train_csv, pairs_dir / "masked_unmasked.csv"):
-    if not needed.exists():
-        raise FileNotFoundError(f"{needed} is missing: run notebooks 01 and 02 first")
+experiment.require([train_csv, pairs_dir / f"{design.KEY_SCENARIO}.csv"], "notebooks 01 and 02")
 split = Split.load(study.data_dir / "split")
 display(Markdown(f"**Protocol `{split.protocol}`.** {split.description}"))
 
@@ -75,16 +72,10 @@ pd.DataFrame([{"run": r.name, "model": r.model, "seed": r.seed, "kind": r.kind, 
 rows = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
 results = {}
 for run in runs.values():
-    csv = train_csv
-    if run.left_out_style:
-        csv = study.outputs / "leave_out" / f"train_without_{run.left_out_style}.csv"
-        storage.write_csv(csv, design.without_style(rows, run.left_out_style))
-    if run.masked_variant != "shared":
-        csv = study.outputs / "twins" / f"train_{run.masked_variant}.csv"
-        storage.write_csv(csv, design.with_masked_variant(rows, run.masked_variant, study.data_dir))
+    csv = experiment.training_csv(run, rows, train_csv, study.outputs, study.data_dir)
     print(f"== {run.name}: {run.settings['backbone']}, seed {run.seed}, masked share {run.settings['masked_share']}")
-    results[run.name] = train_or_restart(TrainConfig.from_dict(run.settings), csv, study.data_dir,
-                                         design.checkpoint(study.outputs, run.name).parent)
+    results[run.name] = experiment.train_network(run.settings, csv, study.data_dir,
+                                                 design.checkpoint(study.outputs, run.name).parent)
 history = pd.concat([r.history.assign(run=name, model=runs[name].model, seed=runs[name].seed)
                      for name, r in results.items()], ignore_index=True)
 study.save_table(history, "03_training_log")
@@ -92,7 +83,7 @@ study.save_table(history, "03_training_log")
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
 colours = dict(zip(dict.fromkeys(runs[n].model for n in results), plt.cm.tab10.colors))
-for name, part in history[history["run"].map(lambda n: runs[n].kind in ("attention", "baseline"))].groupby("run", sort=False):
+for name, part in history[history["run"].map(lambda n: runs[n].kind in design.CURVE_KINDS)].groupby("run", sort=False):
     run = runs[name]
     style = dict(color=colours[run.model], alpha=1.0 if run.seed == main_seed else 0.45, lw=1.6 if run.seed == main_seed else 0.9,
                  label=run.model if run.seed == main_seed else None)
@@ -108,14 +99,11 @@ study.save_figure(fig, "03_learning_curves")
 plt.show()
 
 # %%
-from maskstudy.evaluate import backbone_from_checkpoint, load_checkpoint
-from maskstudy.models import count_flops, count_parameters
-
-backbones = {name: backbone_from_checkpoint(load_checkpoint(r.checkpoint)) for name, r in results.items()}
+backbones = {name: experiment.load_network(r.checkpoint)[0] for name, r in results.items()}
 training_table = pd.DataFrame([{
     "run": name, "model": runs[name].model, "seed": runs[name].seed, "backbone": runs[name].settings["backbone"],
-    "masked_share": runs[name].settings["masked_share"], "params": count_parameters(backbones[name]),
-    "gflops": count_flops(backbones[name], runs[name].settings["input_size"]) / 1e9,
+    "masked_share": runs[name].settings["masked_share"],
+    **experiment.model_size(backbones[name], runs[name].settings["input_size"]),
     "epochs": int(r.history["epoch"].max()), "final_loss": float(r.history["loss"].iloc[-1]),
     "final_val_acc": float(r.history["val_acc"].iloc[-1]), "train_seconds": float(r.history["seconds"].sum()),
     "images_per_s": float(r.history["images_per_s"].mean()),
@@ -127,12 +115,8 @@ training_table
 # ## Evaluation: LFW scenarios, fixed-threshold error rates, identification, MFR2
 
 # %%
-from maskstudy.data import find_dataset, read_manifest
-from maskstudy.testsets import TestSets, evaluate_model
-
-mfr2_source = find_dataset("mfr2", cfg["mfr2_root"])
-tests = TestSets.from_run(study.data_dir, read_manifest(study.data_dir / "lfw" / "cleaned.csv"),
-                          set(split.eval_identities["identity"]), mfr2_source, crop_size=cfg["crop_size"])
+evaluation = experiment.Evaluation.from_run(study.data_dir, split, cfg)
+tests, mfr2_source = evaluation.tests, evaluation.mfr2_source
 if mfr2_source is None:
     display(Markdown("*MFR2 not found (set `mfr2_root` or `$MASKSTUDY_MFR2`, or place it in `../shared/data/mfr2`): "
                      "the real-mask tests are skipped.*"))
@@ -141,10 +125,8 @@ display(Markdown(f"LFW tests: {', '.join(tests.scenarios)}" + (f"; MFR2: {len(te
 evaluated = {}
 for name, run in runs.items():
     print(f"evaluating {name}", flush=True)
-    scenarios = ["unmasked_unmasked", "masked_unmasked"] if run.kind == "leave_out" else None
-    evaluated[name] = evaluate_model(backbones[name], run.settings["input_size"], tests, scenarios=scenarios,
-                                     identification=run.kind != "leave_out", fixed_fmr=cfg["fixed_fmr"],
-                                     batch_size=cfg["eval_batch_size"], n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
+    evaluated[name] = evaluation.evaluate(backbones[name], run.settings["input_size"], scenarios=run.scenarios,
+                                          identification=run.identification)
 
 def tagged(frame, name):
     run = runs[name]
@@ -185,29 +167,18 @@ display(Markdown(f"Seeds: {seeds}."), spread.pivot(index="model", columns="test"
 # %%
 # the seed study's table: Id % (masked probes, unmasked gallery) and Ver % per scenario, mean over seeds (± std over
 # seeds) for the attention models; single runs for the baselines
-basic = ["unmasked_unmasked", "masked_unmasked", "masked_masked"]
-table_tests = basic + [t for t in ["masked_unmasked_detected", "masked_unmasked_unseen", comparisons.MFR2] if t in set(long["test"])]
-main_kinds = long[long["kind"].isin(["attention", "baseline", "twins", "margin"])]
-seed_rows = []
-for model, part in main_kinds.groupby("model", sort=False):
-    ident = identification[identification["model"] == model]
-    row = {"model": model, "seeds": int(part["seed"].nunique()), "Id %": 100 * ident["rank1"].mean() if len(ident) else np.nan}
-    for test in table_tests:
-        acc = part[part["test"] == test]["accuracy"]
-        row[f"Ver % {test}"] = 100 * acc.mean()
-        row[f"± {test}"] = 100 * acc.std(ddof=1) if len(acc) > 1 else np.nan
-    seed_rows.append(row)
-seed_table = pd.DataFrame(seed_rows).round(2)
+seed_table = comparisons.seed_table(long, identification, design.table_tests(long["test"]), design.SEED_TABLE_KINDS)
 study.save_table(seed_table, "03_seed_table")
 display(Markdown("Mean over seeds; ± is the standard deviation **over training seeds** (blank for single runs)."), seed_table)
 
 # %%
 fig, ax = plt.subplots(figsize=(13, 4))
-tests_shown = list(dict.fromkeys(long[long["kind"] == "attention"]["test"]))
+attention_long = long[long["kind"] == design.RunKind.ATTENTION]
+tests_shown = list(dict.fromkeys(attention_long["test"]))
 models_shown = list(attention)
 width = 0.8 / len(models_shown)
 for i, model in enumerate(models_shown):
-    part = long[(long["model"] == model) & (long["kind"] == "attention")]
+    part = attention_long[attention_long["model"] == model]
     x = np.arange(len(tests_shown)) + i * width
     means = [part[part["test"] == t]["accuracy"].mean() for t in tests_shown]
     ax.bar(x, means, width, label=model, color=plt.cm.tab10(i), alpha=0.75)
@@ -215,7 +186,7 @@ for i, model in enumerate(models_shown):
         values = part[part["test"] == t]["accuracy"]
         ax.scatter(np.full(len(values), x[j]), values, s=9, color="k", zorder=3)
 ax.set_xticks(np.arange(len(tests_shown)) + width * (len(models_shown) - 1) / 2, [t.replace("_", "\n") for t in tests_shown], fontsize=7)
-ax.set_ylim(max(0.45, long[long["kind"] == "attention"]["accuracy"].min() - 0.05), 1.0)
+ax.set_ylim(max(0.45, attention_long["accuracy"].min() - 0.05), 1.0)
 ax.set_ylabel("accuracy (bars: mean over seeds; dots: seeds)")
 ax.set_title("Every test, every seed"); ax.legend(fontsize=8)
 fig.tight_layout()
@@ -241,25 +212,8 @@ display(Markdown(
        if len(separated) else ": at this profile's size the attention variants cannot be told apart.")))
 
 # %%
-baseline_rows = []
-if "plain_nomask" in per_pair:
-    for test in per_pair["plain_nomask"]:
-        if test in per_pair["plain"]:
-            baseline_rows.append(comparisons.single_difference(per_pair, "plain", "plain_nomask", test,
-                                                               n_boot=cfg["bootstrap_samples"], seed=cfg["seed"]))
-for twins_run in [n for n, r in runs.items() if r.kind == "twins"]:
-    for test in per_pair[twins_run]:
-        baseline_rows.append(comparisons.single_difference(per_pair, twins_run, "plain", test,
-                                                           n_boot=cfg["bootstrap_samples"], seed=cfg["seed"]))
-for margin_run in [n for n, r in runs.items() if r.kind == "margin"]:
-    for test in per_pair[margin_run]:
-        baseline_rows.append(comparisons.single_difference(per_pair, "plain", margin_run, test,
-                                                           n_boot=cfg["bootstrap_samples"], seed=cfg["seed"]))
-baselines = pd.DataFrame(baseline_rows)
-if len(baselines):
-    from maskstudy.statistics import holm_adjust
-
-    baselines["p_holm"] = holm_adjust(baselines["p_value"])
+baselines = comparisons.baseline_differences(per_pair, design.baseline_comparisons(cfg),
+                                             n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
 study.save_table(baselines, "03_baseline_differences")
 display(Markdown("**Training with masked twins, with detected twins, and other margin losses** (main seed, identity "
                  "bootstrap; Holm over this table):"), baselines.round(4))
@@ -268,9 +222,7 @@ display(Markdown("**Training with masked twins, with detected twins, and other m
 # ## Seen and unseen masks, shared alignment and detection on the masked photo
 
 # %%
-order = [t for t in ["masked_unmasked", "masked_unmasked_detected", "masked_unmasked_detected_eyes", "masked_unmasked_unseen",
-                     "masked_unmasked_unseen_detected", "masked_masked", "masked_masked_detected", comparisons.MFR2]
-         if t in set(spread["test"])]
+order = design.mask_scenario_order(spread["test"])
 masks_table = spread[spread["test"].isin(order)].pivot(index="model", columns="test", values="accuracy_mean")[order]
 study.save_table(masks_table.reset_index(), "03_mask_scenarios")
 display(Markdown("Mean accuracy over seeds: masks aligned with the clean photo (`masked_unmasked`), detected on the "
@@ -278,29 +230,23 @@ display(Markdown("Mean accuracy over seeds: masks aligned with the clean photo (
                  "training (`_unseen`), and MFR2's real masks."), masks_table.round(4))
 display(Markdown("**False non-match rate at a fixed threshold** (FMR target on unmasked pairs of the other folds), "
                  "mean over seeds:"),
-        fnmr[fnmr["kind"] == "attention"].groupby(["model", "scenario", "fmr_target"])["fnmr"].mean().unstack("fmr_target").round(4))
+        fnmr[fnmr["kind"] == design.RunKind.ATTENTION].groupby(["model", "scenario", "fmr_target"])["fnmr"].mean().unstack("fmr_target").round(4))
 
 # %%
-loso_rows = []
-leave_out = [r for r in runs.values() if r.kind == "leave_out"]
-if leave_out:
+from maskstudy.data import read_manifest
+from maskstudy.pairs import masked_images
+
+loso = pd.DataFrame()
+leave_out = [r for r in runs.values() if r.kind == design.RunKind.LEAVE_OUT]
+if leave_out and design.reference_run(cfg):
     run = leave_out[0]
     lfw = read_manifest(study.data_dir / "lfw" / "cleaned.csv")
     style_of = dict(zip(lfw["masked"], lfw["mask_style"]))
-    pairs = pd.read_csv(pairs_dir / "masked_unmasked.csv", dtype=str, keep_default_na=False)
-    masked_side = np.where(pairs["a"].str.endswith("_mask.jpg"), pairs["a"], pairs["b"])
-    is_left_out = np.array([style_of.get(m) == run.left_out_style for m in masked_side])
-    for subset, chosen in [(f"masked with {run.left_out_style} (unseen by {run.name})", is_left_out),
-                           ("masked with the other styles", ~is_left_out)]:
-        for name in [run.name] + [design.run_name("plain", s, cfg) for s in seeds]:
-            if name in per_pair:
-                correct = per_pair[name]["masked_unmasked"]["correct"][chosen]
-                loso_rows.append({"pairs": subset, "run": name, "n_pairs": int(chosen.sum()), "accuracy": float(correct.mean())})
-        loso_rows.append({"pairs": subset, "run": f"{run.name} - plain", "n_pairs": int(chosen.sum()),
-                          **{k: v for k, v in comparisons.single_difference(per_pair, run.name, "plain", "masked_unmasked",
-                                                                           n_boot=cfg["bootstrap_samples"], seed=cfg["seed"],
-                                                                           subset=chosen).items() if k in ("diff", "ci_low", "ci_high", "p_value")}})
-loso = pd.DataFrame(loso_rows)
+    pairs = pd.read_csv(pairs_dir / f"{design.KEY_SCENARIO}.csv", dtype=str, keep_default_na=False)
+    is_left_out = np.array([style_of.get(m) == run.left_out_style for m in masked_images(pairs)])
+    loso = comparisons.leave_one_style_out(per_pair, run.name, run.left_out_style, design.reference_run(cfg),
+                                           design.plain_runs(cfg), is_left_out, design.KEY_SCENARIO,
+                                           n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
 study.save_table(loso, "03_leave_one_style_out")
 display(Markdown("**Leave one style out**: the plain network trained without one style's twins, on masked-unmasked "
                  "pairs whose mask is that style, against the plain network that saw it (accuracy under the 10-fold "
@@ -314,8 +260,8 @@ if len(mfr2_table):
     display(Markdown("**MFR2** (real masks, detected and aligned from the photos; 10 folds in file order):"), mfr2_table.round(4))
 
 # %%
-if cfg["margin_losses"]:
-    margin_table = verification[verification["model"].isin(["plain"] + [f"plain_{m}" for m in cfg["margin_losses"]])
+if design.margin_runs(cfg):
+    margin_table = verification[verification["model"].isin(design.margin_table_models(cfg))
                                 & (verification["seed"] == main_seed)].copy()
     margin_table.insert(1, "margin", margin_table["run"].map(lambda n: runs[n].settings["margin"]))
     study.save_table(margin_table, "03_margin_losses")

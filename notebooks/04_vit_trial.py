@@ -34,51 +34,34 @@ cfg = study.config
 display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`, data folder `{study.data_dir}`"))
 
 # %%
-from maskstudy import storage
+from maskstudy import experiment, storage
 from maskstudy import study as design
 from maskstudy.config import train_settings, transformer_settings
-from maskstudy.data import find_dataset, read_manifest
-from maskstudy.evaluate import backbone_from_checkpoint, load_checkpoint
-from maskstudy.models import count_flops, count_parameters
 from maskstudy.protocol import Split
-from maskstudy.testsets import TestSets, evaluate_model
-from maskstudy.train import TrainConfig, train_or_restart
 
 train_csv = study.data_dir / "split" / "train_clean.csv"
 summary_03 = study.tables / "03_seed_summary.csv"
-for needed in (train_csv, summary_03, study.tables / "03_verification.csv"):
-    if not needed.exists():
-        raise FileNotFoundError(f"{needed} is missing: run notebooks 01-03 first")
+experiment.require([train_csv, summary_03, study.tables / "03_verification.csv"], "notebooks 01-03")
 attention_models = design.attention_models(cfg)
 spread = pd.read_csv(summary_03)
-masked = spread[(spread["test"] == "masked_unmasked") & spread["model"].isin(attention_models)]
+masked = spread[(spread["test"] == design.KEY_SCENARIO) & spread["model"].isin(attention_models)]
 best_cnn = masked.sort_values("accuracy_mean", ascending=False)["model"].iloc[0]
 display(Markdown(f"Best CNN of notebook 03 on masked–unmasked pairs (mean over seeds): **{best_cnn}**; its main-seed run "
                  "is the comparison below."))
-split = Split.load(study.data_dir / "split")
-tests = TestSets.from_run(study.data_dir, read_manifest(study.data_dir / "lfw" / "cleaned.csv"),
-                          set(split.eval_identities["identity"]), find_dataset("mfr2", cfg["mfr2_root"]),
-                          crop_size=cfg["crop_size"])
-
-
-def evaluate_checkpoint(checkpoint, **kw):
-    loaded = load_checkpoint(checkpoint)
-    return evaluate_model(backbone_from_checkpoint(loaded, checkpoint), int(loaded["config"]["input_size"]), tests,
-                          fixed_fmr=cfg["fixed_fmr"], batch_size=cfg["eval_batch_size"],
-                          n_boot=cfg["bootstrap_samples"], seed=cfg["seed"], **kw)
+evaluation = experiment.Evaluation.from_run(study.data_dir, Split.load(study.data_dir / "split"), cfg)
 
 
 # %% [markdown]
 # ## ViT and hybrid on all the training data
 
 # %%
-models = {"vit": transformer_settings(cfg, "vit"), "hybrid": transformer_settings(cfg, "hybrid")}
+models = {name: transformer_settings(cfg, name) for name in design.TRANSFORMER_MODELS}
 results, tables, mfr2_rows = {}, [], []
 for name, settings in models.items():
     print(f"== {name}: {settings['backbone']} {settings['backbone_kwargs']}")
-    results[name] = train_or_restart(TrainConfig.from_dict(settings), train_csv, study.data_dir,
-                                     design.checkpoint(study.outputs, name).parent)
-    evaluated = evaluate_checkpoint(results[name].checkpoint, identification=False)
+    results[name] = experiment.train_network(settings, train_csv, study.data_dir,
+                                             design.checkpoint(study.outputs, name).parent)
+    evaluated = evaluation.evaluate_checkpoint(results[name].checkpoint, identification=False)
     tables.append(evaluated.verification.assign(model=name))
     if evaluated.mfr2:
         mfr2_rows.append({"model": name, **evaluated.mfr2})
@@ -92,9 +75,9 @@ if mfr2_rows and (study.tables / "03_mfr2.csv").is_file():
 study.save_table(pd.DataFrame(mfr2_rows), "04_mfr2")
 size = []
 for name, settings in [(best_cnn, train_settings(cfg, attention_models[best_cnn]))] + list(models.items()):
-    backbone = backbone_from_checkpoint(load_checkpoint(design.checkpoint(study.outputs, name)))
-    size.append({"model": name, "backbone": settings["backbone"], "params": count_parameters(backbone),
-                 "gflops": count_flops(backbone, settings["input_size"]) / 1e9, "optimizer": settings.get("optimizer", "sgd"), "lr": settings["lr"]})
+    backbone, _ = experiment.load_network(design.checkpoint(study.outputs, name))
+    size.append({"model": name, "backbone": settings["backbone"], **experiment.model_size(backbone, settings["input_size"]),
+                 "optimizer": settings.get("optimizer", "sgd"), "lr": settings["lr"]})
 study.save_table(vit_table, "04_vit")
 study.save_table(pd.DataFrame(size), "04_model_size")
 display(pd.DataFrame(size), vit_table, pd.DataFrame(mfr2_rows))
@@ -129,21 +112,22 @@ for fraction in cfg["data_fractions"]:
     chosen = set(identities[order[: max(4, int(round(fraction * len(identities))))]])
     subset_csv = study.outputs / "data_size" / f"train_{int(round(100 * fraction))}.csv"
     storage.write_csv(subset_csv, rows[rows["identity"].isin(chosen)])
-    for name, settings in [(best_cnn, train_settings(cfg, attention_models[best_cnn])), ("vit", models["vit"])]:
+    for name, settings in [(best_cnn, train_settings(cfg, attention_models[best_cnn])),
+                           (design.DATA_SIZE_TRANSFORMER, models[design.DATA_SIZE_TRANSFORMER])]:
         if fraction == 1.0:
             checkpoint = design.checkpoint(study.outputs, name)
         else:
             out = study.outputs / "data_size" / f"{name}_{int(round(100 * fraction))}"
-            checkpoint = train_or_restart(TrainConfig.from_dict(settings), subset_csv, study.data_dir, out).checkpoint
-        table = evaluate_checkpoint(checkpoint, scenarios=["unmasked_unmasked", "masked_unmasked"],
-                                    identification=False, use_mfr2=False).verification
+            checkpoint = experiment.train_network(settings, subset_csv, study.data_dir, out).checkpoint
+        table = evaluation.evaluate_checkpoint(checkpoint, scenarios=list(design.CORE_SCENARIOS), identification=False,
+                                               use_mfr2=False).verification
         for row in table.to_dict("records"):
             curve.append({"model": name, "fraction": fraction, "identities": len(chosen),
                           "images": int(rows["identity"].isin(chosen).sum()), **row})
 curve = pd.DataFrame(curve)
 study.save_table(curve, "04_data_size")
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
-for ax, scenario in zip(axes, ["unmasked_unmasked", "masked_unmasked"]):
+for ax, scenario in zip(axes, design.CORE_SCENARIOS):
     for name, part in curve[curve["scenario"] == scenario].groupby("model", sort=False):
         ax.errorbar(part["images"], part["accuracy_mean"], yerr=[part["accuracy_mean"] - part["acc_ci_low"], part["acc_ci_high"] - part["accuracy_mean"]],
                     marker="o", capsize=3, label=name)
@@ -152,12 +136,14 @@ axes[0].set_ylabel("LFW 10-fold accuracy (95% CI)"); axes[0].legend()
 fig.tight_layout()
 study.save_figure(fig, "04_data_size")
 plt.show()
-gap = curve[curve["scenario"] == "masked_unmasked"].pivot(index="fraction", columns="model", values="accuracy_mean")
-gap["cnn_minus_vit"] = gap[best_cnn] - gap["vit"]
+key_curve = curve[curve["scenario"] == design.KEY_SCENARIO]
+gap = key_curve.pivot(index="fraction", columns="model", values="accuracy_mean")
+gap[design.DATA_SIZE_GAP] = gap[best_cnn] - gap[design.DATA_SIZE_TRANSFORMER]
+lead = gap[design.DATA_SIZE_GAP]
 study.save_table(gap.reset_index(), "04_data_size_gap")
-trend = np.polyfit(np.log(curve[curve["scenario"] == "masked_unmasked"].groupby("fraction")["images"].first()), gap["cnn_minus_vit"], 1)[0] if len(gap) > 1 else float("nan")
+trend = np.polyfit(np.log(key_curve.groupby("fraction")["images"].first()), lead, 1)[0] if len(gap) > 1 else float("nan")
 display(gap)
-display(Markdown(f"CNN minus ViT on masked–unmasked pairs goes from **{100 * gap['cnn_minus_vit'].iloc[0]:+.1f}** points at "
-                 f"{100 * gap.index[0]:.0f} % of the identities to **{100 * gap['cnn_minus_vit'].iloc[-1]:+.1f}** at {100 * gap.index[-1]:.0f} % "
+display(Markdown(f"CNN minus ViT on masked–unmasked pairs goes from **{100 * lead.iloc[0]:+.1f}** points at "
+                 f"{100 * gap.index[0]:.0f} % of the identities to **{100 * lead.iloc[-1]:+.1f}** at {100 * gap.index[-1]:.0f} % "
                  f"(slope {100 * trend:+.1f} points per e-fold of data). A gap that shrinks as data grows supports the small-data "
                  "explanation; with intervals this wide, read it as a trend, not a proof."))

@@ -42,7 +42,8 @@ display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`,
 # %%
 from maskstudy import study as design
 from maskstudy.data import read_manifest
-from maskstudy.evaluate import backbone_from_checkpoint, bootstrap_ci, load_checkpoint
+from maskstudy.evaluate import bootstrap_ci
+from maskstudy.experiment import load_network
 from maskstudy.explain import (
     CONTROL_RANKINGS,
     attention_on_regions,
@@ -70,20 +71,17 @@ from maskstudy.protocol import Split
 CROP = 112
 method = cfg["cam_method"]
 attention_models = design.attention_models(cfg)  # name -> attention block, e.g. plain -> none
-baseline = next((name for name, block in attention_models.items() if block == "none"), None)
-seeds = design.seeds(cfg)
-runs = [(name, seed) for name in attention_models for seed in seeds] + [(name, cfg["seed"]) for name in ("vit", "hybrid")]
+baseline = design.plain_model(cfg)
 
 networks, notes = {}, []  # (model name, seed) -> (model, input size)
-for name, seed in runs:
+for name, seed in design.explained_networks(cfg):
     path = design.checkpoint(study.outputs, design.run_name(name, seed, cfg))
     if not path.is_file():
         if name in attention_models and seed == cfg["seed"]:
             raise FileNotFoundError(f"the checkpoint of {name} is missing ({path}): run notebook 03 first")
         notes.append(f"{design.run_name(name, seed, cfg)} (no checkpoint)")
         continue
-    checkpoint = load_checkpoint(path)
-    networks[(name, seed)] = (backbone_from_checkpoint(checkpoint, path), int(checkpoint["config"]["input_size"]))
+    networks[(name, seed)] = load_network(path)
 models = list(dict.fromkeys(name for name, _ in networks))  # model names, profile order
 main = {name: networks[(name, cfg["seed"])] for name in models}
 if notes:
@@ -222,7 +220,7 @@ if len(side):
 from maskstudy.data import find_dataset
 from maskstudy.evaluate import FaceRecognizer
 
-mfr2_root = find_dataset("mfr2")
+mfr2_root = find_dataset("mfr2", cfg["mfr2_root"])
 if mfr2_root is None or not (mfr2_root / "mfr2_labels.txt").is_file():
     display(Markdown("*MFR2 not found (`$MASKSTUDY_MFR2` or `../shared/data/mfr2`): no real-mask examples.*"))
 else:

@@ -54,10 +54,9 @@ display(Markdown(f"**Protocol `{split['protocol']}`.** {split['description']}"))
 verification = results["03_verification"]
 vit = results["04_vit"]
 key = results["03_seed_table"].copy()
-margin_runs = [r.name for r in design.training_runs(cfg).values() if r.kind == "margin"]
-key = key[~key["model"].isin(margin_runs)]  # the margin-loss comparison has its own table
+key = key[~key["model"].isin(design.margin_runs(cfg))]  # the margin-loss comparison has its own table
 mfr2_04 = results.get("04_mfr2", pd.DataFrame(columns=["model"])).set_index("model")
-for name in ["vit", "hybrid"]:
+for name in design.TRANSFORMER_MODELS:
     part = vit[vit["model"] == name].set_index("scenario")
     if len(part):
         row = {"model": name, "seeds": 1, "Id %": float("nan")}
@@ -75,10 +74,10 @@ display(Markdown("Id %: rank-1 of masked probes against an unmasked gallery (ViT
 # %%
 long = comparisons.accuracy_long(verification, results.get("03_mfr2"))
 main = long[long["seed"] == int(cfg["seed"])]
-main = main[main["kind"].isin(["attention", "baseline", "twins"])]
-extra = vit[vit["model"].isin(["vit", "hybrid"])].rename(columns={"scenario": "test", "accuracy_mean": "accuracy"})
+main = main[main["kind"].isin(design.FIGURE_KINDS)]
+extra = vit[vit["model"].isin(design.TRANSFORMER_MODELS)].rename(columns={"scenario": "test", "accuracy_mean": "accuracy"})
 if "04_mfr2" in results:
-    extra = pd.concat([extra, results["04_mfr2"][results["04_mfr2"]["model"].isin(["vit", "hybrid"])]
+    extra = pd.concat([extra, results["04_mfr2"][results["04_mfr2"]["model"].isin(design.TRANSFORMER_MODELS)]
                        .assign(test=comparisons.MFR2).rename(columns={"accuracy_mean": "accuracy"})], ignore_index=True)
 both = pd.concat([main[["model", "test", "accuracy"]], extra[["model", "test", "accuracy"]]], ignore_index=True)
 tests_shown = list(dict.fromkeys(both["test"]))
@@ -120,7 +119,7 @@ if "03_leave_one_style_out" in results:
     display(Markdown("**Leave one style out**:"), results["03_leave_one_style_out"].round(4))
 fnmr = results["03_fnmr"]
 display(Markdown("**False non-match rate at a fixed threshold** (set on unmasked pairs of the other folds), mean over seeds:"),
-        fnmr[fnmr["kind"] == "attention"].groupby(["model", "scenario", "fmr_target"])["fnmr"].mean().unstack("fmr_target").round(4))
+        fnmr[fnmr["kind"] == design.RunKind.ATTENTION].groupby(["model", "scenario", "fmr_target"])["fnmr"].mean().unstack("fmr_target").round(4))
 
 # %% [markdown]
 # ## ROC curves per scenario (main seed)
@@ -132,9 +131,9 @@ scores_file = study.outputs / "03_pair_scores.npz"
 if not scores_file.is_file():
     raise FileNotFoundError(f"{scores_file} is missing: run notebook 03 first")
 scores = np.load(scores_file)
-names = [n for n in design.attention_models(cfg)] + (["plain_nomask"] if cfg["nomask_baseline"] else [])
-roc_tests = [t for t in ["unmasked_unmasked", "masked_unmasked", "masked_masked", "masked_unmasked_detected", comparisons.MFR2]
-             if f"{names[0]}__{t}__labels" in scores.files]
+names = design.roc_runs(cfg)
+roc_tests = design.roc_tests(entry.split("__")[1] for entry in scores.files  # entries: run__test__array
+                             if entry.startswith(f"{names[0]}__") and entry.endswith("__labels"))
 fig, axes = plt.subplots(1, len(roc_tests), figsize=(4.2 * len(roc_tests), 3.8), squeeze=False)
 for ax, test in zip(axes[0], roc_tests):
     for name in names:
@@ -194,16 +193,15 @@ display(Markdown("**Data-size curve**, CNN minus ViT on masked-unmasked pairs:")
 # face-restricted controls; the weight-randomisation check; and the verdict read from these tables.
 
 # %%
-from maskstudy import study as design
 from maskstudy.explain import attention_verdict
 
 attention = results["05_attention_regions"]
 cam_method = cfg["cam_method"]
 attention_differences, faith_contrasts, randomization = (results["05_attention_differences"], results["05_faithfulness_contrasts"],
                                                          results["05_randomization_check"])
-cam_baseline = next((n for n, a in design.attention_models(cfg).items() if a == "none"), None)
+cam_baseline = design.plain_model(cfg)
 attention_verdicts = [attention_verdict(attention_differences, faith_contrasts, randomization, model=n, baseline=cam_baseline, method=cam_method)
-                      for n, a in design.attention_models(cfg).items() if a != "none" and cam_baseline is not None]
+                      for n in design.attended_models(cfg) if cam_baseline is not None]
 display(attention[attention["input"] == "masked"], attention_differences[attention_differences["input"] == "masked"],
         results["05_faithfulness"], faith_contrasts, randomization)
 display(Markdown("\n\n".join(attention_verdicts)))

@@ -1,0 +1,271 @@
+"""The mask styles of :mod:`maskstudy.masks`: how each style colours the supersampled region around the mask.
+
+A style is a function ``style(canvas, rng) -> (rgb, strap_rgb)`` over a :class:`MaskCanvas`, whose face-frame
+coordinates (:mod:`maskstudy.mask_geometry`) make pleats, seams and patterns turn with the face. Small
+variations (colour jitter, pleat positions, pattern colours) come from ``rng``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .mask_geometry import CHIN_DEPTH, DEFAULT_SHAPE, HALF_WIDTH, TOP_FRAC, MaskFrame, MaskShape, top_edge_b
+
+
+@dataclass
+class MaskCanvas:
+    """What a style function sees: the supersampled local region around the mask.
+
+    All arrays have the canvas shape ``(H, W)`` (supersampled pixels).
+    """
+
+    a: np.ndarray  # face-frame a (inter-ocular units across the face)
+    b: np.ndarray  # face-frame b (0 = eye line, 1 = mouth line)
+    p: np.ndarray  # px along the eye line from the eye midpoint (isotropic, for patterns)
+    q: np.ndarray  # px perpendicular to it, towards the mouth
+    inside: np.ndarray  # polygon fill, 0/1
+    edge: np.ndarray  # soft band along the outline, 0..1
+    depth: np.ndarray  # 0 at the outline rising to 1 inside (soft), for rim shading
+    frame: MaskFrame
+    scale: int  # supersampling factor: canvas pixels per image pixel
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.a.shape
+
+    def lowres_noise(self, rng: np.random.Generator, cell_px: float, sigma: float = 1.0):
+        """Smooth seeded noise (mean 0, std ~``sigma``) with features about ``cell_px`` image px."""
+        h, w = self.shape
+        gh = max(2, int(np.ceil(h / (cell_px * self.scale))) + 1)
+        gw = max(2, int(np.ceil(w / (cell_px * self.scale))) + 1)
+        g = rng.normal(0.0, sigma, size=(gh, gw)).astype(np.float32)
+        im = Image.fromarray(g, mode="F").resize((w, h), Image.BICUBIC)
+        return np.asarray(im, dtype=np.float32)
+
+
+StyleResult = tuple[np.ndarray, tuple[float, float, float]]
+"""A style returns the mask colour ``(H, W, 3)`` floats in 0..255 and the strap colour."""
+
+
+def _jitter(rng: np.random.Generator, rgb, amount: float = 0.012, bright: float = 0.05, warm: float = 0.025):
+    """Seeded colour variation: overall brightness, a warm/cool (white-balance) shift and a small
+    per-channel tint; each draw is clipped at two standard deviations so no hue runs away."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    z = np.clip(rng.normal(0.0, 1.0, 5), -2.0, 2.0)
+    factor = (1.0 + z[:3] * amount) * (1.0 + z[3] * bright) * (1.0 + z[4] * warm * np.array([1.0, 0.2, -1.0]))
+    return np.clip(rgb * factor, 0, 255)
+
+
+def _paint(rgb, shade: np.ndarray) -> np.ndarray:
+    return np.asarray(rgb, dtype=np.float32)[None, None, :] * shade[..., None]
+
+
+def _cheek_shade(canvas: MaskCanvas, strength: float) -> np.ndarray:
+    """Cylindrical shading: the mask turns away from the camera towards the cheeks."""
+    x = np.clip(np.abs(canvas.a) / HALF_WIDTH, 0.0, 1.2)
+    return (1.0 - strength * x**2.2).astype(np.float32)
+
+
+def _surgical_blue(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+    base = _jitter(rng, (150, 196, 226))
+    edge_col = base * np.array([0.76, 0.82, 0.88])  # the bound edge: a slightly darker blue
+    shade = _cheek_shade(canvas, 0.22) * (0.9 + 0.1 * canvas.depth)
+    shade = shade + 0.012 * canvas.lowres_noise(rng, 1.5)
+    # three horizontal pleats between the nose bridge and the chin, slightly bowed
+    f = canvas.frame
+    top = TOP_FRAC * f.nose_b
+    span = 1.0 + CHIN_DEPTH * 0.75 - top
+    pleat_b = top + span * (np.array([0.30, 0.52, 0.74]) + rng.uniform(-0.035, 0.035, 3))
+    px_per_b = float(abs(np.dot(f.axis_b, f.unit_v)))  # vertical px per unit b
+    sig = max(0.6, 0.022 * f.iod)  # pleat softness in px
+    off = max(0.8, 0.03 * f.iod)
+    bow = (canvas.b - 0.06 * (canvas.a / HALF_WIDTH) ** 2) * np.float32(px_per_b)
+    for pb in pleat_b:
+        curve = float(pb + rng.uniform(-0.01, 0.01)) * px_per_b
+        d = bow - np.float32(curve)  # px below the fold line
+        shade = shade - 0.20 * np.exp(-(((d - 0.3 * off) / sig) ** 2))  # fold shadow
+        shade = shade + 0.09 * np.exp(-(((d + off) / (1.6 * sig)) ** 2))  # highlight above
+        shade = shade - 0.05 * np.exp(-(((d - 2.5 * off) / (3.0 * sig)) ** 2))  # soft under-fold
+    # nose wire: a faint ridge just below the top edge over the nose bridge
+    d = (canvas.b - top_edge_b(f, canvas.a)) * px_per_b
+    near = np.exp(-(((canvas.a - 0.6 * f.nose_a) / 0.28) ** 4))
+    wire = np.exp(-(((d - 0.09 * f.iod) / max(0.6, 0.025 * f.iod)) ** 2))
+    dip = np.exp(-(((d - 0.14 * f.iod) / max(0.6, 0.03 * f.iod)) ** 2))
+    shade = shade + near * (0.07 * wire - 0.06 * dip)
+    rgb = _paint(base, shade)
+    e = canvas.edge[..., None]
+    rgb = rgb * (1 - e) + np.asarray(edge_col, np.float32) * shade[..., None] * e
+    return rgb, (232.0, 236.0, 240.0)
+
+
+def _n95_white(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+    base = _jitter(rng, (238, 236, 230), amount=0.006, bright=0.025, warm=0.02)
+    f = canvas.frame
+    # cup shading: brightest a little left of centre at nose level, darker towards the rim
+    cx = -0.12 + rng.uniform(-0.05, 0.05)
+    cb = 0.75 + rng.uniform(-0.05, 0.05)
+    r2 = ((canvas.a - cx) / 1.15) ** 2 + ((canvas.b - cb) / 0.95) ** 2
+    shade = 1.0 - 0.20 * np.clip(r2, 0, 1.6) ** 1.2
+    shade = shade * (0.86 + 0.14 * canvas.depth)
+    shade = shade + 0.015 * canvas.lowres_noise(rng, 0.8)  # fibrous texture
+    # vertical centre seam from the nose-bridge peak to the chin, with a ridge highlight beside it
+    top = TOP_FRAC * f.nose_b
+    seam_a = 0.6 * f.nose_a * np.clip(1.0 - (canvas.b - top) / (1.0 + CHIN_DEPTH - top), 0.0, 1.0)
+    d = (canvas.a - seam_a) * f.iod
+    sig = max(0.5, 0.018 * f.iod)
+    shade = shade - 0.16 * np.exp(-(d / sig) ** 2) + 0.05 * np.exp(-((d + 2.2 * sig) / sig) ** 2)
+    rgb = _paint(base, shade)
+    edge_col = np.asarray(base, np.float32) * 0.86
+    e = canvas.edge[..., None]
+    rgb = rgb * (1 - e) + edge_col * shade[..., None] * e
+    return rgb, (245.0, 243.0, 238.0) if rng.random() < 0.5 else (226.0, 214.0, 170.0)
+
+
+def _black_cloth(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+    base = _jitter(rng, (34, 34, 38), amount=0.04, bright=0.12, warm=0.05)
+    shade = _cheek_shade(canvas, 0.30) * (0.80 + 0.20 * canvas.depth)
+    # subtle weave: fine cross-hatch in the face frame plus smooth blotches
+    per = max(1.2, 0.045 * canvas.frame.iod)
+    phase = rng.uniform(0, 2 * np.pi, 2)
+    weave = np.sin(2 * np.pi * canvas.p / per + phase[0]) * np.sin(2 * np.pi * canvas.q / per + phase[1])
+    shade = shade * (1.0 + 0.08 * weave + 0.06 * canvas.lowres_noise(rng, 0.12 * canvas.frame.iod))
+    # a soft fold highlight across the nose
+    f = canvas.frame
+    nb = f.nose_b + rng.uniform(-0.03, 0.03)
+    shade = shade + 0.25 * np.exp(-(((canvas.b - nb) / 0.10) ** 2) - (canvas.a / 0.5) ** 2)
+    rgb = _paint(base, shade)
+    return rgb, (22.0, 22.0, 24.0)
+
+
+_CLOTH_PAIRS = [
+    ((196, 48, 60), (246, 238, 226)),  # red / cream
+    ((32, 64, 138), (250, 250, 250)),  # navy / white
+    ((40, 120, 84), (240, 226, 170)),  # green / sand
+    ((120, 60, 150), (250, 206, 120)),  # purple / amber
+    ((236, 130, 160), (255, 255, 255)),  # pink / white
+    ((40, 40, 40), (226, 186, 60)),  # charcoal / mustard
+    ((70, 150, 190), (250, 236, 90)),  # sky / yellow
+]
+
+
+def _patterned_cloth(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+    ground, figure = _CLOTH_PAIRS[int(rng.integers(len(_CLOTH_PAIRS)))]
+    if rng.random() < 0.5:
+        ground, figure = figure, ground
+    ground = _jitter(rng, ground, amount=0.02, bright=0.06)
+    figure = _jitter(rng, figure, amount=0.02, bright=0.06)
+    f = canvas.frame
+    cell = f.iod * rng.uniform(0.20, 0.30)  # pattern cell, image px
+    ox, oy = rng.uniform(0, cell, 2)
+    p, q = canvas.p + ox, canvas.q + oy
+    aa = 0.7 / canvas.scale  # anti-alias width in px
+    if rng.random() < 0.5:  # polka dots on a staggered grid
+        row = np.floor(q / cell)
+        pp = p + 0.5 * cell * (row % 2)
+        dx = (pp % cell) - cell / 2
+        dy = (q % cell) - cell / 2
+        r = np.hypot(dx, dy)
+        rad = cell * rng.uniform(0.20, 0.28)
+        m = np.clip((rad - r) / aa + 0.5, 0.0, 1.0)
+    else:  # gingham checks: half-tone stripes both ways
+        sx = np.clip((np.abs((p % cell) - cell / 2) - cell / 4) / aa + 0.5, 0, 1)
+        sy = np.clip((np.abs((q % cell) - cell / 2) - cell / 4) / aa + 0.5, 0, 1)
+        m = 0.5 * sx + 0.5 * sy
+    rgb = (1 - m[..., None]) * np.asarray(ground, np.float32) + m[..., None] * np.asarray(figure, np.float32)
+    shade = _cheek_shade(canvas, 0.25) * (0.85 + 0.15 * canvas.depth)
+    shade = shade + 0.02 * canvas.lowres_noise(rng, 0.10 * f.iod)
+    rgb = rgb * shade[..., None]
+    e = canvas.edge[..., None]  # a stitched hem in the ground colour, a bit darker
+    rgb = rgb * (1 - e) + np.asarray(ground, np.float32) * 0.75 * shade[..., None] * e
+    strap = tuple(float(v) for v in np.asarray(ground) * 0.9)
+    return rgb, strap
+
+
+def _kn95_flaps(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+    """A fold-flat KN95: pale grey, a sharp vertical centre seam, and two horizontal flap seams with
+    welded dots at the sides (drawn on :data:`STYLE_SHAPES`' pointed, taller outline)."""
+    base = _jitter(rng, (222, 222, 218), amount=0.008, bright=0.03)
+    f = canvas.frame
+    shade = _cheek_shade(canvas, 0.30) * (0.85 + 0.15 * canvas.depth)
+    shade = shade + 0.01 * canvas.lowres_noise(rng, 0.6)
+    d = (canvas.a - 0.6 * f.nose_a) * f.iod
+    sig = max(0.5, 0.015 * f.iod)
+    shade = shade - 0.28 * np.exp(-(d / sig) ** 2) + 0.08 * np.exp(-((d - 2.0 * sig) / (1.5 * sig)) ** 2)
+    px_per_b = float(abs(np.dot(f.axis_b, f.unit_v)))
+    for flap_b in (f.nose_b + rng.uniform(0.05, 0.12), 1.0 + rng.uniform(0.18, 0.26)):
+        dd = (canvas.b - flap_b) * px_per_b
+        shade = shade - 0.14 * np.exp(-(dd / sig) ** 2)
+    side = np.abs(canvas.a) > 0.8  # welded dot rows near the ear loops
+    dots = (np.sin(canvas.q / max(1.0, 0.05 * f.iod)) > 0.6) & side
+    shade = shade - 0.06 * dots
+    rgb = _paint(base, shade)
+    return rgb, (236.0, 236.0, 232.0)
+
+
+def _below_nose(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+    """A pale-green surgical mask pulled down below the nose (the nose stays visible), one soft pleat."""
+    base = _jitter(rng, (168, 214, 196))
+    f = canvas.frame
+    shade = _cheek_shade(canvas, 0.22) * (0.9 + 0.1 * canvas.depth)
+    px_per_b = float(abs(np.dot(f.axis_b, f.unit_v)))
+    sig = max(0.6, 0.03 * f.iod)
+    for pleat_b in (1.05 + rng.uniform(-0.04, 0.04), 1.35 + rng.uniform(-0.04, 0.04)):
+        dd = (canvas.b - pleat_b) * px_per_b
+        shade = shade - 0.16 * np.exp(-(dd / sig) ** 2) + 0.06 * np.exp(-((dd + 1.5 * sig) / sig) ** 2)
+    rgb = _paint(base, shade)
+    e = canvas.edge[..., None]
+    rgb = rgb * (1 - e) + np.asarray(base, np.float32) * 0.8 * shade[..., None] * e
+    return rgb, (236.0, 240.0, 238.0)
+
+
+MASK_STYLES: dict[str, Callable[[MaskCanvas, np.random.Generator], StyleResult]] = {
+    "surgical_blue": _surgical_blue,
+    "n95_white": _n95_white,
+    "black_cloth": _black_cloth,
+    "patterned_cloth": _patterned_cloth,
+    "kn95_flaps": _kn95_flaps,
+    "below_nose": _below_nose,
+}
+"""Registry of mask styles: name -> ``style(canvas, rng) -> (rgb, strap_rgb)``.
+
+A style colours the supersampled :class:`MaskCanvas` (``rgb``: ``(H, W, 3)`` floats in 0..255;
+only pixels inside the outline are used) and names the colour of its ear straps. New styles can be
+registered by adding to this dict (and to :data:`STYLE_SHAPES` when their cut differs).
+"""
+
+STYLE_SHAPES: dict[str, MaskShape] = {
+    # a fold-flat KN95 rises higher on the nose, is narrower at the jaw and ends in a pointed chin
+    "kn95_flaps": MaskShape(top_frac=0.25, side_top_frac=0.75, half_width=1.0, half_width_mouth=0.9,
+                            chin_depth=0.85, chin_exponent=1.5),
+    # worn below the nose: the top edge sits between the nose tip and the mouth
+    "below_nose": MaskShape(top_frac=1.18, side_top_frac=1.25, half_width=1.05, chin_depth=0.7),
+}
+"""Outlines of styles whose cut differs from the default surgical one."""
+
+TRAINING_STYLES: tuple[str, ...] = ("surgical_blue", "n95_white", "black_cloth", "patterned_cloth")
+"""Styles drawn on the training twins (and on the evaluation twins of the 'seen' scenarios)."""
+UNSEEN_STYLES: tuple[str, ...] = ("kn95_flaps", "below_nose")
+"""Styles never used in training: drawn only on evaluation photos, to test masks the models never saw."""
+
+
+def shape_of(style: str) -> MaskShape:
+    """The outline of ``style``."""
+    return STYLE_SHAPES.get(style, DEFAULT_SHAPE)
+
+
+def choose_style(key: str, seed: int, styles: tuple[str, ...] | list[str] = TRAINING_STYLES) -> str:
+    """A deterministic, roughly uniform choice among ``styles`` for an image ``key`` (e.g. its relative path).
+
+    Uses SHA-256 of ``"{seed}:{key}"`` (stable across processes, unlike ``hash()``).
+    """
+    names = list(styles)
+    unknown = [n for n in names if n not in MASK_STYLES]
+    if not names or unknown:
+        raise ValueError(f"unknown or no mask styles {unknown or names}; known styles: {', '.join(MASK_STYLES)}")
+    digest = hashlib.sha256(f"{int(seed)}:{key}".encode()).digest()
+    return names[int.from_bytes(digest[:8], "big") % len(names)]
