@@ -27,10 +27,10 @@ def accuracy_long(verification: pd.DataFrame, mfr2: pd.DataFrame | None) -> pd.D
     return pd.concat([p[keep] for p in parts], ignore_index=True)
 
 
-def seed_summary(long: pd.DataFrame, kind: str = "attention") -> pd.DataFrame:
-    """Mean, std (ddof=1), min and max over seeds of each model's accuracy on each test (runs of ``kind``)."""
+def seed_summary(long: pd.DataFrame, kinds: Sequence[str] = ("attention",)) -> pd.DataFrame:
+    """Mean, std (ddof=1), min and max over seeds of each model's accuracy on each test (runs of ``kinds``)."""
     rows = []
-    part = long[long["kind"] == kind]
+    part = long[long["kind"].isin([kinds] if isinstance(kinds, str) else kinds)]
     for (model, test), group in part.groupby(["model", "test"], sort=False):
         spread = seed_spread(group.sort_values("seed")["accuracy"])
         rows.append({"model": model, "test": test, **{f"accuracy_{k}" if k != "seeds" else k: v
@@ -40,13 +40,15 @@ def seed_summary(long: pd.DataFrame, kind: str = "attention") -> pd.DataFrame:
 
 
 def differences(long: pd.DataFrame, per_pair: Mapping[str, Mapping[str, dict]], comparisons: Sequence[tuple[str, str]],
-                main_seed: int, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+                main_seed: int, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
+                kinds: Sequence[str] = ("attention",)) -> pd.DataFrame:
     """Each comparison ``(a, b)`` on each test: the difference of accuracies paired by training seed (mean, t
     interval over seeds, p) and, for the main seed, a paired bootstrap over identities (difference, interval, p).
     Both p-value columns are Holm-adjusted over the whole family (all comparisons x tests); ``separated`` means
-    the Holm-adjusted seed test rejects at ``alpha`` (when there is one seed, the bootstrap test decides)."""
+    the Holm-adjusted seed test rejects at ``alpha`` (when there is one seed, the bootstrap test decides). Models
+    are those of runs of ``kinds`` (trained over seeds)."""
     rows = []
-    attention = long[long["kind"] == "attention"]
+    attention = long[long["kind"].isin(kinds)]
     for a, b in comparisons:
         for test in dict.fromkeys(attention["test"]):
             acc = attention[attention["test"] == test].pivot(index="seed", columns="model", values="accuracy")
@@ -141,4 +143,28 @@ def leave_one_style_out(per_pair: Mapping[str, Mapping[str, dict]], run: str, st
         difference = single_difference(per_pair, run, reference, scenario, n_boot=n_boot, seed=seed, subset=chosen)
         rows.append({"pairs": subset, "run": f"{run} - {reference}", "n_pairs": int(chosen.sum()),
                      **{k: v for k, v in difference.items() if k in ("diff", "ci_low", "ci_high", "p_value")}})
+    return pd.DataFrame(rows)
+
+
+def against_reference(long: pd.DataFrame, per_pair: Mapping[str, Mapping[str, dict]], models: Sequence[str],
+                      reference: str, tests: Sequence[str], main_seed: int, n_boot: int = 2000,
+                      seed: int = 0) -> pd.DataFrame:
+    """Each model (trained over seeds) against a single reference run (e.g. a pretrained recogniser) on each test:
+    the model's mean and sd over seeds, the reference's accuracy, the difference of the seed mean from it, and the
+    main seed's paired identity-bootstrap difference with its interval."""
+    rows = []
+    ref = long[long["run"] == reference].set_index("test")["accuracy"]
+    for model in models:
+        part = long[long["model"] == model]
+        for test in tests:
+            acc = part[part["test"] == test]["accuracy"]
+            if acc.empty or test not in ref.index:
+                continue
+            run = _main_run(part, model, main_seed)
+            boot = single_difference(per_pair, run, reference, test, n_boot=n_boot, seed=seed)
+            rows.append({"model": model, "test": test, "seeds": int(len(acc)), "accuracy_mean": float(acc.mean()),
+                         "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else np.nan,
+                         "reference": reference, "reference_accuracy": float(ref.loc[test]),
+                         "diff_seed_mean": float(acc.mean() - ref.loc[test]), "diff_main_seed": boot["diff"],
+                         "boot_ci_low": boot["ci_low"], "boot_ci_high": boot["ci_high"], "p_boot": boot["p_value"]})
     return pd.DataFrame(rows)

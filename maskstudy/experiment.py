@@ -91,3 +91,27 @@ class Evaluation:
     def evaluate_checkpoint(self, path: str | os.PathLike, **options: Any) -> ModelResults:
         """:meth:`evaluate` on the network saved in checkpoint ``path``."""
         return self.evaluate(*load_network(path), **options)
+
+
+def load_teacher(config: Mapping[str, Any], detector=None):
+    """The profile's pretrained teacher (``teacher``), or ``None``, with a sentence saying which, or why none: no
+    teacher chosen, or its optional packages missing (the sentence says how to install them)."""
+    from .teachers import build_teacher
+    from .teachers.base import TeacherUnavailableError
+
+    name = config.get("teacher")
+    if not name:
+        return None, "*No pretrained teacher in this profile (`teacher` is null): no reference row, no guided students.*"
+    try:
+        teacher = build_teacher(name, detector=detector)
+    except TeacherUnavailableError as error:
+        return None, (f"*The pretrained reference and the guided students are skipped: {error}. Enable them with "
+                      "`pip install -e .[teacher]` (or `make install`), then rerun this notebook.*")
+    return teacher, f"Pretrained teacher and reference: **{name}** (not trained here)."
+
+
+def study_detector(config: Mapping[str, Any]):
+    """The MTCNN of the study's data build (:class:`maskstudy.detect.FaceDetector` with the profile's settings)."""
+    from .detect import FaceDetector
+
+    return FaceDetector(min_face_size=config["min_face_size"], min_prob=config["min_prob"])

@@ -54,6 +54,7 @@ def study_findings(results: Mapping[str, pd.DataFrame], split: Mapping[str, Any]
     findings += _difference_findings(results["03_differences"], warnings)
     findings += _mask_findings(spread, results)
     findings += _baseline_findings(results, design.reference_run(config))
+    findings += _teacher_findings(results)
     vit = results["04_vit"].set_index(["model", "scenario"])
     keys = [(model, MASKED_UNMASKED) for model in design.TRANSFORMER_MODELS]
     if all(key in vit.index for key in keys):
@@ -165,4 +166,36 @@ def _baseline_findings(results: Mapping[str, pd.DataFrame], reference: str | Non
             out.append(f"At the threshold giving FMR {part['fmr_target'].iloc[0]:g} on unmasked pairs, masked pairs are "
                        "falsely rejected " + ", ".join(f"{_pct(worst[s])} of the time ({HEADLINE_TESTS.get(s, s)})"
                                                        for s in shown) + " (mean over models and seeds).")
+    return out
+
+
+def _teacher_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
+    """Sentences on the pretrained reference, the guided students against it, and guidance and attention among them."""
+    out = []
+    teacher = results.get("03_teacher")
+    if teacher is None or not len(teacher):
+        return out
+    t = teacher.iloc[0]
+    out.append(f"Teacher {t['teacher']}: teacher pass over {int(t['training_photos']):,} training photos "
+               f"{t['teacher_pass_seconds']:.0f} s ({int(t['embedded_now']):,} embedded in this run), reference "
+               f"evaluation {t['reference_eval_seconds']:.0f} s, {int(t['guided_runs'])} guided trainings "
+               f"{t['guided_train_seconds'] / 60:.1f} min.")
+    versus = results.get("03_guided_vs_reference")
+    if versus is not None and len(versus):
+        for test in (UNMASKED_UNMASKED, DETECTED, MFR2):
+            part = versus[versus["test"] == test]
+            if not len(part):
+                continue
+            ref = part["reference_accuracy"].iloc[0]
+            out.append(f"On {HEADLINE_TESTS[test]} the pretrained reference (not trained here) reaches {_pct(ref)}; "
+                       "guided students (mean over seeds, main-seed bootstrap difference): " + "; ".join(
+                           f"{r.model} {_pct(r.accuracy_mean)} ({_pts(r.diff_main_seed)} [{_pts(r.boot_ci_low)}, "
+                           f"{_pts(r.boot_ci_high)}])" for r in part.itertuples()) + ".")
+    guided = results.get("03_guided_differences")
+    if guided is not None and len(guided):
+        headline = guided[guided["test"].isin([MASKED_UNMASKED, DETECTED, MFR2])]
+        for row in headline.itertuples():
+            verdict = "separated from 0" if row.separated else "not separable from 0"
+            out.append(f"{row.comparison} on {HEADLINE_TESTS.get(row.test, row.test)}: {_pts(row.diff_seed_mean)} "
+                       f"points [{_pts(row.seed_ci_low)}, {_pts(row.seed_ci_high)}] over {row.seeds} seeds: {verdict}.")
     return out

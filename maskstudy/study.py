@@ -50,12 +50,17 @@ class RunKind:
     LEAVE_OUT = "leave_out"
     TWINS = "twins"
     MARGIN = "margin"
+    GUIDED = "guided"
+    PRETRAINED = "pretrained"
 
 
 #: Run kinds in notebook 03's learning curves, the seed study's table (03 and 06) and 06's accuracy figure.
 CURVE_KINDS = (RunKind.ATTENTION, RunKind.BASELINE)
-SEED_TABLE_KINDS = (RunKind.ATTENTION, RunKind.BASELINE, RunKind.TWINS, RunKind.MARGIN)
-FIGURE_KINDS = (RunKind.ATTENTION, RunKind.BASELINE, RunKind.TWINS)
+SEED_TABLE_KINDS = (RunKind.ATTENTION, RunKind.GUIDED, RunKind.PRETRAINED, RunKind.BASELINE, RunKind.TWINS,
+                    RunKind.MARGIN)
+FIGURE_KINDS = (RunKind.ATTENTION, RunKind.GUIDED, RunKind.PRETRAINED, RunKind.BASELINE, RunKind.TWINS)
+#: Run kinds trained over every seed: their spread over seeds is summarised (notebook 03's seed summary).
+SEEDED_KINDS = (RunKind.ATTENTION, RunKind.GUIDED)
 
 #: The scenario the study is about: a masked probe against an unmasked photo. The best CNN is chosen on it, the
 #: data-size gap and the leave-one-style-out run are measured on it.
@@ -126,10 +131,11 @@ def margin_run(margin: str) -> str:
 class TrainingRun:
     """One network notebook 03 trains: its model name, seed, kind and TrainConfig fields.
 
-    ``kind`` (:class:`RunKind`): ``attention`` (the compared variants, repeated over seeds), ``baseline`` (no
+    ``kind`` (:class:`RunKind`): ``attention`` (the compared variants, repeated over seeds), ``guided`` (the same
+    variants and seeds trained with distillation from a pretrained teacher, :func:`guided_model`), ``baseline`` (no
     masks in training), ``leave_out`` (trained without one mask style's twins), ``twins`` (trained on masked twins
     detected and aligned on the masked photo, ``masked_variant``, as they are met at test time) or ``margin``
-    (another margin head on the plain net).
+    (another margin head on the plain net). (``pretrained`` names the teacher's reference row: never trained.)
     """
 
     name: str
@@ -157,14 +163,22 @@ class TrainingRun:
         return self.masked_variant != SHARED_TWINS
 
 
-def training_runs(config: Mapping[str, Any]) -> dict[str, TrainingRun]:
-    """Every training run of notebook 03, by run name, in training order (main seed first)."""
+def training_runs(config: Mapping[str, Any], teacher: bool = True) -> dict[str, TrainingRun]:
+    """Every training run of notebook 03, by run name, in training order (main seed first). ``teacher=False``
+    leaves out the guided students (the teacher is not installed); their ``teacher_embeddings`` are set by
+    :func:`with_teacher_targets` once the teacher pass has run."""
     runs: dict[str, TrainingRun] = {}
     attention = attention_models(config)
     for seed in seeds(config):
         for model, block in attention.items():
             name = run_name(model, seed, config)
             runs[name] = TrainingRun(name, model, seed, RunKind.ATTENTION, train_settings(config, block, seed=seed))
+    if teacher:
+        for seed in seeds(config):
+            for model, block in guided_students(config).items():
+                name = run_name(model, seed, config)
+                runs[name] = TrainingRun(name, model, seed, RunKind.GUIDED, train_settings(
+                    config, block, seed=seed, distill_weight=float(config["teacher_distill_weight"])))
     main = int(config["seed"])
     if config.get("nomask_baseline"):
         runs[NOMASK_RUN] = TrainingRun(NOMASK_RUN, NOMASK_RUN, main, RunKind.BASELINE,
@@ -186,6 +200,45 @@ def training_runs(config: Mapping[str, Any]) -> dict[str, TrainingRun]:
         name = margin_run(margin)
         runs[name] = TrainingRun(name, name, main, RunKind.MARGIN, train_settings(config, NO_ATTENTION, margin=margin))
     return runs
+
+
+def guided_model(model: str) -> str:
+    """Name of attention model ``model`` trained with the teacher's guidance (``cbam`` -> ``cbam_guided``)."""
+    return f"{model}_guided"
+
+
+def guided_students(config: Mapping[str, Any]) -> dict[str, str]:
+    """Guided model name -> attention block for each of ``teacher_students`` (empty without a ``teacher``)."""
+    if not config.get("teacher"):
+        return {}
+    return {guided_model(ATTENTION_NAMES.get(b, b)): b for b in config.get("teacher_students") or []}
+
+
+def pretrained_model(config: Mapping[str, Any]) -> str | None:
+    """Name of the pretrained reference row (the teacher evaluated as it is), or ``None`` without a teacher."""
+    return f"{config['teacher']}_{RunKind.PRETRAINED}" if config.get("teacher") else None
+
+
+def with_teacher_targets(runs: Mapping[str, TrainingRun], targets: str | Path) -> dict[str, TrainingRun]:
+    """``runs`` with every guided run reading its teacher embeddings from ``targets`` (the teacher pass's file)."""
+    from dataclasses import replace
+
+    return {name: replace(run, settings={**run.settings, "teacher_embeddings": str(targets)})
+            if run.kind == RunKind.GUIDED else run for name, run in runs.items()}
+
+
+def guided_comparisons(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Pairs ``(a, b)`` compared as a - b for the guided students: each guided model against the same model
+    trained without the teacher, then the guided models against each other as :func:`attention_comparisons`
+    orders the attention models (e.g. cbam_guided - plain_guided)."""
+    students = guided_students(config)
+    unguided = {guided_model(m): m for m in attention_models(config)}
+    pairs = [(g, unguided[g]) for g in students if g in unguided]
+    order = [guided_model(m) for m in attention_models(config) if guided_model(m) in students]
+    base = guided_model(plain_model(config)) if plain_model(config) and guided_model(plain_model(config)) in students \
+        else (order[0] if order else None)
+    others = [g for g in order if g != base]
+    return pairs + [(g, base) for g in others] + [(b, a) for i, a in enumerate(others) for b in others[i + 1:]]
 
 
 def margin_losses(config: Mapping[str, Any]) -> list[str]:

@@ -11,7 +11,11 @@
 # * **CBAM**: channel attention from an MLP over average- and max-pooled features, then 7x7 spatial attention
 #   (Woo et al. 2018), at the same place, as in the seed study;
 #
-# plus, with the main seed, the seed's **no-mask baseline** (the plain network trained on unmasked crops only), a
+# plus, when the optional teacher extra is installed, the same variants and seeds **guided by a pretrained teacher**
+# (dlib's ResNet encoder; "look through masks" distillation, Li et al., ACM MM 2020: ArcFace plus
+# `1 - cos(P(student(x)), teacher(clean photo))` on each unmasked crop and its masked twin), and the teacher itself as
+# a **pretrained reference row** (not trained here) on exactly the same tests; and, with the main seed, the seed's
+# **no-mask baseline** (the plain network trained on unmasked crops only), a
 # **leave-one-style-out** run (the plain network trained without one mask style's twins, tested on that style) and,
 # when the profile asks for it, the plain network under other margin losses.
 #
@@ -52,7 +56,8 @@ experiment.require([train_csv, pairs_dir / f"{design.KEY_SCENARIO}.csv"], "noteb
 split = Split.load(study.data_dir / "split")
 display(Markdown(f"**Protocol `{split.protocol}`.** {split.description}"))
 
-runs = design.training_runs(cfg)
+teacher, teacher_note = experiment.load_teacher(cfg, experiment.study_detector(cfg))
+runs = design.training_runs(cfg, teacher=teacher is not None)
 attention = design.attention_models(cfg)
 seeds = design.seeds(cfg)
 main_seed = int(cfg["seed"])
@@ -67,6 +72,21 @@ pd.DataFrame([{"run": r.name, "model": r.model, "seed": r.seed, "kind": r.kind, 
 # ones. The leave-one-style-out run trains on the same photos, with the left-out style's twins replaced by the
 # unmasked crops; the detected-twins run trains on twins aligned by detecting the masked photo itself (how masked
 # faces are met at test time) instead of with the clean photo's landmarks.
+
+# %% [markdown]
+# ### Teacher pass
+#
+# The guided students aim at the teacher's embedding of each training row's **clean** photo (computed once, cached by
+# photo digest, box and teacher; a rerun embeds only new or changed photos), centred on the training set's mean.
+
+# %%
+display(Markdown(teacher_note))
+teacher_pass = None
+if teacher is not None and design.guided_students(cfg):
+    from maskstudy.teachers.training import embed_training_photos
+
+    teacher_pass = embed_training_photos(teacher, train_csv, study.data_dir)
+    runs = design.with_teacher_targets(runs, teacher_pass.path)
 
 # %%
 rows = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
@@ -127,16 +147,41 @@ for name, run in runs.items():
     print(f"evaluating {name}", flush=True)
     evaluated[name] = evaluation.evaluate(backbones[name], run.settings["input_size"], scenarios=run.scenarios,
                                           identification=run.identification)
+meta = {name: (run.model, run.seed, run.kind) for name, run in runs.items()}
+
+# %% [markdown]
+# ### The pretrained reference
+#
+# The teacher as it is, on exactly the same pairs: each crop of the tests is traced back to its photo and embedded by
+# the teacher inside the kit's MTCNN box (clean photo: its box; masked twin with shared alignment: the masked photo in
+# the clean photo's box; detected variants and MFR2: the box MTCNN finds on that photo).
+
+# %%
+import time
+
+reference = design.pretrained_model(cfg) if teacher is not None else None
+reference_seconds = float("nan")
+if reference:
+    from maskstudy.teachers.reference import evaluate_teacher
+
+    started = time.perf_counter()
+    evaluated[reference] = evaluate_teacher(teacher, tests, study.data_dir, mfr2_source=mfr2_source,
+                                            detector=teacher.detector, fixed_fmr=cfg["fixed_fmr"],
+                                            n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
+    reference_seconds = time.perf_counter() - started
+    meta[reference] = (reference, main_seed, design.RunKind.PRETRAINED)
+    study.save_table(evaluated[reference].coverage, "03_teacher_coverage")
+    display(evaluated[reference].coverage)
 
 def tagged(frame, name):
-    run = runs[name]
-    return frame.assign(run=name, model=run.model, seed=run.seed, kind=run.kind)
+    model, seed, kind = meta[name]
+    return frame.assign(run=name, model=model, seed=seed, kind=kind)
 
 verification = pd.concat([tagged(r.verification, n) for n, r in evaluated.items()], ignore_index=True)
 fnmr = pd.concat([tagged(r.fnmr, n) for n, r in evaluated.items()], ignore_index=True)
-identification = pd.DataFrame([{**r.identification, "run": n, "model": runs[n].model, "seed": runs[n].seed,
-                                "kind": runs[n].kind} for n, r in evaluated.items() if r.identification])
-mfr2_table = pd.DataFrame([{**r.mfr2, "run": n, "model": runs[n].model, "seed": runs[n].seed, "kind": runs[n].kind}
+identification = pd.DataFrame([{**r.identification, **dict(zip(["model", "seed", "kind"], meta[n])), "run": n}
+                               for n, r in evaluated.items() if r.identification])
+mfr2_table = pd.DataFrame([{**r.mfr2, **dict(zip(["model", "seed", "kind"], meta[n])), "run": n}
                            for n, r in evaluated.items() if r.mfr2])
 for frame, table in [(verification, "03_verification"), (fnmr, "03_fnmr"), (identification, "03_identification"),
                      (mfr2_table, "03_mfr2")]:
@@ -159,7 +204,7 @@ display(verification[verification["seed"] == main_seed].pivot(index="run", colum
 from maskstudy import comparisons
 
 long = comparisons.accuracy_long(verification, mfr2_table if len(mfr2_table) else None)
-spread = comparisons.seed_summary(long)
+spread = comparisons.seed_summary(long, design.SEEDED_KINDS)
 study.save_table(spread, "03_seed_summary")
 display(Markdown(f"Seeds: {seeds}."), spread.pivot(index="model", columns="test", values="accuracy_mean").round(4),
         Markdown("Standard deviation over seeds:"), spread.pivot(index="model", columns="test", values="accuracy_std").round(4))
@@ -210,6 +255,37 @@ display(Markdown(
     f"{len(separated)} of {len(differences)} comparisons are separated after Holm's correction"
     + (": " + "; ".join(f"{r.comparison} on {r.test} ({100 * r.diff_seed_mean:+.1f} points)" for r in separated.itertuples())
        if len(separated) else ": at this profile's size the attention variants cannot be told apart.")))
+
+# %% [markdown]
+# ## Guided students and the pretrained reference
+#
+# Does the teacher's guidance help each variant (guided minus the same variant trained without it), and does attention
+# help the guided students (the same comparisons as above among them)? Differences paired by seed, Holm over this
+# table. Then each guided student against the pretrained reference: the seed mean against the reference's accuracy,
+# and the main seed's paired identity bootstrap.
+
+# %%
+guided_differences = comparisons.differences(long, per_pair, design.guided_comparisons(cfg), main_seed,
+                                             n_boot=cfg["bootstrap_samples"], seed=cfg["seed"],
+                                             kinds=design.SEEDED_KINDS)
+study.save_table(guided_differences, "03_guided_differences")
+versus_reference = pd.DataFrame()
+if reference:
+    versus_reference = comparisons.against_reference(long, per_pair, list(design.guided_students(cfg)), reference,
+                                                     design.table_tests(long["test"]), main_seed,
+                                                     n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
+study.save_table(versus_reference, "03_guided_vs_reference")
+guided_seconds = training_table.loc[training_table["run"].map(lambda n: runs[n].kind == design.RunKind.GUIDED),
+                                    "train_seconds"].sum()
+teacher_table = pd.DataFrame([{
+    "teacher": teacher.name, "training_photos": teacher_pass.photos if teacher_pass else 0,
+    "embedded_now": teacher_pass.computed if teacher_pass else 0,
+    "teacher_pass_seconds": teacher_pass.seconds if teacher_pass else float("nan"),
+    "photos_per_s": teacher_pass.photos_per_s if teacher_pass else float("nan"),
+    "reference_eval_seconds": reference_seconds, "guided_runs": int(sum(r.kind == design.RunKind.GUIDED for r in runs.values())),
+    "guided_train_seconds": float(guided_seconds)}] if teacher is not None else [])
+study.save_table(teacher_table, "03_teacher")
+display(guided_differences.round(4), versus_reference.round(4), teacher_table.round(2))
 
 # %%
 baselines = comparisons.baseline_differences(per_pair, design.baseline_comparisons(cfg),

@@ -38,7 +38,8 @@ required = ["01_split", "02_cleaning_summary", "03_verification", "03_identifica
             "04_vit", "04_data_size", "04_data_size_gap"]
 required += ["05_attention_regions", "05_faithfulness", "05_attention_differences", "05_faithfulness_contrasts",
              "05_randomization_check", "05_cam_geometry"]
-optional = ("03_margin_losses", "03_mfr2", "04_mfr2", "03_mask_scenarios", "03_leave_one_style_out", "01_masked_detection")
+optional = ("03_margin_losses", "03_mfr2", "04_mfr2", "03_mask_scenarios", "03_leave_one_style_out", "01_masked_detection",
+            "03_guided_differences", "03_guided_vs_reference", "03_teacher", "03_teacher_coverage")
 results = read_results(study.tables, required, optional=optional)
 split = json.loads((study.data_dir / "split" / "split.json").read_text())
 display(Markdown(f"**Protocol `{split['protocol']}`.** {split['description']}"))
@@ -173,6 +174,28 @@ if len(differences):
     plt.show()
 display(Markdown("**Training with masked twins, margin losses** (main seed, identity bootstrap):"),
         results["03_baseline_differences"].round(4))
+
+# %% [markdown]
+# ## Pretrained reference and teacher-guided students
+#
+# The reference row is a recogniser trained elsewhere on about 3 million faces (not trained here), evaluated on the same
+# pairs with the same detector; the guided students are the study's networks trained with its embeddings as a target.
+
+# %%
+if "03_teacher" in results and len(results["03_teacher"]):
+    display(Markdown("**Teacher pass and guided trainings** (seconds on this machine):"), results["03_teacher"].round(2))
+    if "03_teacher_coverage" in results:
+        display(Markdown("**Faces the reference was given** (MTCNN boxes; fallbacks use the photo's centre square):"),
+                results["03_teacher_coverage"])
+    if "03_guided_vs_reference" in results:
+        display(Markdown("**Guided students against the pretrained reference** (seed mean vs the reference; main seed: "
+                         "paired identity bootstrap):"), results["03_guided_vs_reference"].round(4))
+    if "03_guided_differences" in results:
+        display(Markdown("**Guidance and attention among the guided students** (paired by seed; Holm over this table):"),
+                results["03_guided_differences"].round(4))
+else:
+    display(Markdown("*No pretrained teacher in this run (profile `teacher` null, or the optional extra is missing: "
+                     "`pip install -e .[teacher]`).*"))
 
 # %% [markdown]
 # ## Margin losses, ViT and hybrid
