@@ -119,6 +119,10 @@ BASE: dict[str, Any] = {
     "teacher": "dlib_resnet",
     # attention variants also trained with distillation from the teacher, with the same seeds, data and schedule
     "teacher_students": ["none", "se", "cbam"],
+    # the reference row's LFW scenarios (null: every test of the trained models) and whether it is identified too;
+    # dlib's network runs at ~10-15 photos/s per core, so the cpu profile keeps the tests the issue names
+    "teacher_reference_tests": None,
+    "teacher_reference_identification": True,
     # distill weight of the guided students: the margin loss's gradient on an embedding is ~s = 32 times the cosine
     # term's early on, so a weight of a few units lets the teacher matter without swamping the margin (untuned)
     "teacher_distill_weight": 4.0,
@@ -169,6 +173,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "margin_losses": [],
         "data_fractions": [0.5, 1.0],
         "train_epochs": 6,  # 3 seeds x 3 variants + baselines must fit the 2-core budget
+        "teacher_reference_tests": ["unmasked_unmasked", "masked_unmasked_detected"],
+        "teacher_reference_identification": False,
     },
     "gpu": {
         "detect_batch_size": 128,
@@ -231,7 +237,7 @@ EXTRA_VALUE_TYPES: dict[str, tuple[type, ...]] = {
     # TrainConfig fields that take "auto" or null besides a value
     "train_grad_clip": (type(None),), "train_max_per_identity": (type(None),), "train_channels_last": (bool,),
     "train_num_workers": (int,), "train_num_threads": (int,), "train_deterministic": (bool,),
-    "train_teacher_embeddings": (str,), "teacher": (type(None),),
+    "train_teacher_embeddings": (str,), "teacher": (type(None),), "teacher_reference_tests": (list,),
 }
 #: Dataset names an extra training set may not take: the build keeps one folder per name.
 RESERVED_DATASET_NAMES = ("lfw",)

@@ -219,6 +219,13 @@ def pretrained_model(config: Mapping[str, Any]) -> str | None:
     return f"{config['teacher']}_{RunKind.PRETRAINED}" if config.get("teacher") else None
 
 
+def reference_tests(config: Mapping[str, Any], available: Iterable[str]) -> list[str]:
+    """The LFW scenarios the pretrained reference is evaluated on: ``teacher_reference_tests`` (null: all)
+    among those ``available``."""
+    chosen = config.get("teacher_reference_tests")
+    return list(available) if chosen is None else _present(chosen, available)
+
+
 def with_teacher_targets(runs: Mapping[str, TrainingRun], targets: str | Path) -> dict[str, TrainingRun]:
     """``runs`` with every guided run reading its teacher embeddings from ``targets`` (the teacher pass's file)."""
     from dataclasses import replace

@@ -166,6 +166,8 @@ if reference:
 
     started = time.perf_counter()
     evaluated[reference] = evaluate_teacher(teacher, tests, study.data_dir, mfr2_source=mfr2_source,
+                                            scenarios=design.reference_tests(cfg, tests.scenarios),
+                                            identification=cfg["teacher_reference_identification"],
                                             detector=teacher.detector, fixed_fmr=cfg["fixed_fmr"],
                                             n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
     reference_seconds = time.perf_counter() - started

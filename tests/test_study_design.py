@@ -33,7 +33,7 @@ def test_training_runs_follow_the_profile():
 def test_removing_a_variant_or_adding_a_seed_changes_the_design_only_through_config():
     config = resolve_config("smoke", {"attention_variants": ["none", "cbam"], "extra_seeds": [3, 4],
                                       "leave_out_style": None, "detected_twins_run": None, "nomask_baseline": False})
-    runs = design.training_runs(config)
+    runs = design.training_runs(config, teacher=False)
     assert set(runs) == {"plain", "cbam", "plain_seed3", "cbam_seed3", "plain_seed4", "cbam_seed4"}
     assert design.attention_comparisons(config) == [("cbam", "plain")]
     with pytest.raises(ValueError, match="not one of the training styles"):
@@ -324,3 +324,38 @@ def test_findings_name_the_runs_of_the_design():
             "+5.0 points [+1.0, +9.0].") in findings
     assert "(plain_detected_twins - plain, main seed), on masked-unmasked (mask detected on the photo): -2.0" in text
     assert "Leave one style out, masked with x: -10.0 points [-20.0, +0.0]" in text
+
+
+def test_guided_students_follow_the_teacher_settings(tmp_path):
+    config = resolve_config("cpu", {"teacher_students": ["none", "cbam"], "extra_seeds": [1]})
+    runs = design.training_runs(config)
+    guided = {n: r for n, r in runs.items() if r.kind == design.RunKind.GUIDED}
+    assert set(guided) == {"plain_guided", "cbam_guided", "plain_guided_seed1", "cbam_guided_seed1"}
+    assert all(r.settings["distill_weight"] == config["teacher_distill_weight"] for r in guided.values())
+    assert guided["cbam_guided_seed1"].settings["backbone"] == runs["cbam_seed1"].settings["backbone"]
+    assert {r.settings["teacher_embeddings"] for r in guided.values()} == {None}
+    targeted = design.with_teacher_targets(runs, tmp_path / "t.npz")
+    assert {targeted[n].settings["teacher_embeddings"] for n in guided} == {str(tmp_path / "t.npz")}
+    assert targeted["cbam"].settings == runs["cbam"].settings
+    assert design.guided_comparisons(config) == [("plain_guided", "plain"), ("cbam_guided", "cbam"),
+                                                 ("cbam_guided", "plain_guided")]
+    assert design.pretrained_model(config) == "dlib_resnet_pretrained"
+    assert not design.guided_students(resolve_config("cpu", {"teacher": None}))
+    assert design.pretrained_model(resolve_config("cpu", {"teacher": None})) is None
+    assert not [r for r in design.training_runs(config, teacher=False).values() if r.kind == design.RunKind.GUIDED]
+    assert design.reference_tests(config, ["unmasked_unmasked", "masked_unmasked", "masked_unmasked_detected"]) == [
+        "unmasked_unmasked", "masked_unmasked_detected"]
+
+
+def test_missing_teacher_extra_skips_with_install_hint(monkeypatch):
+    from maskstudy import experiment, teachers
+    from maskstudy.teachers.base import TeacherUnavailableError
+
+    def absent(name, **kw):
+        raise TeacherUnavailableError("the dlib_resnet teacher needs dlib")
+
+    monkeypatch.setattr(teachers, "build_teacher", absent)
+    teacher, note = experiment.load_teacher(resolve_config("smoke"))
+    assert teacher is None and "pip install -e .[teacher]" in note and "skipped" in note
+    teacher, note = experiment.load_teacher(resolve_config("smoke", {"teacher": None}))
+    assert teacher is None and "null" in note
