@@ -142,12 +142,16 @@ class FaceRecognizer:
     def similarity(self, a, b) -> float:
         """Cosine similarity of two photos' embeddings; warns (``UserWarning``) when a photo had no usable face
         and its centre crop was compared instead (use :meth:`embed` to get the flags)."""
-        import warnings
+        return pair_similarity(self.embed([a, b]), (a, b), "centre crop")
 
-        result = self.embed([a, b])
-        for label, item, fallback in zip("ab", (a, b), result.fallback):
-            if fallback:
-                shown = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"photo {label}"
-                warnings.warn(f"no face found in {shown}: its centre crop was compared instead", UserWarning,
-                              stacklevel=2)
-        return float(np.dot(result.embeddings[0].astype(np.float64), result.embeddings[1]))
+
+def pair_similarity(result: EmbedResult, photos: tuple, stand_in: str) -> float:
+    """Cosine similarity of the two unit-length embeddings of ``result``; warns (``UserWarning``, naming the photo)
+    for each photo that had no usable face, whose ``stand_in`` (e.g. its centre crop) was compared instead."""
+    import warnings
+
+    for label, item, fallback in zip("ab", photos, result.fallback):
+        if fallback:
+            shown = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"photo {label}"
+            warnings.warn(f"no face found in {shown}: its {stand_in} was compared instead", UserWarning, stacklevel=3)
+    return float(np.dot(result.embeddings[0].astype(np.float64), result.embeddings[1]))

@@ -15,7 +15,6 @@ square of the photo (the same fallback as :func:`maskstudy.align.centre_crop`), 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -168,13 +167,9 @@ class Teacher:
     def similarity(self, a, b) -> float:
         """Cosine similarity of two photos' unit-length embeddings; warns (``UserWarning``) when a photo had no
         usable face and its centre square was compared instead."""
-        result = self.embed([a, b])
-        for label, item, fallback in zip("ab", (a, b), result.fallback):
-            if fallback:
-                shown = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"photo {label}"
-                warnings.warn(f"no face found in {shown}: its centre square was compared instead", UserWarning,
-                              stacklevel=2)
-        return float(np.dot(result.embeddings[0].astype(np.float64), result.embeddings[1]))
+        from ..evaluate.recognizer import pair_similarity
+
+        return pair_similarity(self.embed([a, b]), (a, b), "centre square")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, embedding_size={self.embedding_size})"
