@@ -359,3 +359,26 @@ def test_missing_teacher_extra_skips_with_install_hint(monkeypatch):
     assert teacher is None and "pip install -e .[teacher]" in note and "skipped" in note
     teacher, note = experiment.load_teacher(resolve_config("smoke", {"teacher": None}))
     assert teacher is None and "null" in note
+
+
+def test_students_against_a_single_reference_run():
+    long, per_pair = _fake_results(seed_effect=0.15)
+    reference = "dlib_resnet_pretrained"
+    rng = np.random.default_rng(1)
+    per_pair[reference] = {}
+    for test in ("masked_unmasked", "mfr2"):
+        correct = rng.random(4000) < 0.85
+        per_pair[reference][test] = {"correct": correct, "clusters": per_pair["plain"][test]["clusters"]}
+        long = pd.concat([long, pd.DataFrame([{"run": reference, "model": reference, "seed": 0, "kind": "pretrained",
+                                               "test": test, "accuracy": correct.mean(), "auc": 0.9}])],
+                         ignore_index=True)
+    table = comparisons.against_reference(long, per_pair, ["plain", "se"], reference, ["masked_unmasked", "mfr2",
+                                                                                      "absent"], 0, n_boot=200)
+    assert table[["model", "test"]].values.tolist() == [["plain", "masked_unmasked"], ["plain", "mfr2"],
+                                                        ["se", "masked_unmasked"], ["se", "mfr2"]]
+    row = table.set_index(["model", "test"]).loc[("plain", "mfr2")]
+    assert row["seeds"] == 3 and row["reference_accuracy"] == pytest.approx(per_pair[reference]["mfr2"]["correct"].mean())
+    assert row["diff_seed_mean"] == pytest.approx(row["accuracy_mean"] - row["reference_accuracy"])
+    assert row["diff_main_seed"] < 0 and row["boot_ci_high"] < 0  # 0.75 against 0.85 on 4000 pairs
+    se = table.set_index(["model", "test"]).loc[("se", "mfr2")]
+    assert se["diff_main_seed"] > 0  # 0.90 against 0.85
