@@ -406,7 +406,8 @@ README_END = "<!-- results:end -->"
 
 def readme_results(run_dir: str | Path) -> str:
     """The README's results section, from a finished run folder: where and how long it ran, the findings and
-    warnings of ``summary.json``, and the key table."""
+    warnings of ``summary.json``, the key table, and the markdown reports of the benchmarks written into
+    ``<run_dir>/bench/`` (``bench/*.py --out <run_dir>/bench``)."""
     run_dir = Path(run_dir)
     run = json.loads((run_dir / "run.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -426,6 +427,12 @@ def readme_results(run_dir: str | Path) -> str:
         if path.is_file():
             lines += ["", f"`{name}` (from `{path.relative_to(run_dir.parent.parent) if run_dir.is_absolute() else path}`):",
                       "", path.read_text().strip()]
+    benches = sorted((run_dir / "bench").glob("*.md"))
+    if benches:
+        lines += ["", "**Benchmarks** (`bench/`, each measured in one run on this machine; ratios against a reference "
+                  "measured in the same run):"]
+        for path in benches:
+            lines += ["", path.read_text().strip()]
     return "\n".join(lines)
 
 

@@ -105,6 +105,11 @@ def test_readme_results_section_is_rewritten_from_a_run(tmp_path):
     text = readme.read_text()
     assert "old text" not in text and "plain beats nothing." in text and "few seeds." in text
     assert "| plain |" in text and "160.0 GFLOP/s" in text and "**30 min**" in text and text.endswith("## Next\n")
+    assert "Benchmarks" not in text
+    (run / "bench").mkdir()
+    (run / "bench" / "detection.md").write_text("| path | images/s |\n|---|---|\n| kit | 40 |\n")
+    update_readme(readme, run)
+    assert "**Benchmarks**" in readme.read_text() and "| kit | 40 |" in readme.read_text()
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="no results markers"):
         update_readme(readme, run)
