@@ -121,13 +121,19 @@ class MissingResultError(FileNotFoundError):
 
 def read_results(tables: str | Path, names: list[str], optional: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
     """Read result tables ``<tables>/<name>.csv``. Missing required tables raise :class:`MissingResultError`
-    naming every missing file and the notebook to run; missing optional ones are left out of the result."""
+    naming every missing file and the notebook to run; missing optional ones are left out of the result, and so are
+    optional tables saved empty (a run that measured nothing there, e.g. without MFR2 or a teacher); an empty
+    required table reads as an empty frame."""
     tables = Path(tables)
     found, missing = {}, []
     for name in list(names) + list(optional):
         path = tables / f"{name}.csv"
         if path.is_file():
-            found[name] = pd.read_csv(path)
+            try:
+                found[name] = pd.read_csv(path)
+            except pd.errors.EmptyDataError:
+                if name not in optional:
+                    found[name] = pd.DataFrame()
         elif name not in optional:
             missing.append(f"{path} (written by notebook {PRODUCERS.get(name[:2], name[:2])})")
     if missing:

@@ -315,3 +315,7 @@ def test_read_results_names_missing_tables_and_their_notebooks(tmp_path):
     assert list(found) == ["03_verification"]
     with pytest.raises(MissingResultError, match=r"04_vit.csv \(written by notebook 04_vit_trial\)"):
         read_results(tmp_path, ["03_verification", "04_vit"])
+    pd.DataFrame().to_csv(tmp_path / "03_mfr2.csv", index=False)  # what a run without MFR2 saves
+    pd.DataFrame().to_csv(tmp_path / "03_fnmr.csv", index=False)
+    found = read_results(tmp_path, ["03_verification", "03_fnmr"], optional=("03_mfr2",))
+    assert sorted(found) == ["03_fnmr", "03_verification"] and found["03_fnmr"].empty
