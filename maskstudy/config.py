@@ -30,7 +30,9 @@ BASE: dict[str, Any] = {
     "max_images_per_identity": None,
     # detection, alignment, masks
     "crop_size": 112,
-    "min_face_size": 20,
+    "min_face_size": 20,  # MTCNN's smallest face (px) ...
+    "first_pass_face_size": 36.0,  # ... looked for only in photos without a face this size (None: one pass)
+    "pyramid_factor": 0.709,  # MTCNN's pyramid step
     "min_prob": 0.9,
     "detect_batch_size": 32,
     "save_masked_photos": True,
@@ -185,6 +187,7 @@ EXTRA_VALUE_TYPES: dict[str, tuple[type, ...]] = {
     "extra_datasets": (dict, type(None)),
     # null switches these runs off
     "leave_out_style": (type(None),), "detected_twins_run": (type(None),), "mfr2_root": (str,),
+    "first_pass_face_size": (type(None),),
 }
 #: Dataset names an extra training set may not take: the build keeps one folder per name.
 RESERVED_DATASET_NAMES = ("lfw",)
