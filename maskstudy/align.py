@@ -114,13 +114,21 @@ def detect_and_align(images: list[Image.Image], detector, size: int = CROP_SIZE,
 
     Returns ``crops`` (N, size, size, 3) uint8, ``found`` (a face above the detector's threshold), ``fallback``
     (the crop is the centre-crop fallback) and ``landmarks`` (N, 5, 2; NaN where no face was chosen)."""
+    detections = []
+    for start in range(0, len(images), batch_size):
+        detections += detector.detect(images[start:start + batch_size])
+    return align_detections(images, detections, size, weights)
+
+
+def align_detections(images: list[Image.Image], detections: list, size: int = 112,
+                     weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The second half of :func:`detect_and_align`, for detections made elsewhere (one per image)."""
+    if len(detections) != len(images):
+        raise ValueError(f"{len(images)} images but {len(detections)} detections")
     crops = np.empty((len(images), size, size, 3), dtype=np.uint8)
     found = np.zeros(len(images), dtype=bool)
     fallback = np.zeros(len(images), dtype=bool)
     landmarks = np.full((len(images), 5, 2), np.nan)
-    detections = []
-    for start in range(0, len(images), batch_size):
-        detections += detector.detect(images[start:start + batch_size])
     for i, (image, detection) in enumerate(zip(images, detections)):
         if detection.chosen is not None:
             found[i] = True

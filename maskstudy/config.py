@@ -30,7 +30,9 @@ BASE: dict[str, Any] = {
     "max_images_per_identity": None,
     # detection, alignment, masks
     "crop_size": 112,
-    "min_face_size": 20,
+    "min_face_size": 20,  # MTCNN's smallest face (px) ...
+    "first_pass_face_size": 36.0,  # ... looked for only in photos without a face this size (None: one pass)
+    "pyramid_factor": 0.709,  # MTCNN's pyramid step
     "min_prob": 0.9,
     "detect_batch_size": 32,
     "save_masked_photos": True,
@@ -238,6 +240,7 @@ EXTRA_VALUE_TYPES: dict[str, tuple[type, ...]] = {
     "train_grad_clip": (type(None),), "train_max_per_identity": (type(None),), "train_channels_last": (bool,),
     "train_num_workers": (int,), "train_num_threads": (int,), "train_deterministic": (bool,),
     "train_teacher_embeddings": (str,), "teacher": (type(None),), "teacher_reference_tests": (list,),
+    "first_pass_face_size": (type(None),),
 }
 #: Dataset names an extra training set may not take: the build keeps one folder per name.
 RESERVED_DATASET_NAMES = ("lfw",)

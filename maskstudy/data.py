@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pandas as pd
 
 from . import storage
 from .align import estimate_alignment, warp
-from .detect import STATUSES, FaceDetector, file_digest, load_image
+from .detect import FIRST_PASS_FACE_SIZE, PYRAMID_FACTOR, STATUSES, FaceDetector, file_digest, load_image
 from .masks import TRAINING_STYLES, choose_style, draw_mask
 from .pairs import masked_name
 from .protocol import printable_name, skipped_files, unsafe_name_reason
@@ -76,16 +78,71 @@ def find_dataset(name: str, explicit: str | os.PathLike | None = None) -> Path |
 
 @dataclass
 class BuildSettings:
-    """Everything that changes a manifest row; a cached row is reused only under equal settings."""
+    """Everything that changes a manifest row; a cached row is reused only under equal settings.
+
+    Detection (:class:`maskstudy.detect.FaceDetector`): MTCNN's pyramid reaches faces of ``min_face_size``
+    pixels in steps of ``pyramid_factor``; ``first_pass_face_size`` first searches only the levels for faces of
+    at least that size, and the rest only in photos without such a face of probability ``min_prob``. LFW's faces
+    are 79 px and more, in-the-wild CelebA's down to 16 px: with 36 px, 500 LFW photos keep their faces and
+    landmarks exactly, 300 CelebA photos but one keep their face (landmarks moved 0.05 px on average), and
+    detection runs 2-3 times faster than in one pass (``bench/bench_detection.py``). ``None``: one pass,
+    facenet-pytorch's results.
+    """
 
     crop_size: int = 112
-    min_face_size: int = 20
+    min_face_size: float = 20
     min_prob: float = 0.9
     seed: int = 0
     version: int = BUILD_VERSION
+    pyramid_factor: float = PYRAMID_FACTOR
+    first_pass_face_size: float | None = FIRST_PASS_FACE_SIZE
+
+    def detector(self, device: str | None = None) -> FaceDetector:
+        """The MTCNN these settings describe."""
+        return FaceDetector(device=device, min_face_size=self.min_face_size, min_prob=self.min_prob,
+                            factor=self.pyramid_factor, first_pass_face_size=self.first_pass_face_size)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 2
+
+
+#: Threads that read, hash, align, mask and write photos while MTCNN runs (in the main thread): two on a 2-core
+#: machine, more where there are cores to spare (up to 8).
+BUILD_WORKERS = max(2, min(8, _usable_cores() - 1))
+
+
+def _digest_or_error(path: Path | None) -> tuple[str, OSError | None]:
+    if path is None:
+        return "", None
+    try:
+        return file_digest(path), None
+    except OSError as error:
+        return "", error
+
+
+def _load_batch(root: Path, batch: list[tuple[str, dict]]) -> list:
+    return [load_image(root / relative) for relative, _ in batch]
+
+
+def _finish_row(row: dict, image, relative: str, out: Path, settings: BuildSettings, save_masked_photo: bool,
+                mask_styles: tuple[str, ...]) -> dict:
+    """The row of a detected face once its aligned crop and masked twin are written (or why they could not be)."""
+    row = dict(row)
+    try:
+        row.update(_write_crops(image, row_landmarks(row), relative, out, settings, save_masked_photo, mask_styles),
+                   aligned_by="landmarks")
+    except storage.UnsafePathError as error:
+        row.update(status="bad_name", reason=str(error))
+    except ValueError as error:  # degenerate landmarks
+        row.update(status="no_face", reason=f"alignment failed: {error}")
+    return row
 
 
 def _row_from_detection(base: dict, detection, settings: BuildSettings) -> dict:
@@ -277,6 +334,11 @@ def build_aligned_dataset(
     :func:`skip_reasons`); with ``record_skipped_files`` the other entries of the requested identity folders
     (other extensions, ``*_mask.*`` twins, links that lead nowhere, ...) are appended as ``skipped`` /
     ``unreadable`` / ``bad_name`` rows, so that no file vanishes without a reason.
+
+    Without a ``detector``, ``settings.detector()`` is used (pass one made with the same settings: the cache is
+    keyed on ``settings``). MTCNN runs in the calling thread while :data:`BUILD_WORKERS` threads hash and read the
+    photos ahead of it and align, mask and write the crops of the faces it found; the rows and files are those
+    of a sequential build.
     """
     from tqdm import tqdm  # text bars: they render in terminals, notebooks and the exported HTML alike
 
@@ -291,73 +353,91 @@ def build_aligned_dataset(
     redraw: list[dict] = []
     started = time.perf_counter()
     skipped = skip_reasons(images)
-    for identity, relative in zip(images["identity"], images["image"]):
-        path = root / relative
-        base = {"dataset": name, "identity": str(identity), "image": relative, "sha1": "",
-                "load_notes": "", "aligned_by": "", "aligned": "", "masked": "", "mask_style": ""}
-        if relative in skipped:
-            status, reason = skipped[relative]
-            rows[relative] = dict(base, status=status, reason=reason, n_faces=0)
-            continue
-        try:
-            base["sha1"] = file_digest(path)
-        except OSError as error:
-            rows[relative] = dict(base, status="unreadable", reason=_file_error_reason(path, error), n_faces=0)
-            continue
-        if cache is not None and relative in cache.index:
-            cached = cache.loc[relative].to_dict()
-            usable = (cached["sha1"] == base["sha1"] and cached["status"] in STATUSES
-                      and (not cached["aligned"] or (out / "aligned" / cached["aligned"]).is_file()))
-            if usable and cached["aligned_by"] != "fallback":
-                rows[relative] = cached
-                if cached["aligned"] and cached["mask_style"] != choose_style(relative, settings.seed, mask_styles):
-                    redraw.append(cached)
+    wanted = [(str(identity), relative) for identity, relative in zip(images["identity"], images["image"])]
+    with ThreadPoolExecutor(max_workers=BUILD_WORKERS) as pool:
+        digests = pool.map(_digest_or_error, [root / relative if relative not in skipped else None
+                                              for _, relative in wanted])
+        for (identity, relative), (digest, error) in zip(wanted, digests):
+            path = root / relative
+            base = {"dataset": name, "identity": identity, "image": relative, "sha1": "",
+                    "load_notes": "", "aligned_by": "", "aligned": "", "masked": "", "mask_style": ""}
+            if relative in skipped:
+                status, reason = skipped[relative]
+                rows[relative] = dict(base, status=status, reason=reason, n_faces=0)
                 continue
-        rows[relative] = base
-        todo.append((relative, base))
-    if record_skipped_files:
-        identities = {str(relative).split("/", 1)[0] for relative in images["image"] if "/" in str(relative)}
-        for entry in skipped_files(root, identities).itertuples(index=False):
-            rows.setdefault(entry.image, {"dataset": name, "identity": entry.identity, "image": entry.image,
-                                          "status": entry.status, "reason": entry.reason, "n_faces": 0})
-    log(f"{name}: {len(rows)} images, {len(rows) - len(todo)} reused from the cache, {len(todo)} to detect"
-        + (f", {len(redraw)} twins to redraw (mask styles changed)" if redraw else ""))
-    for row in redraw:
-        entry = load_image(root / row["image"])
-        row.update(_write_crops(entry.image, row_landmarks(row), row["image"], out, settings, save_masked_photos,
-                                mask_styles))
+            if error is not None:
+                rows[relative] = dict(base, status="unreadable", reason=_file_error_reason(path, error), n_faces=0)
+                continue
+            base["sha1"] = digest
+            if cache is not None and relative in cache.index:
+                cached = cache.loc[relative].to_dict()
+                usable = (cached["sha1"] == base["sha1"] and cached["status"] in STATUSES
+                          and (not cached["aligned"] or (out / "aligned" / cached["aligned"]).is_file()))
+                if usable and cached["aligned_by"] != "fallback":
+                    rows[relative] = cached
+                    if cached["aligned"] and cached["mask_style"] != choose_style(relative, settings.seed, mask_styles):
+                        redraw.append(cached)
+                    continue
+            rows[relative] = base
+            todo.append((relative, base))
+        if record_skipped_files:
+            identities = {str(relative).split("/", 1)[0] for relative in images["image"] if "/" in str(relative)}
+            for entry in skipped_files(root, identities).itertuples(index=False):
+                rows.setdefault(entry.image, {"dataset": name, "identity": entry.identity, "image": entry.image,
+                                              "status": entry.status, "reason": entry.reason, "n_faces": 0})
+        log(f"{name}: {len(rows)} images, {len(rows) - len(todo)} reused from the cache, {len(todo)} to detect"
+            + (f", {len(redraw)} twins to redraw (mask styles changed)" if redraw else ""))
 
-    detector = detector if todo else None
-    if todo and detector is None:
-        detector = FaceDetector(min_face_size=settings.min_face_size, min_prob=settings.min_prob)
-    bar = tqdm(total=len(todo), desc=f"MTCNN {name}", unit="img", disable=not progress)
-    for batch_number, start in enumerate(range(0, len(todo), batch_size)):
-        batch = todo[start:start + batch_size]
-        loaded = [load_image(root / relative) for relative, _ in batch]
-        usable = [(item, entry) for item, entry in zip(batch, loaded) if entry.image is not None]
-        detections = detector.detect([entry.image for _, entry in usable]) if usable else []
-        found = {relative: (entry, det) for ((relative, _), entry), det in zip(usable, detections)}
-        for (relative, base), entry in zip(batch, loaded):
-            base = dict(base, load_notes="; ".join(entry.notes))
-            if entry.image is None:
-                rows[relative] = dict(base, status=entry.status, reason=entry.reason, n_faces=0)
-                continue
-            image, detection = found[relative]
-            row = _row_from_detection(dict(base, width=entry.image.size[0], height=entry.image.size[1]),
-                                      detection, settings)
-            if row["status"] == "ok":
-                try:
-                    row.update(_write_crops(entry.image, row_landmarks(row), relative, out, settings,
-                                            save_masked_photos, mask_styles), aligned_by="landmarks")
-                except storage.UnsafePathError as error:
-                    row.update(status="bad_name", reason=str(error))
-                except ValueError as error:  # degenerate landmarks
-                    row.update(status="no_face", reason=f"alignment failed: {error}")
-            rows[relative] = row
-        bar.update(len(batch))
-        if (batch_number + 1) % checkpoint_every == 0:  # resumable: a rerun reuses the rows done so far
-            _save_manifest((r for r in rows.values() if r.get("status")), manifest_path, settings)
-    bar.close()
+        def redraw_twin(row: dict) -> None:
+            entry = load_image(root / row["image"])
+            row.update(_write_crops(entry.image, row_landmarks(row), row["image"], out, settings, save_masked_photos,
+                                    mask_styles))
+
+        list(pool.map(redraw_twin, redraw))
+
+        detector = detector if todo else None
+        if todo and detector is None:
+            detector = settings.detector()
+        bar = tqdm(total=len(todo), desc=f"MTCNN {name}", unit="img", disable=not progress)
+        batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+        # a pipeline: the next batch is read while MTCNN runs on this one, and the crops of the detected faces
+        # are aligned, masked and written while MTCNN runs on the next
+        loading = pool.submit(_load_batch, root, batches[0]) if batches else None
+        writing: deque = deque()  # (relative, future of its finished row)
+
+        def collect(wait_for: int = 0) -> None:
+            """Store the finished rows, waiting until at most ``wait_for`` are still being written."""
+            while writing and (len(writing) > wait_for or writing[0][1].done()):
+                relative, future = writing.popleft()
+                rows[relative] = future.result()
+
+        for batch_number, batch in enumerate(batches):
+            loaded = loading.result()
+            if batch_number + 1 < len(batches):
+                loading = pool.submit(_load_batch, root, batches[batch_number + 1])
+            usable = [(item, entry) for item, entry in zip(batch, loaded) if entry.image is not None]
+            detections = detector.detect([entry.image for _, entry in usable]) if usable else []
+            found = {relative: (entry, det) for ((relative, _), entry), det in zip(usable, detections)}
+            for (relative, base), entry in zip(batch, loaded):
+                base = dict(base, load_notes="; ".join(entry.notes))
+                if entry.image is None:
+                    rows[relative] = dict(base, status=entry.status, reason=entry.reason, n_faces=0)
+                    continue
+                image, detection = found[relative]
+                row = _row_from_detection(dict(base, width=entry.image.size[0], height=entry.image.size[1]),
+                                          detection, settings)
+                if row["status"] == "ok":  # until its crops are written, the row stays without a status
+                    writing.append((relative, pool.submit(_finish_row, row, entry.image, relative, out, settings,
+                                                          save_masked_photos, mask_styles)))
+                else:
+                    rows[relative] = row
+            collect(wait_for=2 * batch_size)  # at most two batches of photos held in memory for writing
+            bar.update(len(batch))
+            if (batch_number + 1) % checkpoint_every == 0:  # resumable: a rerun reuses the rows done so far
+                collect()
+                _save_manifest((r for r in rows.values() if r.get("status")), manifest_path, settings)
+        collect()
+        bar.close()
 
     if fallback_alignment:
         _align_with_mean_landmarks(rows, root, out, settings, save_masked_photos, log, mask_styles)

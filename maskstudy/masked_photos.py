@@ -20,7 +20,9 @@ when the image's digest, seed and styles are unchanged.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +30,8 @@ import pandas as pd
 from PIL import Image
 
 from . import storage
-from .align import CROP_SIZE, EYE_WEIGHTED, detect_and_align, estimate_alignment, warp
-from .data import LANDMARK_COLUMNS, file_seed, row_landmarks
+from .align import CROP_SIZE, EYE_WEIGHTED, align_detections, estimate_alignment, warp
+from .data import BUILD_WORKERS, LANDMARK_COLUMNS, file_seed, row_landmarks
 from .detect import load_image
 from .masks import TRAINING_STYLES, UNSEEN_STYLES, choose_style, draw_mask
 from .pairs import MASK_VARIANTS
@@ -61,8 +63,13 @@ def landmark_error(detected: np.ndarray, reference: np.ndarray) -> float:
     return float(np.linalg.norm(detected - reference, axis=1).mean() / max(iod, 1e-6))
 
 
-def _settings_key(seed: int, crop_size: int, styles: tuple, unseen: tuple) -> str:
-    return f"v1|seed={seed}|crop={crop_size}|styles={','.join(styles)}|unseen={','.join(unseen)}"
+def _settings_key(seed: int, crop_size: int, styles: tuple, unseen: tuple, detector=None) -> str:
+    """What a cached row depends on; the detector's settings (pyramid, thresholds) when it states them."""
+    key = f"v1|seed={seed}|crop={crop_size}|styles={','.join(styles)}|unseen={','.join(unseen)}"
+    settings = getattr(detector, "settings", None)
+    if settings:
+        key += "|detector=" + ",".join(f"{name}={settings[name]}" for name in sorted(settings))
+    return key
 
 
 def build_masked_variants(
@@ -85,6 +92,10 @@ def build_masked_variants(
     styles to ``out/masked_photos``. Images aligned by the fallback (no landmarks) keep their shared twin as
     the unseen variant (``unseen_style`` empty) but are still detected like the others. ``unseen_styles=()``
     (training sets) writes only the detected variants of the training styles' masked photos.
+
+    Rows are reused only under the same ``detector.settings`` (when the detector states them). Each batch's
+    masked photos are drawn, and its crops aligned and written, in threads while ``detector`` (called from this
+    thread, once a batch for both styles) works on the next.
     """
     from tqdm import tqdm
 
@@ -92,7 +103,7 @@ def build_masked_variants(
     root = Path(source_root)
     unseen_styles = tuple(unseen_styles)
     table_path = out / "masked_variants.csv"
-    key = _settings_key(seed, crop_size, tuple(styles), unseen_styles)
+    key = _settings_key(seed, crop_size, tuple(styles), unseen_styles, detector)
     wanted = [v for v in VARIANTS if unseen_styles or not v.startswith("unseen")]
     cached = {}
     if table_path.is_file():
@@ -109,12 +120,33 @@ def build_masked_variants(
             todo.append(row)
     log(f"masked variants: {len(done)} images reused, {len(todo)} to build")
     bar = tqdm(total=len(todo), desc="masked variants", unit="img", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        done += _build_batch(batch, root, out, detector, seed, crop_size, tuple(styles), unseen_styles, key)
-        bar.update(len(batch))
-        if (start // batch_size + 1) % 20 == 0:  # resumable
-            storage.write_csv(table_path, pd.DataFrame(done, columns=COLUMNS))
+    batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+    styles = tuple(styles)
+    # a pipeline: the next batch's masked photos are drawn while MTCNN runs on this one's, and the detected crops
+    # are aligned and written while MTCNN runs on the next
+    with ThreadPoolExecutor(max_workers=BUILD_WORKERS) as pool:
+        preparing = pool.submit(_prepare_batch, batches[0], root, out, seed, crop_size, styles, unseen_styles,
+                                key) if batches else None
+        writing: deque = deque()
+
+        def collect(wait_for: int = 0) -> None:
+            while writing and (len(writing) > wait_for or writing[0].done()):
+                done.extend(writing.popleft().result())
+
+        for number, batch in enumerate(batches):
+            records, seen_photos, unseen_photos = preparing.result()
+            if number + 1 < len(batches):
+                preparing = pool.submit(_prepare_batch, batches[number + 1], root, out, seed, crop_size, styles,
+                                        unseen_styles, key)
+            detections = detector.detect(seen_photos + unseen_photos)  # one call: R-Net and O-Net batch both
+            writing.append(pool.submit(_finish_batch, records, seen_photos, unseen_photos, detections, out,
+                                       crop_size, bool(unseen_styles)))
+            collect(wait_for=2)
+            bar.update(len(batch))
+            if (number + 1) % 20 == 0:  # resumable
+                collect()
+                storage.write_csv(table_path, pd.DataFrame(done, columns=COLUMNS))
+        collect()
     bar.close()
     table = pd.DataFrame(done, columns=COLUMNS)
     order = {image: i for i, image in enumerate(rows["image"])}
@@ -144,8 +176,10 @@ def _masked_photos(row: dict, image, landmarks, root_out: Path, seed: int, crop_
     return seen, seen_photo, unseen, unseen_photo
 
 
-def _build_batch(batch: list[dict], root: Path, out: Path, detector, seed: int, crop_size: int,
-                 styles: tuple, unseen_styles: tuple, key: str) -> list[dict]:
+def _prepare_batch(batch: list[dict], root: Path, out: Path, seed: int, crop_size: int, styles: tuple,
+                   unseen_styles: tuple, key: str) -> tuple[list[dict], list, list]:
+    """The records of a batch and its masked photos to detect: training style, and unseen style when asked for
+    (whose shared-alignment crops are written here)."""
     aligned_dir = out / "aligned"
     seen_photos, unseen_photos, records = [], [], []
     for row in batch:
@@ -169,17 +203,26 @@ def _build_batch(batch: list[dict], root: Path, out: Path, detector, seed: int, 
                 unseen_photos.append(unseen_photo)
             record.update(seen_style=seen, unseen_style=unseen, reference=landmarks)
         records.append(record)
-    seen_crops, seen_found, seen_fallback, seen_marks = detect_and_align(seen_photos, detector, crop_size)
-    if unseen_styles:
-        unseen_crops, unseen_found, unseen_fallback, unseen_marks = detect_and_align(unseen_photos, detector,
-                                                                                     crop_size)
+    return records, seen_photos, unseen_photos
+
+
+def _finish_batch(records: list[dict], seen_photos: list, unseen_photos: list, detections: list, out: Path,
+                  crop_size: int, with_unseen: bool) -> list[dict]:
+    """Align the masked photos by their own detections (the seen photos' first, then the unseen ones'), write
+    the crops and complete the records."""
+    aligned_dir = out / "aligned"
+    seen_crops, seen_found, seen_fallback, seen_marks = align_detections(seen_photos, detections[:len(seen_photos)],
+                                                                         crop_size)
+    if with_unseen:
+        unseen_crops, unseen_found, unseen_fallback, unseen_marks = align_detections(
+            unseen_photos, detections[len(seen_photos):], crop_size)
     else:  # training sets: no unseen styles
         unseen_found = unseen_fallback = np.zeros(len(records), bool)
         unseen_marks = np.full((len(records), 5, 2), np.nan)
     for i, (record, photo) in enumerate(zip(records, seen_photos)):
         aligned = record["aligned"]
         storage.save_image(aligned_dir / variant_name(aligned, "detected"), Image.fromarray(seen_crops[i]))
-        if unseen_styles:
+        if with_unseen:
             storage.save_image(aligned_dir / variant_name(aligned, "unseen_detected"), Image.fromarray(unseen_crops[i]))
         eyes = Image.fromarray(seen_crops[i])
         if seen_found[i] and not seen_fallback[i]:
@@ -189,8 +232,8 @@ def _build_batch(batch: list[dict], root: Path, out: Path, detector, seed: int, 
         ref = reference if reference is not None else np.full((5, 2), np.nan)
         record.update(seen_found=bool(seen_found[i]), seen_fallback=bool(seen_fallback[i]),
                       seen_landmark_error=landmark_error(seen_marks[i], ref),
-                      unseen_found=bool(unseen_found[i]) if unseen_styles else "",
-                      unseen_fallback=bool(unseen_fallback[i]) if unseen_styles else "",
+                      unseen_found=bool(unseen_found[i]) if with_unseen else "",
+                      unseen_fallback=bool(unseen_fallback[i]) if with_unseen else "",
                       unseen_landmark_error=landmark_error(unseen_marks[i], ref))
     return records
 

@@ -6,14 +6,19 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+_UMASK_LOCK = threading.Lock()
+
 
 def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
+    # reading the umask means setting it: two threads doing so at once could leave it at 0 for good
+    with _UMASK_LOCK:
+        current = os.umask(0)
+        os.umask(current)
     return current
 
 

@@ -47,6 +47,7 @@ class CountingDetector:
 
     def __init__(self, detector):
         self.detector, self.seen = detector, 0
+        self.settings = getattr(detector, "settings", None)  # what caches of detections are keyed on
 
     def detect(self, images):
         self.seen += len(images)

@@ -252,29 +252,32 @@ def test_build_records_traversal_names_without_reading_or_writing(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
-class RecordingMTCNN:
-    """Stands in for facenet-pytorch's MTCNN: records the batch shapes and finds one face in the middle."""
+class RecordingCascade:
+    """Stands in for the MTCNN cascade: records the photo shapes and finds one face in the middle of each."""
 
     def __init__(self):
         self.shapes = []
 
-    def detect(self, batch, landmarks=True):
-        self.shapes.append(batch.shape)
-        n, height, width = batch.shape[:3]
-        box = np.array([[width * 0.3, height * 0.3, width * 0.7, height * 0.7]])
-        marks = np.array([[[0.4, 0.4], [0.6, 0.4], [0.5, 0.5], [0.42, 0.6], [0.58, 0.6]]]) * [width, height]
-        return [box] * n, [np.array([0.99])] * n, [marks] * n
+    def __call__(self, images):
+        results = []
+        for image in images:
+            self.shapes.append(image.shape)
+            height, width = image.shape[:2]
+            box = np.array([[width * 0.3, height * 0.3, width * 0.7, height * 0.7, 0.99]])
+            marks = np.array([[[0.4, 0.4], [0.6, 0.4], [0.5, 0.5], [0.42, 0.6], [0.58, 0.6]]]) * [width, height]
+            results.append((box, marks))
+        return results
 
 
 def test_a_huge_photo_is_downscaled_for_detection_and_mapped_back():
     detector = FaceDetector.__new__(FaceDetector)
-    detector.min_prob, detector.max_side, detector.mtcnn = 0.9, 1600, RecordingMTCNN()
+    detector.min_prob, detector.max_side, detector.cascade = 0.9, 1600, RecordingCascade()
     small = [Image.new("RGB", (250, 250))] * 3
     huge = Image.new("RGB", (8000, 6000))
     detections = detector.detect([*small, huge])
-    pixels = sum(int(np.prod(shape)) for shape in detector.mtcnn.shapes)
+    pixels = sum(int(np.prod(shape)) for shape in detector.cascade.shapes)
     assert pixels < 1600 * 1200 * 3 + 4 * 250 * 250 * 3  # before: 4 x 8000 x 6000 x 3 (576 MB as uint8)
-    assert max(shape[1:3] for shape in detector.mtcnn.shapes) == (1200, 1600)
+    assert max(shape[:2] for shape in detector.cascade.shapes) == (1200, 1600)
     np.testing.assert_allclose(detections[3].boxes[0], [2400, 1800, 5600, 4200], atol=5)
     np.testing.assert_allclose(detections[0].boxes[0], [75, 75, 175, 175])
 
