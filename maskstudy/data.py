@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import storage
-from .align import estimate_alignment, warp
+from .align import CROP_SIZE, estimate_alignment, warp
 from .detect import FIRST_PASS_FACE_SIZE, PYRAMID_FACTOR, STATUSES, FaceDetector, file_digest, load_image
 from .masks import TRAINING_STYLES, choose_style, draw_mask
 from .pairs import masked_name
@@ -89,7 +89,7 @@ class BuildSettings:
     facenet-pytorch's results.
     """
 
-    crop_size: int = 112
+    crop_size: int = CROP_SIZE
     min_face_size: float = 20
     min_prob: float = 0.9
     seed: int = 0
