@@ -340,112 +340,135 @@ def build_aligned_dataset(
     photos ahead of it and align, mask and write the crops of the faces it found; the rows and files are those
     of a sequential build.
     """
-    from tqdm import tqdm  # text bars: they render in terminals, notebooks and the exported HTML alike
-
     settings = settings or BuildSettings()
-    root = Path(root)
-    out = Path(data_dir) / name
-    manifest_path = out / "manifest.csv"
-    cache = _load_cache(manifest_path, settings)
-    mask_styles = tuple(mask_styles)
-    rows: dict[str, dict] = {}
-    todo: list[tuple[str, dict]] = []
-    redraw: list[dict] = []
+    job = _BuildJob(name, Path(root), Path(data_dir) / name, settings, save_masked_photos, tuple(mask_styles))
+    manifest_path = job.out / "manifest.csv"
     started = time.perf_counter()
-    skipped = skip_reasons(images)
-    wanted = [(str(identity), relative) for identity, relative in zip(images["identity"], images["image"])]
     with ThreadPoolExecutor(max_workers=BUILD_WORKERS) as pool:
-        digests = pool.map(_digest_or_error, [root / relative if relative not in skipped else None
-                                              for _, relative in wanted])
-        for (identity, relative), (digest, error) in zip(wanted, digests):
-            path = root / relative
-            base = {"dataset": name, "identity": identity, "image": relative, "sha1": "",
-                    "load_notes": "", "aligned_by": "", "aligned": "", "masked": "", "mask_style": ""}
-            if relative in skipped:
-                status, reason = skipped[relative]
-                rows[relative] = dict(base, status=status, reason=reason, n_faces=0)
-                continue
-            if error is not None:
-                rows[relative] = dict(base, status="unreadable", reason=_file_error_reason(path, error), n_faces=0)
-                continue
-            base["sha1"] = digest
-            if cache is not None and relative in cache.index:
-                cached = cache.loc[relative].to_dict()
-                usable = (cached["sha1"] == base["sha1"] and cached["status"] in STATUSES
-                          and (not cached["aligned"] or (out / "aligned" / cached["aligned"]).is_file()))
-                if usable and cached["aligned_by"] != "fallback":
-                    rows[relative] = cached
-                    if cached["aligned"] and cached["mask_style"] != choose_style(relative, settings.seed, mask_styles):
-                        redraw.append(cached)
-                    continue
-            rows[relative] = base
-            todo.append((relative, base))
+        rows, todo, redraw = _plan_rows(job, images, _load_cache(manifest_path, settings), pool)
         if record_skipped_files:
             identities = {str(relative).split("/", 1)[0] for relative in images["image"] if "/" in str(relative)}
-            for entry in skipped_files(root, identities).itertuples(index=False):
+            for entry in skipped_files(job.root, identities).itertuples(index=False):
                 rows.setdefault(entry.image, {"dataset": name, "identity": entry.identity, "image": entry.image,
                                               "status": entry.status, "reason": entry.reason, "n_faces": 0})
         log(f"{name}: {len(rows)} images, {len(rows) - len(todo)} reused from the cache, {len(todo)} to detect"
             + (f", {len(redraw)} twins to redraw (mask styles changed)" if redraw else ""))
-
-        def redraw_twin(row: dict) -> None:
-            entry = load_image(root / row["image"])
-            row.update(_write_crops(entry.image, row_landmarks(row), row["image"], out, settings, save_masked_photos,
-                                    mask_styles))
-
-        list(pool.map(redraw_twin, redraw))
-
-        detector = detector if todo else None
-        if todo and detector is None:
-            detector = settings.detector()
-        bar = tqdm(total=len(todo), desc=f"MTCNN {name}", unit="img", disable=not progress)
-        batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
-        # a pipeline: the next batch is read while MTCNN runs on this one, and the crops of the detected faces
-        # are aligned, masked and written while MTCNN runs on the next
-        loading = pool.submit(_load_batch, root, batches[0]) if batches else None
-        writing: deque = deque()  # (relative, future of its finished row)
-
-        def collect(wait_for: int = 0) -> None:
-            """Store the finished rows, waiting until at most ``wait_for`` are still being written."""
-            while writing and (len(writing) > wait_for or writing[0][1].done()):
-                relative, future = writing.popleft()
-                rows[relative] = future.result()
-
-        for batch_number, batch in enumerate(batches):
-            loaded = loading.result()
-            if batch_number + 1 < len(batches):
-                loading = pool.submit(_load_batch, root, batches[batch_number + 1])
-            usable = [(item, entry) for item, entry in zip(batch, loaded) if entry.image is not None]
-            detections = detector.detect([entry.image for _, entry in usable]) if usable else []
-            found = {relative: (entry, det) for ((relative, _), entry), det in zip(usable, detections)}
-            for (relative, base), entry in zip(batch, loaded):
-                base = dict(base, load_notes="; ".join(entry.notes))
-                if entry.image is None:
-                    rows[relative] = dict(base, status=entry.status, reason=entry.reason, n_faces=0)
-                    continue
-                image, detection = found[relative]
-                row = _row_from_detection(dict(base, width=entry.image.size[0], height=entry.image.size[1]),
-                                          detection, settings)
-                if row["status"] == "ok":  # until its crops are written, the row stays without a status
-                    writing.append((relative, pool.submit(_finish_row, row, entry.image, relative, out, settings,
-                                                          save_masked_photos, mask_styles)))
-                else:
-                    rows[relative] = row
-            collect(wait_for=2 * batch_size)  # at most two batches of photos held in memory for writing
-            bar.update(len(batch))
-            if (batch_number + 1) % checkpoint_every == 0:  # resumable: a rerun reuses the rows done so far
-                collect()
-                _save_manifest((r for r in rows.values() if r.get("status")), manifest_path, settings)
-        collect()
-        bar.close()
+        list(pool.map(job.redraw_twin, redraw))
+        if todo:
+            _detect_and_write(job, todo, rows, detector if detector is not None else settings.detector(), pool, batch_size, checkpoint_every,
+                              manifest_path, progress)
 
     if fallback_alignment:
-        _align_with_mean_landmarks(rows, root, out, settings, save_masked_photos, log, mask_styles)
+        _align_with_mean_landmarks(rows, job.root, job.out, settings, save_masked_photos, log, job.mask_styles)
     frame = _save_manifest(rows.values(), manifest_path, settings)
     elapsed = time.perf_counter() - started
     if todo:
         log(f"{name}: detected {len(todo)} images in {elapsed:.0f} s ({len(todo) / max(elapsed, 1e-9):.1f} img/s)")
     return frame
+
+
+@dataclass
+class _BuildJob:
+    """One dataset's build: where photos come from and crops go, and how they are made."""
+
+    name: str
+    root: Path
+    out: Path
+    settings: BuildSettings
+    save_masked_photos: bool
+    mask_styles: tuple[str, ...]
+
+    def redraw_twin(self, row: dict) -> None:
+        """Draw a cached row's twin again (its style changed) from its cached landmarks."""
+        entry = load_image(self.root / row["image"])
+        row.update(_write_crops(entry.image, row_landmarks(row), row["image"], self.out, self.settings,
+                                self.save_masked_photos, self.mask_styles))
+
+
+def _plan_rows(job: _BuildJob, images: pd.DataFrame, cache: pd.DataFrame | None,
+               pool: ThreadPoolExecutor) -> tuple[dict[str, dict], list[tuple[str, dict]], list[dict]]:
+    """Rows settled without detection (skipped, unreadable, reused from the cache), the photos to detect, and the
+    cached rows whose twin must be drawn again; photos are hashed in ``pool``."""
+    rows: dict[str, dict] = {}
+    todo: list[tuple[str, dict]] = []
+    redraw: list[dict] = []
+    skipped = skip_reasons(images)
+    wanted = [(str(identity), relative) for identity, relative in zip(images["identity"], images["image"])]
+    digests = pool.map(_digest_or_error, [job.root / relative if relative not in skipped else None
+                                          for _, relative in wanted])
+    for (identity, relative), (digest, error) in zip(wanted, digests):
+        path = job.root / relative
+        base = {"dataset": job.name, "identity": identity, "image": relative, "sha1": "",
+                "load_notes": "", "aligned_by": "", "aligned": "", "masked": "", "mask_style": ""}
+        if relative in skipped:
+            status, reason = skipped[relative]
+            rows[relative] = dict(base, status=status, reason=reason, n_faces=0)
+            continue
+        if error is not None:
+            rows[relative] = dict(base, status="unreadable", reason=_file_error_reason(path, error), n_faces=0)
+            continue
+        base["sha1"] = digest
+        if cache is not None and relative in cache.index:
+            cached = cache.loc[relative].to_dict()
+            usable = (cached["sha1"] == base["sha1"] and cached["status"] in STATUSES
+                      and (not cached["aligned"] or (job.out / "aligned" / cached["aligned"]).is_file()))
+            if usable and cached["aligned_by"] != "fallback":
+                rows[relative] = cached
+                if cached["aligned"] and cached["mask_style"] != choose_style(relative, job.settings.seed,
+                                                                              job.mask_styles):
+                    redraw.append(cached)
+                continue
+        rows[relative] = base
+        todo.append((relative, base))
+    return rows, todo, redraw
+
+
+def _detect_and_write(job: _BuildJob, todo: list[tuple[str, dict]], rows: dict[str, dict], detector,
+                      pool: ThreadPoolExecutor, batch_size: int, checkpoint_every: int, manifest_path: Path,
+                      progress: bool) -> None:
+    """MTCNN over ``todo`` in batches, as a pipeline: the next batch is read while MTCNN runs on this one, and the
+    crops of the detected faces are aligned, masked and written while MTCNN runs on the next. Fills ``rows``; the
+    manifest is saved every ``checkpoint_every`` batches (a rerun reuses the rows done so far)."""
+    from tqdm import tqdm  # text bars: they render in terminals, notebooks and the exported HTML alike
+
+    bar = tqdm(total=len(todo), desc=f"MTCNN {job.name}", unit="img", disable=not progress)
+    batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+    loading = pool.submit(_load_batch, job.root, batches[0])
+    writing: deque = deque()  # (relative, future of its finished row)
+
+    def collect(wait_for: int = 0) -> None:
+        """Store the finished rows, waiting until at most ``wait_for`` are still being written."""
+        while writing and (len(writing) > wait_for or writing[0][1].done()):
+            relative, future = writing.popleft()
+            rows[relative] = future.result()
+
+    for batch_number, batch in enumerate(batches):
+        loaded = loading.result()
+        if batch_number + 1 < len(batches):
+            loading = pool.submit(_load_batch, job.root, batches[batch_number + 1])
+        usable = [(item, entry) for item, entry in zip(batch, loaded) if entry.image is not None]
+        detections = detector.detect([entry.image for _, entry in usable]) if usable else []
+        found = {relative: (entry, det) for ((relative, _), entry), det in zip(usable, detections)}
+        for (relative, base), entry in zip(batch, loaded):
+            base = dict(base, load_notes="; ".join(entry.notes))
+            if entry.image is None:
+                rows[relative] = dict(base, status=entry.status, reason=entry.reason, n_faces=0)
+                continue
+            image, detection = found[relative]
+            row = _row_from_detection(dict(base, width=entry.image.size[0], height=entry.image.size[1]),
+                                      detection, job.settings)
+            if row["status"] == "ok":  # until its crops are written, the row stays without a status
+                writing.append((relative, pool.submit(_finish_row, row, entry.image, relative, job.out, job.settings,
+                                                      job.save_masked_photos, job.mask_styles)))
+            else:
+                rows[relative] = row
+        collect(wait_for=2 * batch_size)  # at most two batches of photos held in memory for writing
+        bar.update(len(batch))
+        if (batch_number + 1) % checkpoint_every == 0:
+            collect()
+            _save_manifest((r for r in rows.values() if r.get("status")), manifest_path, job.settings)
+    collect()
+    bar.close()
 
 
 def _align_with_mean_landmarks(rows: dict, root: Path, out: Path, settings: BuildSettings,
