@@ -1,40 +1,55 @@
-"""Benchmark: training and evaluation throughput of the IR-ResNet variants, against the machine's matmul rate.
+"""Benchmark: training and evaluation throughput of the study's backbones, against the machine's matmul rate.
 
-Measures in one run, on this machine: the dense matmul rate (fp32 on CPU, bf16 on CUDA), and for each variant
-(plain, SE, CBAM) training throughput (forward + backward + SGD step, images/s), achieved FLOP/s (3x the forward
-FLOPs per image, the usual forward+backward estimate) as a share of the matmul rate, the cost of SE and CBAM
-relative to plain, and evaluation throughput (forward only, images/s). Writes JSON and a markdown table.
+One run measures, on this machine and at a profile's sizes (``maskstudy.config``; default: the ``cpu`` profile on
+a CPU, ``gpu`` with CUDA):
 
-    python bench/bench_backbones.py --width 0.25 --input-size 112 56 --out reports/cpu/bench
+* the dense matmul rate (fp32 on the CPU, bf16 on CUDA), GFLOP/s;
+* per variant -- the IR-ResNet plain, SE and CBAM (``train_backbone``, ``train_width``, ``train_input_size``,
+  ``train_batch_size``) and the ViT and hybrid CNN+ViT of notebook 04 -- training throughput (images/s) of the
+  training loop's own step (:class:`maskstudy.train.step.TrainingStep`: augmentation, forward, margin loss,
+  backward, gradient clipping, optimizer step) with the profile's runtime settings, its achieved FLOP rate
+  (3x the forward FLOPs per image, the usual forward + backward estimate) as a share of the matmul rate, the
+  cost of SE and CBAM relative to plain, and evaluation throughput (crops/s of
+  :func:`maskstudy.evaluate.embed_crops`, flip fusion included: two forward passes per crop);
+* with ``--levers``, the same for the plain / SE / CBAM networks with each speed-up of the training step and of
+  evaluation undone in turn (contiguous memory format, autograd's reference backward, unfolded BatchNorm);
+* with ``--compile``, training with ``torch.compile`` (compile time reported separately).
+
+Timing: every measurement is a window of ``--seconds``; windows of all measurements are interleaved in
+``--repeats`` rounds and each keeps its best round, so that a shared, busy CPU (other processes) disturbs the
+ratios as little as possible. Rates are given by wall clock and by process CPU time (CPU seconds of this
+process: on a machine shared with other work, the CPU-time rate is what the process achieves while it runs;
+with several threads it also counts threads that wait). Writes ``bench.json`` and ``bench.md`` under ``--out``.
+
+    python bench/bench_backbones.py --out reports/cpu/bench            # cpu profile, torch's threads
+    python bench/bench_backbones.py --quick --threads 2 --levers --out /tmp/bench
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import platform
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from maskstudy import config as profiles
 from maskstudy import report, storage
-from maskstudy.losses import build_margin_head
-from maskstudy.models import build_backbone, count_flops
+from maskstudy.evaluate.embed import embed_crops
+from maskstudy.models import count_flops
+from maskstudy.models.attention import reference_backward
+from maskstudy.train.config import TrainConfig
+from maskstudy.train.data import EpochPlan
+from maskstudy.train.runtime import process_settings, resolve_runtime
+from maskstudy.train.step import build_training_step
 
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, seconds: float) -> float:
-    """Sustained FLOP/s of a square matmul (2 n^3 FLOPs each)."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    count, began = 0, time.perf_counter()
-    while time.perf_counter() - began < seconds:
-        a @ b
-        count += 1
-    _sync(device)
-    return 2 * size**3 * count / (time.perf_counter() - began)
+CROP = 112  # stored crops are 112 px; training and evaluation resize them to the input size
 
 
 def _sync(device: torch.device) -> None:
@@ -42,98 +57,252 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def throughput(step, batch: int, device: torch.device, seconds: float, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    count, began = 0, time.perf_counter()
-    while time.perf_counter() - began < seconds or count < 3:
-        step()
-        count += 1
-    _sync(device)
-    return batch * count / (time.perf_counter() - began)
+@dataclass
+class Measurement:
+    """One timed workload: ``run()`` processes ``items`` images; the best window of all rounds is kept."""
+
+    name: str
+    run: Callable[[], object]
+    items: int
+    device: torch.device
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    wall_rate: float = 0.0
+    cpu_rate: float = 0.0
+    windows: list[float] = field(default_factory=list)
+
+    def window(self, seconds: float) -> None:
+        with self.context():
+            _sync(self.device)
+            count, wall0, cpu0 = 0, time.perf_counter(), time.process_time()
+            while time.perf_counter() - wall0 < seconds or count < 1:
+                self.run()
+                count += 1
+            _sync(self.device)
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        rate = self.items * count / wall
+        self.windows.append(rate)
+        self.wall_rate = max(self.wall_rate, rate)
+        self.cpu_rate = max(self.cpu_rate, self.items * count / max(cpu, 1e-9))
 
 
-def bench_variant(name: str, width: float, input_size: int, batch: int, device: torch.device, seconds: float,
-                  num_classes: int = 1000) -> dict:
-    cuda = device.type == "cuda"
-    model = build_backbone(name, width=width, input_size=input_size, embedding_size=512).to(device)
-    head = build_margin_head("arcface", 512, num_classes).to(device)
-    flops = count_flops(model, input_size)
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    images = torch.randn(batch, 3, input_size, input_size, device=device).to(memory_format=memory_format)
-    labels = torch.randint(0, num_classes, (batch,), device=device)
-    optimizer = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+def matmul_workload(device: torch.device, dtype: torch.dtype, size: int) -> Measurement:
+    """Square matmuls of ``size``; ``items`` counts FLOPs (2 n^3 each), so the rates are FLOP/s."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    return Measurement("matmul", lambda: a @ b, 2 * size**3, device)
 
-    def train_step():
-        with autocast:
-            loss, _ = head(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
-    model.train()
-    train_rate = throughput(train_step, batch, device, seconds)
-    model.eval()
+def variant_settings(config: dict, variant: str) -> dict:
+    """TrainConfig fields of a variant of the profile: ``plain`` / ``se`` / ``cbam`` (notebook 03) or ``vit`` /
+    ``hybrid`` (notebook 04)."""
+    if variant in profiles.TRANSFORMER_KEYS:
+        return profiles.transformer_settings(config, variant)
+    return profiles.train_settings(config, {"plain": "none"}.get(variant, variant))
 
-    def eval_step():
-        with torch.inference_mode(), autocast:
-            model(images)
 
-    eval_rate = throughput(eval_step, batch, device, seconds)
-    return {"variant": name, "input_size": input_size, "width": width, "batch": batch,
-            "params": sum(p.numel() for p in model.parameters()), "gflops_per_image": flops / 1e9,
-            "train_img_s": train_rate, "eval_img_s": eval_rate, "train_gflop_s": 3 * flops * train_rate / 1e9}
+def synthetic_batch(batch: int, num_classes: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray, EpochPlan]:
+    """Random uint8 crops, labels and augmentation draws of one batch (as the loop's epoch plan holds them)."""
+    g = torch.Generator().manual_seed(seed)
+    crops = torch.randint(0, 256, (batch, CROP, CROP, 3), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, num_classes, (batch,), generator=g).numpy()
+    plan = EpochPlan(order=np.arange(batch), masked=np.zeros(batch, bool),
+                     flip=(torch.rand(batch, generator=g) < 0.5).numpy(),
+                     brightness=(0.9 + 0.2 * torch.rand(batch, generator=g)).numpy().astype(np.float32),
+                     contrast=(0.9 + 0.2 * torch.rand(batch, generator=g)).numpy().astype(np.float32))
+    return crops, labels, plan
+
+
+def training_workload(name: str, settings: dict, num_classes: int, device: str, *, reference: bool = False,
+                      **changes) -> tuple[Measurement, object]:
+    """The training loop's step for ``settings`` (with ``changes``) on a synthetic batch; returns it and the
+    step (its raw backbone is reused for evaluation)."""
+    config = TrainConfig.from_dict({**settings, "device": device, **changes})
+    rt = resolve_runtime(config)
+    step = build_training_step(config, rt, num_classes)
+    crops, labels, plan = synthetic_batch(config.batch_size, num_classes)
+    step.train()
+
+    @contextlib.contextmanager
+    def context():
+        with process_settings(config, rt), (reference_backward() if reference else contextlib.nullcontext()):
+            yield
+
+    with context():
+        step(crops, labels, plan, 1e-3)  # warm-up (and, with compile, compilation)
+    # a small learning rate keeps the weights near their initialisation over thousands of steps on one batch
+    return Measurement(name, lambda: step(crops, labels, plan, 1e-3), config.batch_size, rt.device,
+                       context), step
+
+
+def evaluation_workload(name: str, model: torch.nn.Module, input_size: int, batch: int, *,
+                        channels_last: bool | None = None, fold: bool = True) -> Measurement:
+    """Evaluation embeddings of ``batch`` synthetic crops: :func:`embed_crops`, or with ``channels_last`` /
+    ``fold`` given, :func:`compute_embeddings` in that setting (flip fusion, normalised, as evaluation)."""
+    from maskstudy.evaluate.embed import EVAL_CHANNELS_LAST, compute_embeddings
+    from maskstudy.models import fold_batchnorm, model_device
+
+    crops = torch.randint(0, 256, (batch, CROP, CROP, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(1)).numpy()
+    # as evaluation gets it from a checkpoint: contiguous weights (a channels-last weight would turn every
+    # convolution channels-last whatever the input's format), eval mode
+    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
+    device = model_device(model)
+    if channels_last is None and fold:
+        def run():
+            return embed_crops(model, crops, input_size, batch_size=batch)
+    else:
+        cl = EVAL_CHANNELS_LAST.get(device.type, False) if channels_last is None else channels_last
+
+        def run():
+            return compute_embeddings(fold_batchnorm(model) if fold else model, crops, input_size, batch_size=batch,
+                                      flip=True, channels_last=cl,
+                                      amp_dtype=torch.bfloat16 if device.type == "cuda" else None)
+    run()
+    return Measurement(name, run, batch, device)
+
+
+def _row(variant: str, settings: dict, flops: float, train: Measurement, evaluation: Measurement | None,
+         peak: Measurement, setting: str = "default") -> dict:
+    row = {"variant": variant, "setting": setting, "backbone": settings["backbone"], "width": settings["width"],
+           "input_size": settings["input_size"], "batch": settings["batch_size"],
+           "gflops_per_image": flops / 1e9,
+           "train_img_s": train.wall_rate, "train_img_cpu_s": train.cpu_rate,
+           "train_gflop_s": 3 * flops * train.wall_rate / 1e9,
+           "share_of_matmul": 3 * flops * train.wall_rate / peak.wall_rate,
+           "share_of_matmul_cpu_time": 3 * flops * train.cpu_rate / peak.cpu_rate,
+           "train_windows_img_s": [round(r, 1) for r in train.windows]}
+    if evaluation is not None:
+        row.update(eval_img_s=evaluation.wall_rate, eval_img_cpu_s=evaluation.cpu_rate,
+                   eval_windows_img_s=[round(r, 1) for r in evaluation.windows])
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depth", default="ir18")
-    parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--input-size", type=int, nargs="+", default=[112, 56])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per variant and mode")
+    parser.add_argument("--profile", default=None, help="sizes of this profile (default: cpu, or gpu with CUDA)")
+    parser.add_argument("--variants", nargs="+", default=["plain", "se", "cbam", "vit", "hybrid"],
+                        choices=["plain", "se", "cbam", "vit", "hybrid"])
+    parser.add_argument("--classes", type=int, default=1000, help="identities of the margin head")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one measuring window")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; each measurement keeps its best")
+    parser.add_argument("--quick", action="store_true",
+                        help="short windows, 3 rounds, 64 evaluation crops per call (a smoke run; noisier)")
+    parser.add_argument("--levers", action="store_true",
+                        help="also plain/SE/CBAM with each training and evaluation speed-up undone")
+    parser.add_argument("--compile", action="store_true", help="also plain/SE/CBAM trained with torch.compile")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="reports/bench", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
+    eval_batch = None
+    if args.quick:
+        args.seconds, args.repeats, eval_batch = min(args.seconds, 0.4), min(args.repeats, 3), 64
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    config = profiles.resolve_config(args.profile or ("gpu" if device.type == "cuda" else "cpu"))
+    eval_batch = eval_batch or config["eval_batch_size"]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    peak = matmul_rate(device, dtype, 4096 if device.type == "cuda" else 1024, args.seconds)
+    peak = matmul_workload(device, dtype, 4096 if device.type == "cuda" else 1024)
+    measurements, rows_spec = [peak], []
+    started = time.perf_counter()
+    for variant in args.variants:
+        settings = variant_settings(config, variant)
+        train, step = training_workload(variant, settings, args.classes, str(device))
+        evaluation = evaluation_workload(variant, step.raw_backbone, settings["input_size"], eval_batch)
+        flops = count_flops(step.raw_backbone, settings["input_size"])
+        measurements += [train, evaluation]
+        rows_spec.append((variant, settings, flops, train, evaluation, "default"))
+        if args.levers and variant in ("plain", "se", "cbam"):
+            levers = [("channels_last off", {"channels_last": False}, False),
+                      ("reference backward", {}, True),
+                      ("both off", {"channels_last": False}, True)]
+            for setting, changes, reference in levers:
+                lever, _ = training_workload(f"{variant} {setting}", settings, args.classes, str(device),
+                                             reference=reference, **changes)
+                measurements.append(lever)
+                rows_spec.append((variant, settings, flops, lever, None, f"train: {setting}"))
+            for setting, kw in [("contiguous", {"channels_last": False}), ("unfolded BN", {"fold": False}),
+                                ("both off", {"channels_last": False, "fold": False})]:
+                lever = evaluation_workload(f"{variant} eval {setting}", step.raw_backbone, settings["input_size"],
+                                            eval_batch, **kw)
+                measurements.append(lever)
+                rows_spec.append((variant, settings, flops, None, lever, f"eval: {setting}"))
+        if args.compile and variant in ("plain", "se", "cbam"):
+            began = time.perf_counter()
+            compiled, _ = training_workload(f"{variant} compiled", settings, args.classes, str(device), compile=True)
+            compile_s = time.perf_counter() - began
+            measurements.append(compiled)
+            rows_spec.append((variant, settings, flops, compiled, None, f"train: compile (first step {compile_s:.0f} s)"))
+        print(f"set up {variant} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    for round_ in range(args.repeats):
+        for m in measurements:
+            m.window(args.seconds)
+        print(f"round {round_ + 1}/{args.repeats}: matmul {peak.windows[-1] / 1e9:.1f} GFLOP/s", flush=True)
+
     rows = []
-    for input_size in args.input_size:
-        for attention in ("", "_se", "_cbam"):
-            row = bench_variant(args.depth + attention, args.width, input_size, args.batch, device, args.seconds)
-            row["share_of_matmul_peak"] = row["train_gflop_s"] * 1e9 / peak
-            rows.append(row)
-            print(f"{row['variant']:>10} @{input_size}: train {row['train_img_s']:8.1f} img/s  "
-                  f"eval {row['eval_img_s']:8.1f} img/s  {row['train_gflop_s']:7.1f} GFLOP/s "
-                  f"({100 * row['share_of_matmul_peak']:.0f}% of matmul)", flush=True)
+    for variant, settings, flops, train, evaluation, setting in rows_spec:
+        if train is None:  # an evaluation lever
+            row = {"variant": variant, "setting": setting, "backbone": settings["backbone"],
+                   "eval_img_s": evaluation.wall_rate, "eval_img_cpu_s": evaluation.cpu_rate,
+                   "eval_windows_img_s": [round(r, 1) for r in evaluation.windows]}
+        else:
+            row = _row(variant, settings, flops, train, evaluation, peak, setting)
+        rows.append(row)
+    defaults = {r["variant"]: r for r in rows if r["setting"] == "default"}
+    plain = defaults.get("plain")
     for row in rows:
-        plain = next(r for r in rows if r["input_size"] == row["input_size"] and r["variant"] == args.depth)
-        row["train_cost_vs_plain"] = plain["train_img_s"] / row["train_img_s"]
-        row["eval_cost_vs_plain"] = plain["eval_img_s"] / row["eval_img_s"]
-    result = {"device": report.device_description(), "machine": platform.machine(),
-              "threads": torch.get_num_threads(), "matmul_dtype": str(dtype).replace("torch.", ""),
-              "matmul_gflop_s": peak / 1e9, "rows": rows}
+        if row["setting"] == "default" and plain is not None and row["variant"] in ("plain", "se", "cbam"):
+            row["train_overhead_vs_plain"] = plain["train_img_s"] / row["train_img_s"] - 1
+            row["train_overhead_vs_plain_cpu_time"] = plain["train_img_cpu_s"] / row["train_img_cpu_s"] - 1
+            row["eval_overhead_vs_plain"] = plain["eval_img_s"] / row["eval_img_s"] - 1
+            row["eval_overhead_vs_plain_cpu_time"] = plain["eval_img_cpu_s"] / row["eval_img_cpu_s"] - 1
+    result = {"device": report.device_description(), "machine": platform.machine(), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "profile": config["profile"],
+              "matmul_dtype": str(dtype).replace("torch.", ""), "matmul_gflop_s": peak.wall_rate / 1e9,
+              "matmul_gflop_cpu_s": peak.cpu_rate / 1e9,
+              "matmul_windows_gflop_s": [round(r / 1e9, 1) for r in peak.windows],
+              "seconds_per_window": args.seconds, "repeats": args.repeats, "num_classes": args.classes,
+              "eval_crops_per_call": eval_batch,
+              "rows": rows}
     out = Path(args.out)
     storage.write_json(out / "bench.json", result)
+    storage.write_text(out / "bench.md", _markdown(result))
+    print(_markdown(result))
+    print(f"wrote {out}/bench.json and {out}/bench.md")
+    return 0
+
+
+def _markdown(result: dict) -> str:
     import pandas as pd
 
-    table = pd.DataFrame(rows)[["variant", "input_size", "width", "batch", "params", "gflops_per_image",
-                                "train_img_s", "train_cost_vs_plain", "train_gflop_s", "share_of_matmul_peak",
-                                "eval_img_s", "eval_cost_vs_plain"]]
-    header = (f"Device: {result['device']}; {result['threads']} threads; {result['matmul_dtype']} matmul "
-              f"{result['matmul_gflop_s']:.0f} GFLOP/s.\n\n")
-    storage.write_text(out / "bench.md", header + report.to_markdown(table))
-    print(f"\nmatmul ({result['matmul_dtype']}): {result['matmul_gflop_s']:.1f} GFLOP/s; wrote {out}/bench.json and bench.md")
-    return 0
+    rows = result["rows"]
+    main_rows = [r for r in rows if r["setting"] == "default"]
+    columns = ["variant", "backbone", "width", "input_size", "batch", "gflops_per_image", "train_img_s",
+               "train_img_cpu_s", "train_gflop_s", "share_of_matmul", "share_of_matmul_cpu_time",
+               "train_overhead_vs_plain", "train_overhead_vs_plain_cpu_time", "eval_img_s", "eval_img_cpu_s",
+               "eval_overhead_vs_plain", "eval_overhead_vs_plain_cpu_time"]
+    table = pd.DataFrame(main_rows).reindex(columns=columns)
+    text = (f"Device: {result['device']}; torch {result['torch']}; {result['threads']} threads; profile "
+            f"{result['profile']}. {result['matmul_dtype']} matmul: {result['matmul_gflop_s']:.1f} GFLOP/s by wall "
+            f"clock, {result['matmul_gflop_cpu_s']:.1f} per process CPU second.\n\n"
+            f"Best of {result['repeats']} interleaved windows of {result['seconds_per_window']} s each. "
+            "Training: the loop's step (augmentation included), 3x forward FLOPs per image; share = achieved "
+            "FLOP rate / matmul rate (by wall clock, and by process CPU time). Overheads: plain's rate / the "
+            "variant's - 1. Evaluation: crops/s of embed_crops (flip fusion: two forward passes per crop). "
+            "Timings on a shared machine are noisy: compare rows of one run, not runs.\n\n")
+    text += report.to_markdown(table)
+    levers = [r for r in rows if r["setting"] != "default"]
+    if levers:
+        lever_table = pd.DataFrame(levers).reindex(columns=["variant", "setting", "train_img_s", "train_img_cpu_s",
+                                                            "share_of_matmul", "eval_img_s", "eval_img_cpu_s"])
+        text += "\n\nSpeed-ups undone one at a time (same run):\n\n" + report.to_markdown(lever_table)
+    return text + "\n"
 
 
 if __name__ == "__main__":

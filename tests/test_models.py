@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -320,3 +323,137 @@ def test_count_flops_backbone_ordering():
     se = count_flops(build_backbone("ir18_se", width=0.125, input_size=32))
     cbam = count_flops(build_backbone("ir18_cbam", width=0.125, input_size=32))
     assert 0 < plain < se < cbam
+
+
+# --- fused CPU backward, BatchNorm folding ---------------------------------------------------------
+
+
+def _grads(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor, reference: bool):
+    from maskstudy.models.attention import reference_backward
+
+    x = x.detach().clone().requires_grad_()
+    with reference_backward() if reference else torch.enable_grad():
+        out = module(x)
+        grads = torch.autograd.grad(out, [x, *module.parameters()], grad_out)
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("module", [SEModule(16), CBAM(16), CBAM(32, spatial_kernel=3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_attention_backward_matches_autograd(module, channels_last):
+    """The fused CPU backward of SE / CBAM: the reference forward bitwise, autograd's gradients up to rounding,
+    the memory format kept, and several backward passes through one graph (Grad-CAM's retain_graph)."""
+    x = torch.randn(4, module.channels, 9, 9)
+    x[0, 1] = 0.5  # a constant channel: its spatial max is a 81-way tie, whose gradient amax splits evenly
+    x[1, :, 2, 3] = 1.0  # a channel tie at one pixel
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=memory_format)
+    grad_out = torch.randn_like(x)
+    ref_out, ref_grads = _grads(module, x, grad_out, reference=True)
+    out, grads = _grads(module, x, grad_out, reference=False)
+    assert torch.equal(out, ref_out) and out.is_contiguous(memory_format=memory_format)
+    assert grads[0].is_contiguous(memory_format=memory_format)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
+    with torch.no_grad():
+        assert torch.equal(module(x), module.reference_forward(x))
+    leaf = x.detach().clone().requires_grad_()
+    out = module(leaf)
+    first = torch.autograd.grad(out, leaf, grad_out, retain_graph=True)[0]
+    assert torch.equal(torch.autograd.grad(out, leaf, grad_out)[0], first)
+
+
+@pytest.mark.parametrize("name", ["SEModule", "CBAM"])
+def test_fused_attention_gradcheck(name):
+    from maskstudy.models.attention import _CBAMFunction, _SEFunction
+
+    module = (SEModule(6, min_hidden=3) if name == "SEModule" else CBAM(6, min_hidden=3, spatial_kernel=3)).double()
+    x = torch.randn(2, 6, 4, 5, dtype=torch.float64, requires_grad=True)
+    params = list(module.parameters())
+    if name == "SEModule":
+        assert torch.autograd.gradcheck(_SEFunction.apply, (x, *params))
+    else:
+        assert torch.autograd.gradcheck(lambda *t: _CBAMFunction.apply(*t, module.spatial.padding), (x, *params))
+
+
+def test_fast_prelu_is_nn_prelu_with_a_vectorised_backward():
+    from maskstudy.models.iresnet import FastPReLU, _PReLUFunction
+
+    prelu = FastPReLU(5)
+    with torch.no_grad():
+        prelu.weight.copy_(torch.tensor([0.25, -0.5, 0.0, 1.5, 0.1]))
+    reference = nn.PReLU(5)
+    reference.load_state_dict(prelu.state_dict())  # the same parameter name: checkpoints load either way
+    for channels_last in (False, True):
+        x = torch.randn(3, 5, 6, 7)
+        x[0, 0, 0, :3] = 0.0  # x = 0 takes the weight's slope, as in torch
+        x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        grad = torch.randn_like(x)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out, want = prelu(x1), reference(x2)
+        assert torch.equal(out, want)
+        got_x, got_w = torch.autograd.grad(out, [x1, prelu.weight], grad)
+        want_x, want_w = torch.autograd.grad(want, [x2, reference.weight], grad)
+        assert torch.equal(got_x, want_x)  # grad * exactly 1 or the weight
+        torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-5)
+    xd = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    wd = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_PReLUFunction.apply, (xd, wd))
+    assert isinstance(build_backbone("ir18", width=0.125, input_size=32).layer1[0].prelu, FastPReLU)
+
+
+def test_fused_backward_trains_like_autograd():
+    """A few SGD steps of a CBAM network with the fused backward (and channels_last) against autograd's
+    reference backward in the contiguous format: the losses agree up to rounding."""
+    from maskstudy.models.attention import reference_backward
+
+    losses = {}
+    for fused, channels_last in ((False, False), (True, False), (True, True)):
+        torch.manual_seed(0)
+        model = build_backbone("ir18_cbam", width=0.125, input_size=32, embedding_size=16)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model.to(memory_format=memory_format)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        g = torch.Generator().manual_seed(1)
+        curve = []
+        with contextlib.nullcontext() if fused else reference_backward():
+            for _ in range(4):
+                x = torch.randn(16, 3, 32, 32, generator=g).contiguous(memory_format=memory_format)
+                target = torch.randn(16, 16, generator=g)
+                loss = (model(x) - target).square().mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                curve.append(loss.item())
+        losses[fused, channels_last] = curve
+    for curve in losses.values():
+        np.testing.assert_allclose(curve, losses[False, False], rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, kw", [("ir18", {}), ("ir18_se", {}), ("ir18_cbam", {}),
+                                      ("hybrid_ir18_cbam_vit", {"depth": 1}), ("vit_tiny", {"depth": 1})])
+def test_fold_batchnorm_equals_the_model_in_eval(name, kw):
+    from maskstudy.models import fold_batchnorm
+
+    model = build_backbone(name, width=0.25, input_size=32, embedding_size=16, **kw)
+    with torch.no_grad():  # BatchNorm statistics and affine parameters far from their initial values
+        for _ in range(2):
+            model(torch.randn(8, 3, 32, 32) * 3 + 1)
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.weight.requires_grad:
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.3)
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert not folded.training and folded is not model
+    left = [n for n, m in folded.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    assert all(n.endswith(".bn1") and ".layer" in f".{n}" for n in left)  # only BNs before a convolution remain
+    assert sum(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules()) > len(left)  # untouched
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            got = folded(x.contiguous(memory_format=memory_format))
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+            assert (F.normalize(got) - F.normalize(want)).abs().max() < 1e-5
+    assert fold_batchnorm(model.train()).training is False and model.training  # the original keeps its mode

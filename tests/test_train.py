@@ -20,6 +20,7 @@ from maskstudy.train import (
     CHECKPOINT_FORMAT,
     LOG_COLUMNS,
     ConfigMismatchError,
+    EpochPlan,
     FaceCropDataset,
     TrainConfig,
     augment_batch,
@@ -355,6 +356,51 @@ def test_augmentation_and_schedule():
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-3
     assert learning_rate(55, 0.1, 10, 100, "poly") == pytest.approx(0.1 * 0.5**2)
 
+
+
+def test_training_step_in_channels_last_and_fused_backward_changes_losses_only_by_rounding():
+    """The speed-ups of the CPU training step (channels_last, the fused backward of PReLU / SE / CBAM) against
+    the contiguous format with autograd's reference backward: the same seed gives the same loss curve up to
+    float rounding."""
+    import contextlib
+
+    from maskstudy.models.attention import reference_backward
+    from maskstudy.train.runtime import process_settings, resolve_runtime
+    from maskstudy.train.step import build_training_step
+
+    g = torch.Generator().manual_seed(0)
+    crops = torch.randint(0, 256, (4, 16, 112, 112, 3), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 6, (4, 16), generator=g).numpy()
+    plans = [EpochPlan(np.arange(16), np.zeros(16, bool), (torch.rand(16, generator=g) < 0.5).numpy(),
+                       np.full(16, 1.05, np.float32), np.full(16, 0.95, np.float32)) for _ in range(4)]
+    for backbone in ("ir18_se", "ir18_cbam"):
+        curves = {}
+        for channels_last, fused in ((False, False), (True, False), (False, True), (True, True)):
+            config = _config(backbone=backbone, batch_size=16, channels_last=channels_last)
+            rt = resolve_runtime(config)
+            with process_settings(config, rt), contextlib.nullcontext() if fused else reference_backward():
+                step = build_training_step(config, rt, num_classes=6)
+                step.train()
+                curves[channels_last, fused] = [
+                    float(step(crops[k], labels[k], plans[k], lr)[0]) / 16 for k, lr in enumerate((0.02, 0.05, 0.08,
+                                                                                                  0.1))]
+        for curve in curves.values():
+            np.testing.assert_allclose(curve, curves[False, False], rtol=1e-4)
+
+
+def test_runtime_defaults_channels_last_and_restores_process_settings():
+    from maskstudy.train.runtime import process_settings, resolve_runtime
+
+    assert resolve_runtime(_config()).channels_last  # "auto": on, on the CPU too
+    assert not resolve_runtime(_config(channels_last=False)).channels_last
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    config = _config()
+    with process_settings(config, resolve_runtime(config)):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory  # no NaN fill of every new tensor
+    assert torch.utils.deterministic.fill_uninitialized_memory == fill
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
 
 
 def test_split_holds_out_identities(data):

@@ -105,7 +105,7 @@ def test_config_and_profile_keys():
                                        "teacher": "dlib_resnet", "teacher_students": ["se"]})
     settings = train_settings(profile, "se")
     assert (settings["distill_weight"], settings["teacher_embeddings"]) == (1.5, "x.npz")
-    assert resolve_config("smoke")["teacher"] is None and resolve_config("smoke")["teacher_students"] == []
+    assert resolve_config("smoke")["teacher"] == "dlib_resnet" and resolve_config("smoke", {"teacher": None})["teacher"] is None
     with pytest.raises(ValueError, match="teacher"):
         resolve_config("smoke", {"teacher": 3})
 

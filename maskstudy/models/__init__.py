@@ -6,6 +6,7 @@
 
 from . import iresnet as _iresnet  # noqa: F401  (registers the ir* backbones)
 from . import vit as _vit  # noqa: F401  (registers vit_* and hybrid_*_vit; teaches count_flops CPU attention)
+from .folding import fold_batchnorm
 from .registry import (
     UnknownNameError,
     available_backbones,
@@ -24,6 +25,7 @@ __all__ = [
     "count_flops",
     "count_parameters",
     "eval_mode",
+    "fold_batchnorm",
     "model_device",
     "register_backbone",
 ]

@@ -1,14 +1,27 @@
 """Channel / spatial attention blocks inserted into the IR-ResNet residual branch.
 
 Both modules keep the input's shape and work with contiguous or ``channels_last`` tensors.
+
+Training on the CPU runs each block as one autograd node (:class:`_SEFunction`, :class:`_CBAMFunction`) with a
+hand-written backward. Autograd's own graph of these few elementwise operations writes and re-reads the whole
+feature map many times (a gradient per use of the map, then their sums; ``amax``'s backward alone takes four
+passes). The fused backward computes the same gradients (ties of a maximum split evenly, as ``amax``), summed
+in another order, so equal up to float rounding, in fewer passes; the forward is the reference computation, so
+outputs are bitwise the same. Measured on one CPU thread at the cpu profile's sizes (IR-ResNet-18, width 0.25,
+56 px, batch 64): the eight CBAM blocks' forward + backward from about 58 to 38 ms per step, the SE blocks' from
+11 to 8 ms. Evaluation, ``torch.compile`` (Inductor fuses the reference operations itself), autocast and other
+devices run :meth:`SEModule.reference_forward` / :meth:`CBAM.reference_forward` with autograd.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .registry import lookup
 
@@ -26,6 +39,125 @@ def _channel_mlp(channels: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
 
 
+_fused_backward_on = True
+
+
+@contextlib.contextmanager
+def reference_backward() -> Iterator[None]:
+    """Inside the block the modules here (and the IR-ResNet's PReLU) train with autograd's backward of their
+    reference operations, not their fused CPU backward: for tests and benchmarks."""
+    global _fused_backward_on
+    previous, _fused_backward_on = _fused_backward_on, False
+    try:
+        yield
+    finally:
+        _fused_backward_on = previous
+
+
+def fused_backward_applies(x: torch.Tensor) -> bool:
+    """Whether a module here trains with its fused CPU backward: gradients on, a 4-D CPU tensor, no autocast,
+    not being traced by ``torch.compile``, not inside :func:`reference_backward`."""
+    return (_fused_backward_on and torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+
+
+def _hw_max(x: torch.Tensor) -> torch.Tensor:
+    """``x.amax(dim=(2, 3))``; without gradients through adaptive max pooling: the same values, many times faster
+    on ``channels_last`` maps (its backward would send a tie's gradient to one element, amax's splits it)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return x.amax(dim=(2, 3))
+    return F.adaptive_max_pool2d(x, 1).flatten(1)
+
+
+def _mlp_forward(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                 b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_channel_mlp``'s output for ``pooled`` (rows), and its hidden layer before the ReLU."""
+    hidden = F.linear(pooled, w1, b1)
+    return F.linear(F.relu(hidden), w2, b2), hidden
+
+
+def _mlp_backward(grad: torch.Tensor, pooled: torch.Tensor, hidden: torch.Tensor, w1: torch.Tensor,
+                  w2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Gradients of :func:`_mlp_forward` (pooled, w1, b1, w2, b2) given the output's, as autograd computes them."""
+    grad_hidden = torch.ops.aten.threshold_backward(grad.mm(w2), hidden, 0)
+    return (grad_hidden.mm(w1), grad_hidden.t().mm(pooled), grad_hidden.sum(0), grad.t().mm(F.relu(hidden)),
+            grad.sum(0))
+
+
+def _add_max_gradient(grad: torch.Tensor, x: torch.Tensor, maximum: torch.Tensor, grad_max: torch.Tensor,
+                      dims: int | tuple[int, ...]) -> None:
+    """Add to ``grad`` the gradient of ``maximum = x.amax(dims, keepdim=True)`` given ``grad_max``: it goes to the
+    elements that attain the maximum, split evenly between ties (as ``amax``'s backward)."""
+    hit = torch.eq(x, maximum, out=torch.empty_like(x))  # 0/1 in x's dtype, without a bool intermediate
+    grad.addcmul_(hit, grad_max / hit.sum(dims, keepdim=True))
+
+
+class _SEFunction(torch.autograd.Function):
+    """:meth:`SEModule.reference_forward` with a fused backward (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):
+        pooled = x.mean(dim=(2, 3))
+        logits, hidden = _mlp_forward(pooled, w1, b1, w2, b2)
+        gate = torch.sigmoid(logits)
+        ctx.save_for_backward(x, pooled, hidden, gate, w1, w2)
+        return x * gate[:, :, None, None]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, pooled, hidden, gate, w1, w2 = ctx.saved_tensors
+        grad_gate = (grad_out * x).sum(dim=(2, 3))
+        grad_pooled, *grad_params = _mlp_backward(torch.ops.aten.sigmoid_backward(grad_gate, gate), pooled, hidden,
+                                                  w1, w2)
+        hw = x.shape[2] * x.shape[3]
+        grad_x = torch.addcmul(grad_pooled.div(hw)[:, :, None, None], grad_out, gate[:, :, None, None])
+        return (grad_x, *grad_params)
+
+
+class _CBAMFunction(torch.autograd.Function):
+    """:meth:`CBAM.reference_forward` with a fused backward (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, spatial_weight, padding):
+        b = x.shape[0]
+        hw_max = _hw_max(x)
+        pooled = torch.cat([x.mean(dim=(2, 3)), hw_max], dim=0)
+        logits, hidden = _mlp_forward(pooled, w1, b1, w2, b2)
+        avg_out, max_out = logits.split(b, dim=0)
+        channel_gate = torch.sigmoid(avg_out + max_out)
+        gated = x * channel_gate[:, :, None, None]
+        c_max = gated.amax(dim=1, keepdim=True)
+        descriptor = torch.cat([gated.mean(dim=1, keepdim=True), c_max], dim=1)
+        spatial_gate = torch.sigmoid(F.conv2d(descriptor, spatial_weight, padding=padding))
+        ctx.padding = padding
+        ctx.save_for_backward(x, hw_max, pooled, hidden, channel_gate, gated, c_max, descriptor, spatial_gate,
+                              w1, w2, spatial_weight)
+        return gated * spatial_gate
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        (x, hw_max, pooled, hidden, channel_gate, gated, c_max, descriptor, spatial_gate, w1, w2,
+         spatial_weight) = ctx.saved_tensors
+        b, c, h, w = x.shape
+        # out = gated * spatial_gate; spatial_gate = sigmoid(conv([mean_c(gated); max_c(gated)]))
+        grad_conv = torch.ops.aten.sigmoid_backward((grad_out * gated).sum(dim=1, keepdim=True), spatial_gate)
+        grad_descriptor, grad_spatial_weight, _ = torch.ops.aten.convolution_backward(
+            grad_conv, descriptor, spatial_weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
+            [True, True, False])
+        grad_mean, grad_max = grad_descriptor[:, :1], grad_descriptor[:, 1:]
+        grad_gated = torch.addcmul(grad_mean.div(c), grad_out, spatial_gate)
+        _add_max_gradient(grad_gated, gated, c_max, grad_max, 1)
+        # gated = x * channel_gate; channel_gate = sigmoid(MLP(mean_hw(x)) + MLP(max_hw(x)))
+        grad_logits = torch.ops.aten.sigmoid_backward((grad_gated * x).sum(dim=(2, 3)), channel_gate)
+        grad_pooled, *grad_params = _mlp_backward(torch.cat([grad_logits, grad_logits]), pooled, hidden, w1, w2)
+        grad_avg, grad_hw_max = grad_pooled.split(b, dim=0)
+        grad_x = torch.addcmul(grad_avg.div(h * w)[:, :, None, None], grad_gated, channel_gate[:, :, None, None])
+        _add_max_gradient(grad_x, x, hw_max[:, :, None, None], grad_hw_max[:, :, None, None], (2, 3))
+        return (grad_x, *grad_params, grad_spatial_weight, None)
+
+
 class SEModule(nn.Module):
     """Squeeze-and-Excitation (Hu et al., CVPR 2018).
 
@@ -39,6 +171,11 @@ class SEModule(nn.Module):
         self.mlp = _channel_mlp(channels, self.hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_backward_applies(x):
+            return _SEFunction.apply(x, self.mlp[0].weight, self.mlp[0].bias, self.mlp[2].weight, self.mlp[2].bias)
+        return self.reference_forward(x)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = torch.sigmoid(self.mlp(x.mean(dim=(2, 3))))
         return x * gate[:, :, None, None]
 
@@ -61,9 +198,15 @@ class CBAM(nn.Module):
         self.spatial = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_backward_applies(x):
+            return _CBAMFunction.apply(x, self.mlp[0].weight, self.mlp[0].bias, self.mlp[2].weight,
+                                       self.mlp[2].bias, self.spatial.weight, self.spatial.padding)
+        return self.reference_forward(x)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         # One MLP call on [avg; max] stacked along the batch: a single pair of matmuls instead of two.
-        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=0)
+        pooled = torch.cat([x.mean(dim=(2, 3)), _hw_max(x)], dim=0)
         avg_out, max_out = self.mlp(pooled).split(b, dim=0)
         x = x * torch.sigmoid(avg_out + max_out)[:, :, None, None]
 

@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from .attention import build_attention
+from .attention import build_attention, fused_backward_applies
 from .registry import register_backbone
 
 STAGE_LAYERS: dict[int, tuple[int, int, int, int]] = {
@@ -41,6 +43,43 @@ def feature_map_size(input_size: int, num_stride2: int = 4) -> int:
     return input_size
 
 
+class _PReLUFunction(torch.autograd.Function):
+    """``F.prelu`` with a backward of vectorised tensor operations. Torch's own CPU backward of PReLU took about
+    20x the time of an elementwise add on the same map (measured with torch 2.14; about a fifth of an
+    IR-ResNet-18 training step at width 0.25). Here the input's gradient is ``grad * slope`` with ``slope``
+    exactly 1 or the channel's weight, and the weight's is ``sum(grad * min(x, 0))`` over all but the channel
+    dimension (the same sum, added in another order)."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return F.prelu(x, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        per_channel = weight.numel() > 1
+        w = weight.view([1, -1] + [1] * (x.dim() - 2)) if per_channel else weight.reshape(())
+        positive = torch.gt(x, 0, out=torch.empty_like(x))  # 1.0 / 0.0 in x's dtype
+        # lerp(w, 1, t) is exactly w at t = 0 and exactly 1 at t = 1 (torch evaluates it from the nearer end)
+        grad_x = grad * torch.lerp(w, torch.ones((), dtype=x.dtype), positive)
+        dims = [d for d in range(x.dim()) if not (per_channel and d == 1)]
+        grad_weight = (grad * x.clamp(max=0)).sum(dims).view_as(weight)
+        return grad_x, grad_weight
+
+
+class FastPReLU(nn.PReLU):
+    """:class:`torch.nn.PReLU` (same parameter, same outputs) that trains on the CPU through the vectorised
+    backward of :class:`_PReLUFunction`; elsewhere (evaluation, ``torch.compile``, autocast, GPUs) it is
+    ``nn.PReLU``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_backward_applies(x):
+            return _PReLUFunction.apply(x, self.weight)
+        return super().forward(x)
+
+
 class IRBlock(nn.Module):
     """IR residual unit: ``BN-conv3x3-BN-PReLU-conv3x3(stride)-BN-[attention]`` + shortcut.
 
@@ -61,7 +100,7 @@ class IRBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.prelu = nn.PReLU(channels)
+        self.prelu = FastPReLU(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, stride=stride, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(channels)
         self.attn = build_attention(attention, channels, **(attention_kwargs or {}))
@@ -130,7 +169,7 @@ class IResNet(nn.Module):
 
         self.conv1 = nn.Conv2d(3, stem_channels, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_channels)
-        self.prelu = nn.PReLU(stem_channels)
+        self.prelu = FastPReLU(stem_channels)
 
         in_channels = stem_channels
         for i, (n_blocks, channels) in enumerate(zip(self.layers, self.stage_channels), start=1):

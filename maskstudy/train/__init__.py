@@ -34,8 +34,9 @@ Multi-GPU (or multi-process CPU) training goes through ``torchrun``::
 
 Modules: :mod:`.config` (:class:`TrainConfig`, defaults from the base profile), :mod:`.data` (rows, held-out
 identities, crops, epoch plans, augmentation), :mod:`.optimization` (optimizer, LR schedule),
-:mod:`.validation`, :mod:`.runtime` (device, processes, precision), :mod:`.distill` (the optional distillation term
-from a pretrained teacher), :mod:`.loop` (:func:`train`) and :mod:`.cli` (``python -m maskstudy.train``).
+:mod:`.validation`, :mod:`.runtime` (device, processes, precision), :mod:`.step` (the modules of a run and one
+optimizer step), :mod:`.distill` (the optional distillation term from a pretrained teacher), :mod:`.loop`
+(:func:`train`) and :mod:`.cli` (``python -m maskstudy.train``).
 """
 
 from ..align import CROP_SIZE

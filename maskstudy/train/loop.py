@@ -13,15 +13,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..losses import build_margin_head
-from ..models import build_backbone
 from ..seeding import derive_seed, seed_everything, set_rng_state
 from ..storage import remove_stale_temp_files, write_csv, write_json
 from .config import (
-    INIT_STREAM,
     RUNTIME_KEYS,
     TRAIN_RNG_STREAM,
     ConfigMismatchError,
@@ -33,7 +29,6 @@ from .data import (
     EpochBatches,
     EpochPlan,
     FaceCropDataset,
-    augment_batch,
     class_key,
     epoch_order,
     epoch_plan,
@@ -41,8 +36,9 @@ from .data import (
     split_identities,
 )
 from .distill import Distiller, build_distiller, log_columns
-from .optimization import build_optimizer, learning_rate
+from .optimization import learning_rate
 from .runtime import Runtime, process_settings, resolve_runtime
+from .step import TrainingStep, build_training_step
 from .validation import Validation
 
 
@@ -125,29 +121,19 @@ class _Position:
 
 @dataclass
 class _Run:
-    """Everything the epochs of one run work with; ``backbone`` and ``head`` may be DDP / compiled wrappers of
-    ``raw_backbone`` and ``raw_head``."""
+    """Everything the epochs of one run work with; ``step`` holds the modules and makes the optimizer steps."""
 
     config: TrainConfig
     rt: Runtime
     dataset: FaceCropDataset
     validation: Validation | None
     sizes: _Sizes
-    backbone: nn.Module
-    head: nn.Module
-    raw_backbone: nn.Module
-    raw_head: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
+    step: TrainingStep
     checkpoint_path: Path
     out_dir: Path
     progress: bool
     log: Log
     distiller: Distiller | None = None  # the distillation term (train.distill), None without it
-    clip_params: list[nn.Parameter] = field(init=False)  # the backbone's trainable parameters
-
-    def __post_init__(self) -> None:
-        self.clip_params = [p for p in self.raw_backbone.parameters() if p.requires_grad]
 
 
 def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, resume: bool, progress: bool,
@@ -169,27 +155,14 @@ def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, 
     validation = Validation(val_rows, data_dir, config, log) if rt.rank == 0 else None
     sizes = _batch_sizes(dataset, config, rt, log)
 
-    seed_everything(derive_seed(config.seed, INIT_STREAM))  # seeded init: the same on every rank
-    backbone = build_backbone(config.backbone, width=config.width, input_size=config.input_size,
-                              embedding_size=config.embedding_size, dropout=config.dropout,
-                              **config.backbone_kwargs)
-    head = build_margin_head(config.margin, config.embedding_size, dataset.num_classes, s=config.scale)
-    distiller = build_distiller(config, train_rows, rt, checkpoint, ckpt_path, log)  # None when distill_weight is 0
-    if checkpoint is not None:
-        backbone.load_state_dict(checkpoint["model"])
-        head.load_state_dict(checkpoint["head"])
-    backbone.to(rt.device)
-    head.to(rt.device)
-    if rt.channels_last:
-        backbone.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(backbone, head, config)
-    if distiller is not None:
-        distiller.add_to(optimizer)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype is torch.float16)
+    step = build_training_step(config, rt, dataset.num_classes, checkpoint)  # seeded init: the same on every rank
+    step.distiller = build_distiller(config, train_rows, rt, checkpoint, ckpt_path, log)  # None when distill_weight is 0
+    if step.distiller is not None:
+        step.distiller.add_to(step.optimizer)
 
     position = _Position()
     if checkpoint is not None:
-        position = _resume(checkpoint, config, rt, optimizer, scaler, ckpt_path)
+        position = _resume(checkpoint, config, rt, step.optimizer, step.scaler, ckpt_path)
         done = position.epoch >= config.epochs or (config.max_steps is not None and position.step >= config.max_steps)
         log(f"train: resuming {ckpt_path} at epoch {position.epoch + 1}, step {position.step}"
             + (" (already done)" if done else ""))
@@ -201,8 +174,7 @@ def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, 
     if rt.rank == 0:
         write_json(out_dir / "config.json", config.to_dict())
     _log_start(config, rt, dataset, sizes, log)
-    run = _Run(config, rt, dataset, validation, sizes, *_wrap(backbone, head, config, rt), backbone, head, optimizer,
-               scaler, ckpt_path, out_dir, progress, log, distiller)
+    run = _Run(config, rt, dataset, validation, sizes, step, ckpt_path, out_dir, progress, log, step.distiller)
     trained_images, trained_seconds = _train_epochs(run, position)
     seconds = time.perf_counter() - started
     log(f"train: done in {seconds:.1f} s, {trained_images / max(trained_seconds, 1e-9):.0f} img/s -> {ckpt_path}")
@@ -268,27 +240,13 @@ def _log_start(config: TrainConfig, rt: Runtime, dataset: FaceCropDataset, sizes
         + (f", max_steps {config.max_steps}" if config.max_steps else ""))
 
 
-def _wrap(backbone: nn.Module, head: nn.Module, config: TrainConfig, rt: Runtime) -> tuple[nn.Module, nn.Module]:
-    """The modules the steps call: DDP wrappers under several processes, the backbone compiled with ``compile``."""
-    if rt.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [rt.device.index] if rt.device.type == "cuda" else None
-        backbone = DDP(backbone, device_ids=ids)
-        head = DDP(head, device_ids=ids)
-    if config.compile:
-        backbone = torch.compile(backbone)
-    return backbone, head
-
-
 def _train_epochs(run: _Run, position: _Position) -> tuple[int, float]:
     """Train from ``position`` until ``epochs`` or ``max_steps``; returns the images and seconds trained."""
     config, sizes = run.config, run.sizes
     trained_images, trained_seconds = 0, 0.0
     stopped = False
     lr = learning_rate(max(0, position.step - 1), config.lr, sizes.warmup_steps, sizes.total_steps, config.schedule)
-    run.backbone.train()
-    run.head.train()
+    run.step.train()
     while position.epoch < config.epochs and not stopped:
         plan = epoch_plan(run.dataset, config, position.epoch)
         first, sums, seconds = 0, torch.zeros(3, dtype=torch.float64, device=run.rt.device), 0.0
@@ -346,7 +304,8 @@ def _run_batches(run: _Run, position: _Position, plan: EpochPlan, batches: list[
         lr = learning_rate(position.step, run.config.lr, run.sizes.warmup_steps, run.sizes.total_steps,
                            run.config.schedule)
         piece = plan.slice(lo, hi)
-        sums += _train_step(run, piece, crops.pin_memory() if pin and not crops.is_pinned() else crops, lr)
+        sums += run.step(crops.pin_memory() if pin and not crops.is_pinned() else crops,
+                         run.dataset.labels[piece.order], piece, lr)
         position.step += 1
         images += len(piece.order) * rt.world_size
         bar.update(1)
@@ -356,36 +315,6 @@ def _run_batches(run: _Run, position: _Position, plan: EpochPlan, batches: list[
                             img_s=f"{images / max(elapsed, 1e-9):.0f}", refresh=False)
     bar.close()
     return images, lr
-
-
-def _train_step(run: _Run, piece: EpochPlan, crops: torch.Tensor, lr: float) -> torch.Tensor:
-    """One optimizer step on a batch at ``lr``; returns ``[loss * n, correct, n]`` (float64) of the batch."""
-    rt, config, optimizer, scaler = run.rt, run.config, run.optimizer, run.scaler
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    labels = torch.from_numpy(run.dataset.labels[piece.order]).to(rt.device, non_blocking=True)
-    x = augment_batch(crops, config.input_size, flip=torch.from_numpy(piece.flip),
-                      brightness=torch.from_numpy(piece.brightness), contrast=torch.from_numpy(piece.contrast),
-                      device=rt.device)
-    if rt.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with rt.autocast():
-        embeddings = run.backbone(x)
-    loss, _ = run.head(embeddings.float(), labels)
-    if run.distiller is not None:
-        loss = loss + run.distiller.term(embeddings, piece.order)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if config.grad_clip:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(run.clip_params, float(config.grad_clip))
-    scaler.step(optimizer)
-    scaler.update()
-    n = len(piece.order)
-    with torch.no_grad():
-        predicted = run.raw_head.cosine(embeddings.detach()).argmax(dim=1)
-        return torch.stack([loss.detach().double() * n, (predicted == labels).sum().double(),
-                            torch.tensor(float(n), dtype=torch.float64, device=rt.device)])
 
 
 def _end_epoch(run: _Run, position: _Position, sums: torch.Tensor, done_batches: int, seconds: float,
@@ -400,7 +329,7 @@ def _end_epoch(run: _Run, position: _Position, sums: torch.Tensor, done_batches:
                                  f"(step {position.step}); try a lower lr or margin scale")
     val_acc = float("nan")
     if run.validation is not None and run.validation.size:
-        val_acc = run.validation.accuracy(run.raw_backbone, config.input_size, rt.device, rt.amp_dtype,
+        val_acc = run.validation.accuracy(run.step.raw_backbone, config.input_size, rt.device, rt.amp_dtype,
                                           rt.channels_last, max(run.sizes.batch, 64))
     position.history.append({
         "epoch": position.epoch + 1, "step": position.step,
@@ -424,8 +353,8 @@ def _end_epoch(run: _Run, position: _Position, sums: torch.Tensor, done_batches:
             partial = None if epoch_complete else {"batch": done_batches, "loss_sum": loss_sum, "correct": correct,
                                                    "seen": seen, "seconds": seconds}
             save_checkpoint(run.checkpoint_path, config=config.to_dict(), class_names=run.dataset.class_names,
-                            model=run.raw_backbone, head=run.raw_head, optimizer=run.optimizer,
-                            scaler_state=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+                            model=run.step.raw_backbone, head=run.step.raw_head, optimizer=run.step.optimizer,
+                            scaler_state=run.step.scaler.state_dict() if run.step.scaler.is_enabled() else None,
                             epoch=position.epoch, step=position.step, history=position.history, partial=partial,
                             world_size=rt.world_size,
                             distill=run.distiller.state_dict() if run.distiller is not None else None)
