@@ -302,6 +302,22 @@ class IRConvStem(nn.Module):
 # --- builders --------------------------------------------------------------------------------
 
 
+def _transformer_shape(defaults: tuple[int, int, int], depth: int | None, num_heads: int | None, input_size: int,
+                       embedding_size: int, dropout: float, min_input: int) -> tuple[int, int, int]:
+    """``(base dim, depth, heads)`` from a family's defaults and the caller's overrides, after the common checks."""
+    base_dim, base_depth, base_heads = defaults
+    depth = base_depth if depth is None else depth
+    num_heads = base_heads if num_heads is None else num_heads
+    _check_common(input_size, embedding_size, dropout, depth, min_input=min_input)
+    return base_dim, depth, num_heads
+
+
+def _checked_patch_size(patch_size: Any) -> int:
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
+    return patch_size
+
+
 def build_vit(
     variant: str,
     width: float = 1.0,
@@ -314,13 +330,9 @@ def build_vit(
     **kw: Any,
 ) -> FaceViT:
     """A plain ViT from :data:`VIT_VARIANTS`; see the module docstring for the arguments."""
-    base_dim, base_depth, base_heads = VIT_VARIANTS[variant]
-    depth = base_depth if depth is None else depth
-    num_heads = base_heads if num_heads is None else num_heads
-    _check_common(input_size, embedding_size, dropout, depth, min_input=8)
-    patch_size = default_patch_size(input_size) if patch_size is None else patch_size
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
+    base_dim, depth, num_heads = _transformer_shape(VIT_VARIANTS[variant], depth, num_heads, input_size,
+                                                    embedding_size, dropout, min_input=8)
+    patch_size = _checked_patch_size(default_patch_size(input_size) if patch_size is None else patch_size)
     if input_size % patch_size:
         raise ValueError(
             f"input_size {input_size} is not a multiple of patch_size {patch_size} "
@@ -366,15 +378,11 @@ def build_hybrid_vit(
     ``width``) is the IR-ResNet width multiplier of the stem. The stem keeps the IR-ResNet's
     initialisation (timm's ViT init would re-draw its SE/CBAM Linear layers).
     """
-    base_dim, base_depth, base_heads = HYBRID_DEFAULTS
-    depth = base_depth if depth is None else depth
-    num_heads = base_heads if num_heads is None else num_heads
-    _check_common(input_size, embedding_size, dropout, depth, min_input=16)
+    base_dim, depth, num_heads = _transformer_shape(HYBRID_DEFAULTS, depth, num_heads, input_size, embedding_size,
+                                                    dropout, min_input=16)
     if isinstance(cnn_stages, bool) or cnn_stages not in (1, 2, 3):
         raise ValueError(f"cnn_stages must be 1, 2 or 3, got {cnn_stages!r}")
-    patch_size = 2 ** (3 - cnn_stages) if patch_size is None else patch_size
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
+    patch_size = _checked_patch_size(2 ** (3 - cnn_stages) if patch_size is None else patch_size)
     side = feature_map_size(input_size, cnn_stages)
     if side % patch_size:
         raise ValueError(
