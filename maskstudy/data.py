@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +96,14 @@ class BuildSettings:
     version: int = BUILD_VERSION
     pyramid_factor: float = PYRAMID_FACTOR
     first_pass_face_size: float | None = FIRST_PASS_FACE_SIZE
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> BuildSettings:
+        """The settings of a resolved profile (``crop_size``, ``min_face_size``, ``min_prob``, ``seed``,
+        ``pyramid_factor``, ``first_pass_face_size``)."""
+        return cls(crop_size=config["crop_size"], min_face_size=config["min_face_size"], min_prob=config["min_prob"],
+                   seed=config["seed"], pyramid_factor=config["pyramid_factor"],
+                   first_pass_face_size=config["first_pass_face_size"])
 
     def detector(self, device: str | None = None) -> FaceDetector:
         """The MTCNN these settings describe."""

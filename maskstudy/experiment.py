@@ -112,6 +112,6 @@ def load_teacher(config: Mapping[str, Any], detector=None):
 
 def study_detector(config: Mapping[str, Any]):
     """The MTCNN of the study's data build (:class:`maskstudy.detect.FaceDetector` with the profile's settings)."""
-    from .detect import FaceDetector
+    from .data import BuildSettings
 
-    return FaceDetector(min_face_size=config["min_face_size"], min_prob=config["min_prob"])
+    return BuildSettings.from_config(config).detector()

@@ -107,7 +107,7 @@ import time
 
 from maskstudy.data import BuildSettings, build_aligned_dataset
 
-settings = BuildSettings(crop_size=cfg["crop_size"], min_face_size=cfg["min_face_size"], min_prob=cfg["min_prob"], seed=cfg["seed"])
+settings = BuildSettings.from_config(cfg)
 eval_images = pd.DataFrame({
     "identity": pd.concat([split.eval_pairs["identity_a"], split.eval_pairs["identity_b"]]),
     "image": pd.concat([split.eval_pairs["image_a"], split.eval_pairs["image_b"]]),
@@ -197,10 +197,9 @@ if cfg["save_masked_photos"] and len(ok):
 # eye-weighted landmarks, and a twin is drawn in a mask style the models **never see in training**.
 
 # %%
-from maskstudy.detect import FaceDetector
 from maskstudy.masked_photos import build_masked_variants, detection_summary
 
-detector = FaceDetector(min_face_size=cfg["min_face_size"], min_prob=cfg["min_prob"])  # one MTCNN for both builds
+detector = settings.detector()  # one MTCNN for both builds, with the profile's detection settings
 if cfg["masked_variants"]:
     began = time.perf_counter()
     eval_rows = manifests["lfw"][manifests["lfw"]["image"].isin(set(eval_images["image"]))]
