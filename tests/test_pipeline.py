@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -194,7 +195,8 @@ def test_smoke_run_of_notebook_03_training(smoke_run):
     base, _ = smoke_run
     run = base / "run"
     config = resolve_config("smoke")
-    runs = design.training_runs(config)
+    teacher = importlib.util.find_spec("dlib") is not None  # the optional extra (CI installs it)
+    runs = design.training_runs(config, teacher=teacher)
     assert "data:image/png;base64" in (run / "03_se_cbam_training.html").read_text()
     executed = nbformat.read(run / "03_se_cbam_training.ipynb", as_version=4)
     stderr = "\n".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", [])
@@ -203,7 +205,11 @@ def test_smoke_run_of_notebook_03_training(smoke_run):
     epochs = int(pd.read_csv(run / "tables" / "03_training.csv")["epochs"].max())
     assert "\r" not in stderr and 0 < len(epoch_bars) <= 2 * len(runs) * epochs  # one line per epoch, not per step
     verification = pd.read_csv(run / "tables" / "03_verification.csv")
-    assert set(verification["run"]) == set(runs)
+    assert set(verification["run"]) == set(runs) | ({design.pretrained_model(config)} if teacher else set())
+    if teacher:  # the pretrained reference row and the guided students, with the teacher pass's times
+        assert {"plain_guided", "cbam_guided"} <= set(runs)
+        assert pd.read_csv(run / "tables" / "03_teacher.csv")["guided_runs"].iloc[0] == 4
+        assert set(pd.read_csv(run / "tables" / "03_guided_vs_reference.csv")["model"]) == {"plain_guided", "cbam_guided"}
     assert {"plain", "se", "cbam", "plain_seed1", "se_seed1", "cbam_seed1", "plain_nomask"} <= set(runs)
     # every model meets every test; the leave-one-style-out run only the two it is compared on
     full = verification[verification["kind"] != "leave_out"]
