@@ -3,7 +3,7 @@
 In eval mode a BatchNorm is the per-channel affine map ``y = (x - mean) / sqrt(var + eps) * gamma + beta``; when
 it directly follows a convolution or linear layer, scaling that layer's weights and shifting its bias gives the
 same outputs up to float rounding (the folded parameters are computed in float64), one pass over the feature map
-fewer (measured 13-24 % faster evaluation of the IR-ResNet-18 variants at width 0.25 on a CPU,
+fewer (measured 10-24 % faster evaluation of the IR-ResNet-18 variants at width 0.25 on a CPU,
 ``bench/bench_backbones.py``). Only BatchNorms after a layer fold exactly: an IR block's first BN precedes its
 convolution, whose zero padding would see the folded shift, so it stays.
 """
