@@ -138,12 +138,12 @@ STAGES = {
 
 
 def measure_speed(sources: dict[str, tuple[Path, pd.DataFrame]], settings: BuildSettings, batch_size: int,
-                  rounds: int, log) -> tuple[list[dict], dict]:
+                  rounds: int, log, device: str = "cpu") -> tuple[list[dict], dict]:
     """Each stage on the same photos, in ``rounds`` interleaved rounds (every stage runs on a share of the photos
     in turn), so that a change of the machine's load mid-run weighs on all stages alike."""
-    reference = facenet_reference()
-    detector = settings.detector(device="cpu")
-    one_pass = FaceDetector(device="cpu", min_face_size=settings.min_face_size, min_prob=settings.min_prob,
+    reference = facenet_reference(device)
+    detector = settings.detector(device=device)
+    one_pass = FaceDetector(device=device, min_face_size=settings.min_face_size, min_prob=settings.min_prob,
                             factor=settings.pyramid_factor, first_pass_face_size=None)
     wall, cpu, detections = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0)
     root, frame = next(iter(sources.values()))
@@ -283,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="the build's batch (profile detect_batch_size)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds of the speed stages")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda: where both MTCNNs run")
     parser.add_argument("--out", default="reports/bench")
     args = parser.parse_args(argv)
     if args.quick:
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = {"lfw": (lfw, spread(lfw_frame, args.images))}
     if celeba_frame is not None and args.celeba_images:
         sources["celeba"] = (celeba, spread(celeba_frame, args.celeba_images))
-    rows, ratios = measure_speed(sources, settings, args.batch_size, args.rounds, print)
+    rows, ratios = measure_speed(sources, settings, args.batch_size, args.rounds, print, args.device)
 
     compared = []
     if not args.no_compare:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .identity_folders import printable_name, unsafe_name_reason
+from .storage import write_text
 
 PAIR_COLUMNS = ["fold", "pair_index", "identity_a", "image_a", "identity_b", "image_b", "label"]
 PEOPLE_COLUMNS = ["fold", "identity", "n_images"]
@@ -135,6 +136,32 @@ def read_lfw_pairs(path: str | os.PathLike) -> pd.DataFrame:
         )
     df = pd.DataFrame(rows, columns=PAIR_COLUMNS)
     return df.astype({"fold": int, "pair_index": int, "label": int})
+
+
+def image_index(image: str) -> int:
+    """The 1-based index of an LFW image path (``name/name_0003.jpg`` -> 3); the inverse of :func:`lfw_image`."""
+    stem = Path(image).stem
+    number = stem.rsplit("_", 1)[-1]
+    if not number.isdigit():
+        raise ValueError(f"not an LFW image name (name/name_NNNN.jpg): {image!r}")
+    return int(number)
+
+
+def write_lfw_pairs(pairs: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write pairs (the frame of :func:`read_lfw_pairs`) as a ``pairs.txt`` that it reads back unchanged: every
+    fold must hold as many matched as mismatched pairs, the same number in every fold. Written atomically."""
+    counts = pairs.groupby(["fold", "label"]).size()
+    if counts.empty or counts.nunique() != 1 or len(counts) != 2 * pairs["fold"].nunique():
+        raise ValueError("pairs.txt needs the same number of matched and mismatched pairs in every fold; got "
+                         + ", ".join(f"fold {f} label {lab}: {n}" for (f, lab), n in counts.items()))
+    lines = [f"{pairs['fold'].nunique()}\t{int(counts.iloc[0])}"]
+    for _, fold in pairs.sort_values(["fold", "label", "pair_index"], ascending=[True, False, True]).groupby(
+            "fold", sort=True):
+        for row in fold.itertuples():
+            a, b = image_index(row.image_a), image_index(row.image_b)
+            lines.append(f"{row.identity_a}\t{a}\t{b}" if row.label == 1
+                         else f"{row.identity_a}\t{a}\t{row.identity_b}\t{b}")
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def read_lfw_people(path: str | os.PathLike) -> pd.DataFrame:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from maskstudy.lfw_files import write_lfw_pairs
 from maskstudy.protocol import (
     PROTOCOL_EXTRA,
     PROTOCOL_LFW,
@@ -168,6 +169,21 @@ def test_parse_small_pairs_and_people(tmp_path):
     assert list(people.fold) == [1, 1, 1, 2, 2, 2]
     assert identity_folds(pairs, people) == {"A": 1, "B": 1, "C": 1, "D": 2, "E": 2, "F": 2}
     assert identity_folds(pairs) == {"A": 1, "B": 1, "C": 1, "D": 2, "E": 2, "F": 2}
+
+
+def test_written_pairs_read_back_unchanged(tmp_path):
+    (tmp_path / "pairs.txt").write_text(PAIRS_2x2)
+    pairs = read_lfw_pairs(tmp_path / "pairs.txt")
+    write_lfw_pairs(pairs, tmp_path / "copy.txt")
+    pd.testing.assert_frame_equal(read_lfw_pairs(tmp_path / "copy.txt"), pairs)
+    # a subset with the same number of pairs per fold and label is a valid pairs.txt of its own
+    subset = pairs.groupby(["fold", "label"], group_keys=False).head(1)
+    write_lfw_pairs(subset, tmp_path / "subset.txt")
+    back = read_lfw_pairs(tmp_path / "subset.txt")
+    assert back[["fold", "image_a", "image_b", "label"]].equals(subset[["fold", "image_a", "image_b", "label"]]
+                                                                .reset_index(drop=True))
+    with pytest.raises(ValueError, match="same number of matched and mismatched"):
+        write_lfw_pairs(pairs.iloc[:-1], tmp_path / "uneven.txt")
 
 
 def test_view1_single_count_header(tmp_path):
