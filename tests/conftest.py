@@ -6,10 +6,18 @@ Where the photos are absent (a user's fresh clone) the tests that need them skip
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
+import threading
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,3 +72,78 @@ def copy_lfw_photos(lfw_root: Path, root: Path, names=("Aaron_Peirsol", "Abdulla
             (root / name).mkdir(parents=True, exist_ok=True)
             shutil.copy(source, root / name / source.name)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one thread, above all on a shared, busy machine (``pytestmark`` of a module)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_synthetic_faces(root: Path, n_ids: int = 6, per_id: int = 4, seed: int = 0) -> Path:
+    """Identities = a colour scheme plus a shape; images vary by noise and jitter; masked twin = grey lower half."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_ids):
+        base = rng.integers(40, 215, size=3)
+        accent = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        for j in range(per_id):
+            pixels = np.clip(base + rng.normal(0, 25, size=(112, 112, 3)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels)
+            draw = ImageDraw.Draw(image)
+            dx, dy = rng.integers(-6, 7, size=2)
+            box = (30 + dx, 20 + dy, 82 + dx, 72 + dy)
+            if i % 3 == 0:
+                draw.ellipse(box, fill=accent)
+            elif i % 3 == 1:
+                draw.rectangle(box, fill=accent)
+            else:
+                draw.polygon([(56 + dx, 15 + dy), (25 + dx, 75 + dy), (87 + dx, 75 + dy)], fill=accent)
+            draw.line((0, 10 * (i + 1), 111, 111 - 10 * (i + 1)), fill=accent[::-1], width=4)
+            rel = f"id{i}/img{j}.jpg"
+            masked_rel = f"id{i}/img{j}_mask.jpg"
+            out = root / "synth" / "aligned" / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            image.save(out, quality=90)
+            masked = image.copy()
+            ImageDraw.Draw(masked).rectangle((0, 60, 111, 111), fill=(128, 128, 128))
+            masked.save(root / "synth" / "aligned" / masked_rel, quality=90)
+            rows.append({"dataset": "synth", "identity": f"id{i}", "image": rel, "aligned": rel,
+                         "masked": masked_rel, "mask_style": "grey"})
+    csv = root / "train_clean.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return csv
+
+
+@pytest.fixture(scope="module")
+def synthetic_faces(tmp_path_factory) -> tuple[Path, Path]:
+    """``(train_clean.csv, data folder)`` of :func:`make_synthetic_faces`, once per module."""
+    root = tmp_path_factory.mktemp("faces")
+    return make_synthetic_faces(root), root
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder's files without logging each request."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def local_file_server(folder: Path, handler: type = QuietFiles) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 serving ``folder`` (download features are tested against it, never the
+    internet); yields its base URL."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(folder)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import http.server
 import io
 import re
 import tarfile
-import threading
-from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -18,6 +13,7 @@ from PIL import Image
 
 from maskstudy import download
 from maskstudy.download import LFW_FILES, DownloadError, RemoteFile, fetch_lfw
+from tests.conftest import QuietFiles, local_file_server
 
 IDENTITIES = {"Alice_Example": 3, "Bob_Sample": 2}
 PAIRS_TEXT = {
@@ -60,12 +56,7 @@ def served(tmp_path: Path) -> tuple[Path, dict[str, RemoteFile]]:
     return folder, registry
 
 
-class _QuietFiles(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
-class _TruncatingFiles(_QuietFiles):
+class _TruncatingFiles(QuietFiles):
     """Announces the full length of .tgz files but sends only half, then closes the connection."""
 
     def do_GET(self) -> None:
@@ -82,19 +73,6 @@ class _TruncatingFiles(_QuietFiles):
         self.close_connection = True
 
 
-@contextlib.contextmanager
-def _server(folder: Path, handler: type = _QuietFiles) -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(folder)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
 def _no_leftovers(dest: Path, registry: dict[str, RemoteFile]) -> None:
     """No extracted folder, no staging/temp files, and every file left behind has a valid hash."""
     names = sorted(p.name for p in dest.iterdir()) if dest.exists() else []
@@ -108,7 +86,7 @@ def _no_leftovers(dest: Path, registry: dict[str, RemoteFile]) -> None:
 def test_happy_path_then_offline(served, tmp_path, monkeypatch, variant, folder):
     served_folder, registry = served
     dest = tmp_path / "data"
-    with _server(served_folder) as base_url:
+    with local_file_server(served_folder) as base_url:
         root = fetch_lfw(dest, variant=variant, base_url=base_url, progress=False, files=registry)
 
     assert root == dest / folder
@@ -136,7 +114,7 @@ def test_checksum_mismatch(served, tmp_path):
     wrong = "0" * 64
     registry["lfw-funneled.tgz"] = RemoteFile(good.filename, good.url, wrong)
     dest = tmp_path / "data"
-    with _server(served_folder) as base_url:
+    with local_file_server(served_folder) as base_url:
         with pytest.raises(DownloadError) as info:
             fetch_lfw(dest, base_url=base_url, progress=False, files=registry)
     assert not (dest / "lfw-funneled.tgz").exists()
@@ -150,14 +128,14 @@ def test_checksum_mismatch(served, tmp_path):
 def test_interrupted_download_then_retry(served, tmp_path):
     served_folder, registry = served
     dest = tmp_path / "data"
-    with _server(served_folder, _TruncatingFiles) as base_url:
+    with local_file_server(served_folder, _TruncatingFiles) as base_url:
         with pytest.raises(DownloadError, match="lfw-funneled.tgz") as info:
             fetch_lfw(dest, base_url=base_url, progress=False, files=registry)
     assert "MASKSTUDY_LFW" in str(info.value)
     assert not (dest / "lfw-funneled.tgz").exists()
     _no_leftovers(dest, registry)
 
-    with _server(served_folder) as base_url:
+    with local_file_server(served_folder) as base_url:
         root = fetch_lfw(dest, base_url=base_url, progress=False, files=registry)
     assert download.is_complete(root)
     assert (root / "Alice_Example" / "Alice_Example_0001.jpg").is_file()
@@ -169,7 +147,7 @@ def test_http_404(served, tmp_path):
     pairs_text = pairs.read_text()
     pairs.unlink()
     dest = tmp_path / "data"
-    with _server(served_folder) as base_url:
+    with local_file_server(served_folder) as base_url:
         with pytest.raises(DownloadError, match=r"pairs\.txt.*HTTP 404") as info:
             fetch_lfw(dest, base_url=base_url, progress=False, files=registry)
         assert "MASKSTUDY_LFW" in str(info.value)
@@ -182,7 +160,7 @@ def test_http_404(served, tmp_path):
 
 def test_network_failure(served, tmp_path):
     served_folder, registry = served
-    with _server(served_folder) as base_url:
+    with local_file_server(served_folder) as base_url:
         pass  # the port is closed again: connection refused
     with pytest.raises(DownloadError, match="network failure"):
         fetch_lfw(tmp_path / "data", base_url=base_url, progress=False, files=registry)
@@ -194,7 +172,7 @@ def test_unmarked_folder_is_replaced(served, tmp_path):
     half = dest / "lfw_funneled" / "Alice_Example"
     half.mkdir(parents=True)
     (half / "Alice_Example_0001.jpg").write_bytes(b"truncated")
-    with _server(served_folder) as base_url:
+    with local_file_server(served_folder) as base_url:
         root = fetch_lfw(dest, base_url=base_url, progress=False, files=registry)
     assert download.is_complete(root)
     assert len(list((root / "Alice_Example").iterdir())) == IDENTITIES["Alice_Example"]

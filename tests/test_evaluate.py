@@ -34,18 +34,12 @@ from maskstudy.evaluate.embed import EVAL_CHANNELS_LAST
 from maskstudy.models import build_backbone, fold_batchnorm
 from maskstudy.preprocess import to_input
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "data" / "smoke" / "lfw"
 LFW_PHOTOS = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "AJ_Lamas/AJ_Lamas_0001.jpg",
               "Aaron_Peirsol/Aaron_Peirsol_0001.jpg"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_model(seed: int = 0, input_size: int = 56) -> nn.Module:

@@ -3,15 +3,10 @@ the FaceNet weights download against a local HTTP server (never the internet).""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import http.server
 import importlib.util
 import sys
-import threading
 import warnings
-from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +29,7 @@ from maskstudy.teachers import (
 )
 from maskstudy.teachers.base import centre_box, check_boxes, default_cache_dir
 from maskstudy.teachers.cache import cache_file
+from tests.conftest import local_file_server
 
 # --------------------------------------------------------------------------------------------
 # Registry and the "extra absent" path
@@ -302,24 +298,6 @@ def test_manifest_embeddings_use_boxes_of_ok_rows_and_refuse_stale_rows(tmp_path
 FAKE_URL = "https://mirror.invalid/releases/fake-weights.pt"
 
 
-class _QuietFiles(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _server(folder: Path) -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietFiles, directory=str(folder)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
 @pytest.fixture
 def served_weights(tmp_path) -> tuple[Path, RemoteFile]:
     folder = tmp_path / "served"
@@ -334,7 +312,7 @@ def test_weights_download_once_then_offline(served_weights, tmp_path):
 
     folder, remote = served_weights
     cache = tmp_path / "cache"
-    with _server(folder) as base_url:
+    with local_file_server(folder) as base_url:
         path = fetch_facenet_weights(cache, remote=remote, base_url=base_url, progress=False)
     assert path == cache / "weights" / "fake-weights.pt"
     assert path.read_bytes() == (folder / "fake-weights.pt").read_bytes()
@@ -349,7 +327,7 @@ def test_weights_checksum_mismatch_leaves_nothing(served_weights, tmp_path):
     folder, good = served_weights
     wrong = RemoteFile(good.filename, good.url, "0" * 64)
     cache = tmp_path / "cache"
-    with _server(folder) as base_url:
+    with local_file_server(folder) as base_url:
         with pytest.raises(DownloadError) as info:
             fetch_facenet_weights(cache, remote=wrong, base_url=base_url, progress=False)
     message = str(info.value)
@@ -371,13 +349,13 @@ def test_weights_absent_offline_and_bad_local_copy(served_weights, tmp_path):
     bad.write_bytes(b"truncated")
     with pytest.raises(TeacherUnavailableError, match="has SHA-256"):
         fetch_facenet_weights(tmp_path / "cache", remote=remote, allow_download=False)
-    with _server(folder) as base_url:  # with downloading allowed, a bad local copy is replaced
+    with local_file_server(folder) as base_url:  # with downloading allowed, a bad local copy is replaced
         path = fetch_facenet_weights(tmp_path / "cache", remote=remote, base_url=base_url, progress=False)
     assert path.read_bytes() == (folder / remote.filename).read_bytes()
 
 
 def test_facenet_teacher_download_failure_is_unavailable(tmp_path):
-    with _server(tmp_path) as base_url:  # serves an empty folder: HTTP 404
+    with local_file_server(tmp_path) as base_url:  # serves an empty folder: HTTP 404
         with pytest.raises(TeacherUnavailableError, match="HTTP 404"):
             build_teacher("facenet_vggface2", cache_dir=tmp_path / "cache", base_url=base_url, progress=False)
 

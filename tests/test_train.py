@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from maskstudy.train import (
     CHECKPOINT_FORMAT,
@@ -33,58 +32,10 @@ from maskstudy.train import (
     train,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 DETERMINISTIC = ["epoch", "step", "loss", "train_acc", "lr", "val_acc"]  # log columns without timings
-
-
-def _make_dataset(root: Path, n_ids: int = 6, per_id: int = 4, seed: int = 0) -> Path:
-    """Identities = a colour scheme plus a shape; images vary by noise and jitter; masked twin = grey lower half."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n_ids):
-        base = rng.integers(40, 215, size=3)
-        accent = tuple(int(c) for c in rng.integers(0, 256, size=3))
-        for j in range(per_id):
-            pixels = np.clip(base + rng.normal(0, 25, size=(112, 112, 3)), 0, 255).astype(np.uint8)
-            image = Image.fromarray(pixels)
-            draw = ImageDraw.Draw(image)
-            dx, dy = rng.integers(-6, 7, size=2)
-            box = (30 + dx, 20 + dy, 82 + dx, 72 + dy)
-            if i % 3 == 0:
-                draw.ellipse(box, fill=accent)
-            elif i % 3 == 1:
-                draw.rectangle(box, fill=accent)
-            else:
-                draw.polygon([(56 + dx, 15 + dy), (25 + dx, 75 + dy), (87 + dx, 75 + dy)], fill=accent)
-            draw.line((0, 10 * (i + 1), 111, 111 - 10 * (i + 1)), fill=accent[::-1], width=4)
-            rel = f"id{i}/img{j}.jpg"
-            masked_rel = f"id{i}/img{j}_mask.jpg"
-            out = root / "synth" / "aligned" / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            image.save(out, quality=90)
-            masked = image.copy()
-            ImageDraw.Draw(masked).rectangle((0, 60, 111, 111), fill=(128, 128, 128))
-            masked.save(root / "synth" / "aligned" / masked_rel, quality=90)
-            rows.append({"dataset": "synth", "identity": f"id{i}", "image": rel, "aligned": rel,
-                         "masked": masked_rel, "mask_style": "grey"})
-    csv = root / "train_clean.csv"
-    pd.DataFrame(rows).to_csv(csv, index=False)
-    return csv
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, above all on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("faces")
-    return _make_dataset(root), root
 
 
 def _config(**overrides) -> TrainConfig:
@@ -95,8 +46,8 @@ def _config(**overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _run(config, data, out_dir, **kw):
-    csv, root = data
+def _run(config, synthetic_faces, out_dir, **kw):
+    csv, root = synthetic_faces
     return train(config, csv, root, out_dir, progress=False, log=None, **kw)
 
 
@@ -168,9 +119,9 @@ def test_train_parameters_are_type_checked_like_their_fields():
                     resolve_config("smoke", {key: value})
 
 
-def test_smoke_training_lowers_loss_and_writes_outputs(data, tmp_path):
+def test_smoke_training_lowers_loss_and_writes_outputs(synthetic_faces, tmp_path):
     out = tmp_path / "run"
-    result = _run(_config(epochs=4, val_identities=2, masked_share=0.5), data, out)
+    result = _run(_config(epochs=4, val_identities=2, masked_share=0.5), synthetic_faces, out)
     history = result.history
     assert list(history.columns) == LOG_COLUMNS
     assert len(history) == 4 and history["epoch"].tolist() == [1, 2, 3, 4]
@@ -188,10 +139,10 @@ def test_smoke_training_lowers_loss_and_writes_outputs(data, tmp_path):
     assert TrainConfig.from_json(out / "config.json") == _config(epochs=4, val_identities=2, masked_share=0.5)
 
 
-def test_adamw_and_backbone_kwargs_train_a_vit(data, tmp_path):
+def test_adamw_and_backbone_kwargs_train_a_vit(synthetic_faces, tmp_path):
     config = _config(backbone="vit_tiny", width=0.25, backbone_kwargs={"depth": 1}, optimizer="adamw", lr=3e-3,
                      weight_decay=0.05, epochs=4)
-    result = _run(config, data, tmp_path / "vit")
+    result = _run(config, synthetic_faces, tmp_path / "vit")
     assert result.history["loss"].iloc[0] > result.history["loss"].iloc[-1]
     checkpoint = _state(result.checkpoint)
     assert checkpoint["config"]["backbone_kwargs"] == {"depth": 1} and checkpoint["config"]["optimizer"] == "adamw"
@@ -200,10 +151,10 @@ def test_adamw_and_backbone_kwargs_train_a_vit(data, tmp_path):
         _config(optimizer="lbfgs")
 
 
-def test_train_or_restart_starts_over_when_the_recipe_changed(data, tmp_path):
+def test_train_or_restart_starts_over_when_the_recipe_changed(synthetic_faces, tmp_path):
     from maskstudy.train import train_or_restart
 
-    csv, root = data
+    csv, root = synthetic_faces
     first = train_or_restart(_config(epochs=1), csv, root, tmp_path / "run", progress=False, log=None)
     messages = []
     second = train_or_restart(_config(epochs=1, lr=0.05), csv, root, tmp_path / "run", progress=False,
@@ -215,51 +166,51 @@ def test_train_or_restart_starts_over_when_the_recipe_changed(data, tmp_path):
     assert len(first.history) == 1
 
 
-def test_a_new_start_removes_temp_files_a_killed_checkpoint_write_left(data, tmp_path):
+def test_a_new_start_removes_temp_files_a_killed_checkpoint_write_left(synthetic_faces, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")  # what a kill inside torch.save leaves
-    _run(_config(epochs=1), data, out)
+    _run(_config(epochs=1), synthetic_faces, out)
     assert not list(out.glob("*.tmp")) and (out / "last.pt").is_file()
 
 
-def test_same_seed_gives_identical_history_and_weights(data, tmp_path):
+def test_same_seed_gives_identical_history_and_weights(synthetic_faces, tmp_path):
     config = _config(epochs=2, masked_share=0.5, sampler="capped", max_per_identity=3, dropout=0.1)
-    a = _run(config, data, tmp_path / "a")
-    b = _run(config, data, tmp_path / "b")
+    a = _run(config, synthetic_faces, tmp_path / "a")
+    b = _run(config, synthetic_faces, tmp_path / "b")
     pd.testing.assert_frame_equal(a.history[DETERMINISTIC], b.history[DETERMINISTIC])
     _assert_same_weights(_state(a.checkpoint), _state(b.checkpoint))
     c = _run(_config(epochs=2, masked_share=0.5, sampler="capped", max_per_identity=3, dropout=0.1, seed=1),
-             data, tmp_path / "c")
+             synthetic_faces, tmp_path / "c")
     assert not np.array_equal(a.history["loss"], c.history["loss"])
 
 
-def test_resume_continues_exactly(data, tmp_path):
+def test_resume_continues_exactly(synthetic_faces, tmp_path):
     base = dict(epochs=2, masked_share=0.5, dropout=0.1, schedule="cosine")
-    full = _run(_config(**base), data, tmp_path / "full")
+    full = _run(_config(**base), synthetic_faces, tmp_path / "full")
 
     # 1 epoch, then the same run extended to 2 epochs (epoch 1 is warmup, independent of the total).
-    _run(_config(**{**base, "epochs": 1}), data, tmp_path / "split")
-    resumed = _run(_config(**base), data, tmp_path / "split", resume=True)
+    _run(_config(**{**base, "epochs": 1}), synthetic_faces, tmp_path / "split")
+    resumed = _run(_config(**base), synthetic_faces, tmp_path / "split", resume=True)
     pd.testing.assert_frame_equal(full.history[DETERMINISTIC], resumed.history[DETERMINISTIC])
     _assert_same_weights(_state(full.checkpoint), _state(resumed.checkpoint))
 
     # Stopped mid-epoch by max_steps (step 4 of 6: 1 of 3 batches into epoch 2), then resumed with the limit lifted.
-    _run(_config(**base, max_steps=4), data, tmp_path / "steps")
+    _run(_config(**base, max_steps=4), synthetic_faces, tmp_path / "steps")
     partial = _state(tmp_path / "steps" / "last.pt")
     assert partial["step"] == 4 and partial["epoch"] == 1 and partial["partial"]["batch"] == 1
-    resumed = _run(_config(**base), data, tmp_path / "steps", resume=True)
+    resumed = _run(_config(**base), synthetic_faces, tmp_path / "steps", resume=True)
     pd.testing.assert_frame_equal(full.history[DETERMINISTIC], resumed.history[DETERMINISTIC])
     _assert_same_weights(_state(full.checkpoint), _state(resumed.checkpoint))
 
     # A finished run returns at once with its history.
-    again = _run(_config(**base), data, tmp_path / "full", resume=True)
+    again = _run(_config(**base), synthetic_faces, tmp_path / "full", resume=True)
     pd.testing.assert_frame_equal(full.history[DETERMINISTIC], again.history[DETERMINISTIC])
 
 
-def test_checkpoint_loads_weights_only_and_mismatch_is_refused(data, tmp_path):
+def test_checkpoint_loads_weights_only_and_mismatch_is_refused(synthetic_faces, tmp_path):
     config = _config(epochs=1, max_steps=1)
-    result = _run(config, data, tmp_path)
+    result = _run(config, synthetic_faces, tmp_path)
     raw = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
     assert raw["format"] == CHECKPOINT_FORMAT
     assert raw["config"]["num_classes"] == 6 and raw["config"]["class_names"] == [f"synth/id{i}" for i in range(6)]
@@ -271,35 +222,35 @@ def test_checkpoint_loads_weights_only_and_mismatch_is_refused(data, tmp_path):
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 32)
 
     with pytest.raises(ConfigMismatchError, match=r"lr: 0\.1 -> 0\.05.*another out_dir.*resume=False"):
-        _run(_config(epochs=1, max_steps=1, lr=0.05), data, tmp_path)
+        _run(_config(epochs=1, max_steps=1, lr=0.05), synthetic_faces, tmp_path)
     # A runtime setting may change; resume=False starts over.
-    _run(_config(epochs=1, max_steps=2, checkpoint_every=2), data, tmp_path)
+    _run(_config(epochs=1, max_steps=2, checkpoint_every=2), synthetic_faces, tmp_path)
     assert _state(result.checkpoint)["step"] == 2
-    _run(_config(epochs=1, max_steps=1, lr=0.05), data, tmp_path, resume=False)
+    _run(_config(epochs=1, max_steps=1, lr=0.05), synthetic_faces, tmp_path, resume=False)
     assert _state(result.checkpoint)["config"]["lr"] == 0.05
 
     # Stopping by max_steps at an epoch's end writes a checkpoint even between checkpoint_every epochs.
-    _run(_config(epochs=3, max_steps=3, checkpoint_every=2), data, tmp_path / "every")
+    _run(_config(epochs=3, max_steps=3, checkpoint_every=2), synthetic_faces, tmp_path / "every")
     stopped = _state(tmp_path / "every" / "last.pt")
     assert stopped["step"] == 3 and stopped["epoch"] == 1 and stopped["partial"] is None
 
 
-def test_runtime_options_on_cpu(data, tmp_path):
+def test_runtime_options_on_cpu(synthetic_faces, tmp_path):
     """The paths taken on GPUs, as far as a CPU runs them: autocast, channels_last, loader workers
     decoding on the fly (cache_limit_gb=0); runtime settings may change on resume."""
     config = _config(epochs=1, amp="bf16", channels_last=True, cache_limit_gb=0.0, num_workers=1, num_threads=1,
                      masked_share=0.5, val_identities=2)
-    result = _run(config, data, tmp_path)
+    result = _run(config, synthetic_faces, tmp_path)
     assert np.isfinite(result.history["loss"]).all() and result.history["val_acc"].between(0, 1).all()
     assert _state(result.checkpoint)["step"] == 2
-    resumed = _run(_config(epochs=2, masked_share=0.5, val_identities=2), data, tmp_path)
+    resumed = _run(_config(epochs=2, masked_share=0.5, val_identities=2), synthetic_faces, tmp_path)
     assert resumed.history["epoch"].tolist() == [1, 2]
     with pytest.raises(ValueError, match="fp16.*CUDA"):
-        _run(_config(amp="fp16"), data, tmp_path / "fp16")
+        _run(_config(amp="fp16"), synthetic_faces, tmp_path / "fp16")
 
 
-def test_masked_share_controls_twin_sampling(data):
-    csv, root = data
+def test_masked_share_controls_twin_sampling(synthetic_faces):
+    csv, root = synthetic_faces
     rows = pd.read_csv(csv, dtype=str, keep_default_na=False)
     gen = torch.Generator().manual_seed(0)
     indices = np.arange(len(rows)).repeat(10)
@@ -405,8 +356,8 @@ def test_runtime_defaults_channels_last_and_restores_process_settings():
     assert torch.are_deterministic_algorithms_enabled() == deterministic
 
 
-def test_split_holds_out_identities(data):
-    csv, _ = data
+def test_split_holds_out_identities(synthetic_faces):
+    csv, _ = synthetic_faces
     rows = pd.read_csv(csv, dtype=str, keep_default_na=False)
     rows = pd.concat([rows, rows.iloc[[0]].assign(identity="lonely", aligned="lonely/x.jpg")])
     train_rows, val_rows = split_identities(rows, _config(val_identities=0.34))
@@ -424,8 +375,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_torchrun_ddp_two_gloo_processes(data, tmp_path):
-    csv, root = data
+def test_torchrun_ddp_two_gloo_processes(synthetic_faces, tmp_path):
+    csv, root = synthetic_faces
     config = _config(epochs=1, batch_size=4)
     (tmp_path / "cfg.json").write_text(json.dumps(config.to_dict()))
     out = tmp_path / "run"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_train import DETERMINISTIC, _assert_same_weights, _config, _make_dataset
+from test_train import DETERMINISTIC, _assert_same_weights, _config
 
 from maskstudy.teachers import Teacher
 from maskstudy.teachers.training import load_training_targets, training_keys, write_training_file
@@ -18,24 +18,12 @@ from maskstudy.train import LOG_COLUMNS, ConfigMismatchError, TrainConfig, load_
 from maskstudy.train import distill as distill_module
 from maskstudy.train.data import read_rows, split_identities
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 class StandInTeacher(Teacher):
     name = "stand_in"
     embedding_size = 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("faces")
-    return _make_dataset(root), root
 
 
 def _teacher_table(csv: Path, seed: int = 0) -> dict[str, np.ndarray]:
@@ -63,27 +51,27 @@ def _write_teacher(path: Path, table: dict[str, np.ndarray]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def teacher_file(data, tmp_path_factory) -> Path:
-    csv, _ = data
+def teacher_file(synthetic_faces, tmp_path_factory) -> Path:
+    csv, _ = synthetic_faces
     return _write_teacher(tmp_path_factory.mktemp("teacher") / "stand_in_train.npz", _teacher_table(csv))
 
 
-def _run(config, data, out_dir, **kw):
-    csv, root = data
+def _run(config, synthetic_faces, out_dir, **kw):
+    csv, root = synthetic_faces
     return train(config, csv, root, out_dir, progress=False, log=None, **kw)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def test_default_builds_nothing_and_reads_no_teacher(data, tmp_path, monkeypatch):
+def test_default_builds_nothing_and_reads_no_teacher(synthetic_faces, tmp_path, monkeypatch):
     def refuse(*_, **__):
         raise AssertionError("the default path must not read teacher embeddings")
 
     monkeypatch.setattr(distill_module, "load_training_targets", refuse)
     monkeypatch.setattr(distill_module, "DistillationLoss", refuse)
     config = _config(epochs=1, teacher_embeddings=str(tmp_path / "absent.npz"))  # a path alone switches nothing on
-    result = _run(config, data, tmp_path / "run")
+    result = _run(config, synthetic_faces, tmp_path / "run")
     assert list(result.history.columns) == LOG_COLUMNS
     checkpoint = load_checkpoint(result.checkpoint)
     assert "distill" not in checkpoint and len(checkpoint["optimizer"]["param_groups"]) == 2
@@ -110,8 +98,8 @@ def test_config_and_profile_keys():
         resolve_config("smoke", {"teacher": 3})
 
 
-def test_targets_follow_the_rows_not_their_order(data, teacher_file, tmp_path):
-    csv, _ = data
+def test_targets_follow_the_rows_not_their_order(synthetic_faces, teacher_file, tmp_path):
+    csv, _ = synthetic_faces
     rows = pd.read_csv(csv, dtype=str, keep_default_na=False)
     table = _teacher_table(csv)
     shuffled = rows.sample(frac=1.0, random_state=3).iloc[:-5]  # reordered and filtered
@@ -140,8 +128,8 @@ def test_targets_follow_the_rows_not_their_order(data, teacher_file, tmp_path):
         load_training_targets(teacher_file, rows.drop(columns="image"))
 
 
-def test_each_sample_aims_at_its_clean_photos_teacher_embedding(data, teacher_file, tmp_path, monkeypatch):
-    csv, _ = data
+def test_each_sample_aims_at_its_clean_photos_teacher_embedding(synthetic_faces, teacher_file, tmp_path, monkeypatch):
+    csv, _ = synthetic_faces
     table = _teacher_table(csv)
     config = _config(epochs=2, masked_share=0.5, val_identities=2, distill_weight=1.0,
                      teacher_embeddings=str(teacher_file))
@@ -155,15 +143,15 @@ def test_each_sample_aims_at_its_clean_photos_teacher_embedding(data, teacher_fi
         return original(self, embeddings, order)
 
     monkeypatch.setattr(distill_module.Distiller, "term", spy)
-    _run(config, data, tmp_path / "run")
+    _run(config, synthetic_faces, tmp_path / "run")
     assert seen
     for order, targets in seen:
         np.testing.assert_allclose(targets, expected[order], rtol=1e-5, atol=1e-6)
 
 
-def test_distillation_trains_p_and_is_saved_apart_from_the_backbone(data, teacher_file, tmp_path):
+def test_distillation_trains_p_and_is_saved_apart_from_the_backbone(synthetic_faces, teacher_file, tmp_path):
     config = _config(epochs=4, masked_share=0.5, distill_weight=2.0, teacher_embeddings=str(teacher_file))
-    result = _run(config, data, tmp_path / "run")
+    result = _run(config, synthetic_faces, tmp_path / "run")
     history = result.history
     assert list(history.columns) == LOG_COLUMNS + ["distill_loss"]
     assert np.isfinite(history["distill_loss"]).all() and history["distill_loss"].between(0, 2).all()
@@ -179,55 +167,55 @@ def test_distillation_trains_p_and_is_saved_apart_from_the_backbone(data, teache
     model, loaded = load_backbone(result.checkpoint)  # evaluation loads the backbone as before
     assert loaded.distill_weight == 2.0 and model(torch.zeros(2, 3, 32, 32)).shape == (2, 32)
 
-    plain = load_checkpoint(_run(_config(epochs=4, masked_share=0.5), data, tmp_path / "plain").checkpoint)
+    plain = load_checkpoint(_run(_config(epochs=4, masked_share=0.5), synthetic_faces, tmp_path / "plain").checkpoint)
     assert plain["model"].keys() == checkpoint["model"].keys()
     assert any(not torch.equal(plain["model"][k], checkpoint["model"][k]) for k in plain["model"])
     np.testing.assert_array_equal(plain["history"][0]["lr"], history["lr"].iloc[0])
 
 
-def test_distilled_run_resumes_exactly_and_checks_the_teacher(data, teacher_file, tmp_path):
+def test_distilled_run_resumes_exactly_and_checks_the_teacher(synthetic_faces, teacher_file, tmp_path):
     base = dict(epochs=2, masked_share=0.5, dropout=0.1, distill_weight=1.0, teacher_embeddings=str(teacher_file))
-    full = _run(_config(**base), data, tmp_path / "full")
+    full = _run(_config(**base), synthetic_faces, tmp_path / "full")
     columns = DETERMINISTIC + ["distill_loss"]
 
-    _run(_config(**{**base, "epochs": 1}), data, tmp_path / "split")
+    _run(_config(**{**base, "epochs": 1}), synthetic_faces, tmp_path / "split")
     moved = tmp_path / "moved.npz"
     shutil.copy(teacher_file, moved)  # the file may move: its content is what counts
-    resumed = _run(_config(**{**base, "teacher_embeddings": str(moved)}), data, tmp_path / "split", resume=True)
+    resumed = _run(_config(**{**base, "teacher_embeddings": str(moved)}), synthetic_faces, tmp_path / "split", resume=True)
     pd.testing.assert_frame_equal(full.history[columns], resumed.history[columns])
     full_state, resumed_state = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
     _assert_same_weights(full_state, resumed_state)
     assert torch.equal(full_state["distill"]["projection"]["projection.weight"],
                        resumed_state["distill"]["projection"]["projection.weight"])
 
-    _run(_config(**base, max_steps=4), data, tmp_path / "steps")  # stopped inside epoch 2
+    _run(_config(**base, max_steps=4), synthetic_faces, tmp_path / "steps")  # stopped inside epoch 2
     partial = load_checkpoint(tmp_path / "steps" / "last.pt")
     assert partial["partial"] is not None and partial["distill"]["sums"][1] > 0
-    resumed = _run(_config(**base), data, tmp_path / "steps", resume=True)
+    resumed = _run(_config(**base), synthetic_faces, tmp_path / "steps", resume=True)
     pd.testing.assert_frame_equal(full.history[columns], resumed.history[columns])
 
-    csv, _ = data
+    csv, _ = synthetic_faces
     other = _write_teacher(tmp_path / "other.npz", _teacher_table(csv, seed=1))
     with pytest.raises(ConfigMismatchError, match="distilled from 'stand_in' targets"):
-        _run(_config(**{**base, "epochs": 3, "teacher_embeddings": str(other)}), data, tmp_path / "full", resume=True)
+        _run(_config(**{**base, "epochs": 3, "teacher_embeddings": str(other)}), synthetic_faces, tmp_path / "full", resume=True)
     with pytest.raises(ConfigMismatchError, match="distill_weight: 1.0 -> 0.5"):
-        _run(_config(**{**base, "distill_weight": 0.5}), data, tmp_path / "full", resume=True)
+        _run(_config(**{**base, "distill_weight": 0.5}), synthetic_faces, tmp_path / "full", resume=True)
 
 
-def test_missing_or_mismatched_teacher_file_stops_training(data, tmp_path):
-    csv, root = data
+def test_missing_or_mismatched_teacher_file_stops_training(synthetic_faces, tmp_path):
+    csv, root = synthetic_faces
     with pytest.raises(FileNotFoundError, match="teacher embeddings file not found.*embed_training_photos"):
-        _run(_config(epochs=1, distill_weight=1.0, teacher_embeddings=str(tmp_path / "absent.npz")), data,
+        _run(_config(epochs=1, distill_weight=1.0, teacher_embeddings=str(tmp_path / "absent.npz")), synthetic_faces,
              tmp_path / "run")
     table = _teacher_table(csv)
     partial = _write_teacher(tmp_path / "partial.npz", dict(list(table.items())[:-3]))
     with pytest.raises(ValueError, match="3 of 24 training photos have no teacher embedding"):
-        _run(_config(epochs=1, distill_weight=1.0, teacher_embeddings=str(partial)), data, tmp_path / "run")
+        _run(_config(epochs=1, distill_weight=1.0, teacher_embeddings=str(partial)), synthetic_faces, tmp_path / "run")
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
 @pytest.mark.slow
-def test_torchrun_ddp_with_distillation(data, teacher_file, tmp_path):
+def test_torchrun_ddp_with_distillation(synthetic_faces, teacher_file, tmp_path):
     import json
     import os
     import subprocess
@@ -235,7 +223,7 @@ def test_torchrun_ddp_with_distillation(data, teacher_file, tmp_path):
 
     from test_train import REPO, _free_port
 
-    csv, root = data
+    csv, root = synthetic_faces
     config = _config(epochs=1, batch_size=4, distill_weight=1.0, teacher_embeddings=str(teacher_file))
     (tmp_path / "cfg.json").write_text(json.dumps(config.to_dict()))
     out = tmp_path / "run"
