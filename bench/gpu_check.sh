@@ -8,7 +8,7 @@
 #   bash bench/gpu_check.sh [OUT]        # OUT: where the reports go (default reports/gpu/bench)
 #
 # On a machine without the datasets beside the checkout (the device tool's machine), pack a subset first, here:
-#   .venv/bin/python bench/gpu_check.py --pack .gpu_data --lfw-folds 1 --celeba-identities 150   # about 45 MB
+#   .venv/bin/python bench/gpu_check.py --pack .gpu_data --lfw-folds 1 --celeba-identities 150   # 42 MB
 # and, when facenet-pytorch is not installed there, its wheel into .whl/ (pip download --no-deps facenet-pytorch==2.5.3);
 # name both folders in .git/info/exclude and carry them. The script uses them when they are there.
 # EPOCHS (default 3) and PYTHON (default .venv/bin/python, else python3) can be set in the environment.
