@@ -11,8 +11,10 @@ a CPU, ``gpu`` with CUDA):
   (3x the forward FLOPs per image, the usual forward + backward estimate) as a share of the matmul rate, the
   cost of SE and CBAM relative to plain, and evaluation throughput (crops/s of
   :func:`maskstudy.evaluate.embed_crops`, flip fusion included: two forward passes per crop);
-* with ``--levers``, the same for the plain / SE / CBAM networks with each speed-up of the training step and of
-  evaluation undone in turn (contiguous memory format, autograd's reference backward, unfolded BatchNorm);
+* with ``--levers``, the same for the plain / SE / CBAM networks with each lever of the training step and of
+  evaluation changed in turn: channels_last toggled against the default in force (on with CUDA, opt-in on the
+  CPU), autograd's reference backward instead of the fused one, contiguous memory and unfolded BatchNorm in
+  evaluation;
 * with ``--compile``, training with ``torch.compile`` (compile time reported separately).
 
 Timing: every measurement is a window of ``--seconds``; windows of all measurements are interleaved in
@@ -218,9 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         measurements += [train, evaluation]
         rows_spec.append((variant, settings, flops, train, evaluation, "default"))
         if args.levers and variant in ("plain", "se", "cbam"):
-            levers = [("channels_last off", {"channels_last": False}, False),
+            # channels_last toggled against the default in force (on with CUDA, opt-in on the CPU)
+            default_cl = resolve_runtime(TrainConfig.from_dict({**settings, "device": str(device)})).channels_last
+            toggled = f"channels_last {'off' if default_cl else 'on'}"
+            levers = [(toggled, {"channels_last": not default_cl}, False),
                       ("reference backward", {}, True),
-                      ("both off", {"channels_last": False}, True)]
+                      (f"{toggled}, reference backward", {"channels_last": not default_cl}, True)]
             for setting, changes, reference in levers:
                 lever, _ = training_workload(f"{variant} {setting}", settings, args.classes, str(device),
                                              reference=reference, **changes)
