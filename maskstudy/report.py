@@ -437,8 +437,9 @@ def readme_results(run_dir: str | Path) -> str:
     if benches:
         lines += ["", "**Benchmarks** (`bench/`, each measured in one run on this machine; ratios against a reference "
                   "measured in the same run):"]
-        for path in benches:
-            lines += ["", path.read_text().strip()]
+        for path in benches:  # their headings sit under the section's own (### Results ...)
+            lines += [""] + [f"###{line}" if line.startswith("#") else line
+                             for line in path.read_text().strip().splitlines()]
     return "\n".join(lines)
 
 

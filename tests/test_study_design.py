@@ -107,9 +107,11 @@ def test_readme_results_section_is_rewritten_from_a_run(tmp_path):
     assert "| plain |" in text and "160.0 GFLOP/s" in text and "**30 min**" in text and text.endswith("## Next\n")
     assert "Benchmarks" not in text
     (run / "bench").mkdir()
-    (run / "bench" / "detection.md").write_text("| path | images/s |\n|---|---|\n| kit | 40 |\n")
+    (run / "bench" / "detection.md").write_text("# Detection\n\n| path | images/s |\n|---|---|\n| kit | 40 |\n")
     update_readme(readme, run)
-    assert "**Benchmarks**" in readme.read_text() and "| kit | 40 |" in readme.read_text()
+    text = readme.read_text()
+    assert "**Benchmarks**" in text and "| kit | 40 |" in text
+    assert "\n#### Detection\n" in text and "\n# Detection" not in text  # headings sit under the results section
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="no results markers"):
         update_readme(readme, run)
