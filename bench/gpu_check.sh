@@ -30,7 +30,10 @@ data=()
 if [ -d .gpu_data/lfw ]; then
   data=(--lfw .gpu_data/lfw --celeba .gpu_data/celeba)
 fi
-"$python" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU visible'; print(torch.cuda.get_device_name(0))"
+if ! "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "gpu_check: no CUDA GPU is visible to $python; this check needs one (the CPU path: python bench/gpu_check.py --device cpu)" >&2
+  exit 2
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$out/nvidia_smi.csv" || true
 began=$(date +%s)
 {
