@@ -36,12 +36,13 @@ import torch
 from maskstudy import report, storage
 from maskstudy.cleaning import clean_manifest
 from maskstudy.config import resolve_config, train_settings
-from maskstudy.data import BuildSettings, build_aligned_dataset, find_dataset
+from maskstudy.data import BuildSettings, aligned_name, build_aligned_dataset, find_dataset
 from maskstudy.evaluate.verification import evaluate_pairs
 from maskstudy.experiment import load_network
 from maskstudy.identity_folders import scan_identity_folders
 from maskstudy.lfw_files import identity_folds, read_lfw_pairs, write_lfw_pairs
 from maskstudy.pairs import MASKED_UNMASKED, UNMASKED_UNMASKED, scenario_pairs
+from maskstudy.pipeline import parse_parameter
 from maskstudy.protocol import make_split
 from maskstudy.train import TrainConfig, train
 
@@ -103,13 +104,9 @@ def build(config: dict, lfw: Path, celeba: Path, data_dir: Path, lfw_folds: int 
     pairs = select_pairs(all_pairs, lfw_folds, per_fold)
     celeba_images = first_identities(scan_identity_folders(celeba), celeba_identities)
     split = make_split(scan_identity_folders(lfw), pairs, identity_folds(all_pairs), {"celeba": celeba_images})
-    eval_images = pd.DataFrame({
-        "identity": pd.concat([split.eval_pairs["identity_a"], split.eval_pairs["identity_b"]]),
-        "image": pd.concat([split.eval_pairs["image_a"], split.eval_pairs["image_b"]]),
-    }).drop_duplicates("image").sort_values("image").reset_index(drop=True)
     settings = BuildSettings.from_config(config)
     detector = settings.detector(device=str(device))
-    jobs = {"lfw": (lfw, eval_images), "celeba": (celeba, split.train[["identity", "image"]])}
+    jobs = {"lfw": (lfw, split.eval_images), "celeba": (celeba, split.train[["identity", "image"]])}
     manifests, timings = [], []
     for name, (root, wanted) in jobs.items():
         began = time.perf_counter()
@@ -188,21 +185,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--device", default="auto", help="auto (cuda when present) | cuda | cpu")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="profile parameter (JSON value), e.g. train_batch_size=256; repeatable")
+                        help="profile parameter as with maskstudy run -p (YAML value), e.g. train_batch_size=256; repeatable")
     return parser.parse_args(argv)
-
-
-def profile_config(profile: str, settings: list[str]) -> dict:
-    overrides = {}
-    for text in settings:
-        key, sep, value = text.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {text!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return resolve_config(profile, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(pack(Path(lfw), Path(celeba), Path(args.pack), args.lfw_folds, args.pairs_per_fold,
                               args.celeba_identities or 100)))
         return 0
-    config = profile_config(args.profile, args.set)
+    config = resolve_config(args.profile, dict(parse_parameter(text) for text in args.set))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     out = Path(args.out)
@@ -227,9 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                                     args.celeba_identities, device)
     kept = cleaned[cleaned["keep"] & (cleaned["dataset"] == "celeba")]
     train_csv = storage.write_csv(work / "train_clean.csv", kept[TRAIN_COLUMNS])
-    to_jpg = lambda s: s.str.replace(r"\.[^.]+$", ".jpg", regex=True)  # noqa: E731 - crops are saved as JPEG
-    eval_pairs = split.eval_pairs.assign(image_a=to_jpg(split.eval_pairs["image_a"]),
-                                         image_b=to_jpg(split.eval_pairs["image_b"]))
+    eval_pairs = split.eval_pairs.assign(image_a=split.eval_pairs["image_a"].map(aligned_name),
+                                         image_b=split.eval_pairs["image_b"].map(aligned_name))
     rows = [train_and_evaluate(config, variant, train_csv, data_dir, work / "runs", eval_pairs, args.epochs, device)
             for variant in args.variants]
     summary = {"profile": args.profile, "epochs": args.epochs, "lfw_folds": args.lfw_folds,

@@ -88,6 +88,14 @@ class Split:
         """DataFrame[identity, fold] of the identities in the evaluated pairs."""
         return _eval_identities(self.eval_pairs)
 
+    @property
+    def eval_images(self) -> pd.DataFrame:
+        """DataFrame[identity, image] of every photo in the evaluated pairs, once each, sorted by image."""
+        pairs = self.eval_pairs
+        images = pd.DataFrame({"identity": pd.concat([pairs["identity_a"], pairs["identity_b"]]),
+                               "image": pd.concat([pairs["image_a"], pairs["image_b"]])})
+        return images.drop_duplicates("image").sort_values("image").reset_index(drop=True)
+
     def verify(self) -> None:
         """Raise ``ValueError`` if a training identity is also an evaluated identity."""
         if len(self.train) == 0:

@@ -108,10 +108,7 @@ import time
 from maskstudy.data import BuildSettings, build_aligned_dataset
 
 settings = BuildSettings.from_config(cfg)
-eval_images = pd.DataFrame({
-    "identity": pd.concat([split.eval_pairs["identity_a"], split.eval_pairs["identity_b"]]),
-    "image": pd.concat([split.eval_pairs["image_a"], split.eval_pairs["image_b"]]),
-}).drop_duplicates("image")
+eval_images = split.eval_images
 jobs = {}
 for name in sources:
     train_part = split.train[split.train["dataset"] == name][["identity", "image"]]
