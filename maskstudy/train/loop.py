@@ -133,7 +133,11 @@ class _Run:
     out_dir: Path
     progress: bool
     log: Log
-    distiller: Distiller | None = None  # the distillation term (train.distill), None without it
+
+    @property
+    def distiller(self) -> Distiller | None:
+        """The distillation term (train.distill) the step adds, None without it."""
+        return self.step.distiller
 
 
 def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, resume: bool, progress: bool,
@@ -174,7 +178,7 @@ def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, 
     if rt.rank == 0:
         write_json(out_dir / "config.json", config.to_dict())
     _log_start(config, rt, dataset, sizes, log)
-    run = _Run(config, rt, dataset, validation, sizes, step, ckpt_path, out_dir, progress, log, step.distiller)
+    run = _Run(config, rt, dataset, validation, sizes, step, ckpt_path, out_dir, progress, log)
     trained_images, trained_seconds = _train_epochs(run, position)
     seconds = time.perf_counter() - started
     log(f"train: done in {seconds:.1f} s, {trained_images / max(trained_seconds, 1e-9):.0f} img/s -> {ckpt_path}")
