@@ -21,6 +21,7 @@ import pandas as pd
 
 from . import storage
 from .align import CROP_SIZE, estimate_alignment, warp
+from .cpu_threads import available_cores
 from .detect import FIRST_PASS_FACE_SIZE, PYRAMID_FACTOR, STATUSES, FaceDetector, file_digest, load_image
 from .masks import TRAINING_STYLES, choose_style, draw_mask
 from .pairs import masked_name
@@ -114,16 +115,9 @@ class BuildSettings:
         return dict(self.__dict__)
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 2
-
-
 #: Threads that read, hash, align, mask and write photos while MTCNN runs (in the main thread): two on a 2-core
 #: machine, more where there are cores to spare (up to 8).
-BUILD_WORKERS = max(2, min(8, _usable_cores() - 1))
+BUILD_WORKERS = max(2, min(8, available_cores() - 1))
 
 
 def _digest_or_error(path: Path | None) -> tuple[str, OSError | None]:
