@@ -45,10 +45,10 @@ from maskstudy.pairs import MASKED_UNMASKED, UNMASKED_UNMASKED, scenario_pairs
 from maskstudy.pipeline import parse_parameter
 from maskstudy.protocol import make_split
 from maskstudy.train import TrainConfig, train
+from maskstudy.train.data import TRAIN_LIST_COLUMNS
 
 VARIANTS = {"plain": "none", "se": "se", "cbam": "cbam"}
 SCENARIOS = (UNMASKED_UNMASKED, MASKED_UNMASKED)
-TRAIN_COLUMNS = ["dataset", "identity", "image", "aligned", "masked", "mask_style"]
 
 
 def select_pairs(pairs: pd.DataFrame, folds: int | None, per_fold: int | None = None) -> pd.DataFrame:
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     split, cleaned, timings = build(config, Path(lfw), Path(celeba), data_dir, args.lfw_folds, args.pairs_per_fold,
                                     args.celeba_identities, device)
     kept = cleaned[cleaned["keep"] & (cleaned["dataset"] == "celeba")]
-    train_csv = storage.write_csv(work / "train_clean.csv", kept[TRAIN_COLUMNS])
+    train_csv = storage.write_csv(work / "train_clean.csv", kept[TRAIN_LIST_COLUMNS])
     eval_pairs = split.eval_pairs.assign(image_a=split.eval_pairs["image_a"].map(aligned_name),
                                          image_b=split.eval_pairs["image_b"].map(aligned_name))
     rows = [train_and_evaluate(config, variant, train_csv, data_dir, work / "runs", eval_pairs, args.epochs, device)

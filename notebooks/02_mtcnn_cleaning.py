@@ -134,6 +134,7 @@ from maskstudy.pairs import (
     write_pair_folds,
     write_pairs,
 )
+from maskstudy.train.data import TRAIN_LIST_COLUMNS
 
 to_jpg = lambda s: s.str.replace(r"\.[^.]+$", ".jpg", regex=True)
 pair_counts = []
@@ -163,7 +164,7 @@ for name, part in kept_train.groupby("dataset"):
         write_pair_folds(pairs, study.data_dir / name / "pairs" / f"{scenario}.csv")
         pair_counts.append({"dataset": name, "scenario": scenario, "pairs": len(pairs), "positive": int(pairs["label"].sum()),
                             "folds": pairs["fold"].nunique()})
-storage.write_csv(study.data_dir / "split" / "train_clean.csv", kept_train[["dataset", "identity", "image", "aligned", "masked", "mask_style"]])
+storage.write_csv(study.data_dir / "split" / "train_clean.csv", kept_train[TRAIN_LIST_COLUMNS])
 pair_table = pd.DataFrame(pair_counts)
 study.save_table(pair_table, "02_pairs")
 pair_table

@@ -17,6 +17,10 @@ from ..preprocess import load_crops, to_input
 from ..seeding import seeded_generator
 from .config import AUGMENT_STREAM, SAMPLER_STREAM, SAMPLERS, VALSPLIT_STREAM, Log, TrainConfig, no_log
 
+#: Columns of a training list (``train_clean.csv``, written by notebook 02): :func:`read_rows` needs dataset,
+#: identity and aligned; masked (the twin) and mask_style may be empty.
+TRAIN_LIST_COLUMNS = ["dataset", "identity", "image", "aligned", "masked", "mask_style"]
+
 
 def read_rows(train_csv: str | os.PathLike) -> pd.DataFrame:
     rows = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
