@@ -4,6 +4,7 @@
 ``available_backbones()``. Importing this package registers every backbone family.
 """
 
+from . import dlib_resnet as _dlib_resnet  # noqa: F401  (registers dlib_resnet29*, dlib's pretrained network)
 from . import iresnet as _iresnet  # noqa: F401  (registers the ir* backbones)
 from . import vit as _vit  # noqa: F401  (registers vit_* and hybrid_*_vit; teaches count_flops CPU attention)
 from .folding import fold_batchnorm
