@@ -54,6 +54,8 @@ EMBEDDING_SIZE = 128
 #: dlib's input layer: mean colour subtracted, then divided by this.
 INPUT_SCALE = 256.0
 DEFAULT_MEAN_RGB = (122.782, 117.001, 104.298)
+#: First chip row blanked by the cropping baseline: half the chip, just above the nose tip (chip row 77.8).
+BLANK_FROM_ROW = CHIP_SIZE // 2
 
 
 class DlibWeightsUnavailable(ImportError):
@@ -164,6 +166,8 @@ class DlibResNet(nn.Module):
         self.attention_name = attention
         self.attention_stages = tuple(int(s) for s in attention_stages)
         self.to_chip = ChipFromCrop() if geometry == "kit" else nn.Identity()
+        #: the cropping baseline's input: the chip's lower half (rows from the nose down) set to the mean colour
+        self.blank_lower = False
         self.register_buffer("mean_rgb", torch.tensor(list(mean_rgb), dtype=torch.float32).view(1, 3, 1, 1))
         self.stem = nn.Sequential(nn.Conv2d(3, 32, 7, stride=2), ChannelAffine(32), nn.ReLU(),
                                   nn.MaxPool2d(3, 2))
@@ -178,8 +182,10 @@ class DlibResNet(nn.Module):
 
     def dlib_input(self, x: torch.Tensor) -> torch.Tensor:
         """Kit input ([-1, 1], 112x112 crops or 150x150 chips) -> dlib's input layer's output (150x150)."""
-        pixels = self.to_chip(x * 127.5 + 127.5)
-        return (pixels - self.mean_rgb) / INPUT_SCALE
+        chip = (self.to_chip(x * 127.5 + 127.5) - self.mean_rgb) / INPUT_SCALE
+        if self.blank_lower:
+            chip = torch.cat([chip[:, :, :BLANK_FROM_ROW], torch.zeros_like(chip[:, :, BLANK_FROM_ROW:])], dim=2)
+        return chip
 
     def features(self, x: torch.Tensor, upto: int) -> torch.Tensor:
         """The output of the stem and stages ``0 .. upto - 1`` (``upto = 0``: the stem's)."""
