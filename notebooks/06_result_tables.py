@@ -39,10 +39,28 @@ required = ["01_split", "02_cleaning_summary", "03_verification", "03_identifica
 required += ["05_attention_regions", "05_faithfulness", "05_attention_differences", "05_faithfulness_contrasts",
              "05_randomization_check", "05_cam_geometry"]
 optional = ("03_margin_losses", "03_mfr2", "04_mfr2", "03_mask_scenarios", "03_leave_one_style_out", "01_masked_detection",
-            "03_guided_differences", "03_guided_vs_reference", "03_teacher", "03_teacher_coverage")
+            "03_guided_differences", "03_guided_vs_reference", "03_teacher", "03_teacher_coverage",
+            "03_track_seed_table", "03_track_vs_pretrained", "03_track_differences", "03_track_crop_baseline",
+            "03_track_timing")
 results = read_results(study.tables, required, optional=optional)
 split = json.loads((study.data_dir / "split" / "split.json").read_text())
 display(Markdown(f"**Protocol `{split['protocol']}`.** {split['description']}"))
+
+# %% [markdown]
+# ## Two tracks
+#
+# **From scratch** (the seed study's setup at this profile's scale): IR-ResNets trained here, plain, SE and CBAM.
+# **Pretrained** (a recogniser in use): dlib's ResNet-29 fine-tuned on masked faces, plain, SE and CBAM inserted at
+# identity, plus the cropping baseline and the pretrained network as it is (notebook 03, last section). Mean over
+# training seeds, ± the standard deviation over seeds.
+
+# %%
+if "03_track_seed_table" in results:
+    display(Markdown("**Pretrained track**"), results["03_track_seed_table"],
+            Markdown("**Pretrained track: attention differences** (seed-paired, Holm over the track's family)"),
+            results.get("03_track_differences", pd.DataFrame()).round(4))
+else:
+    display(Markdown("*No pretrained track in this run (off in the profile, or the `teacher` extra is missing).*"))
 
 # %% [markdown]
 # ## Identification and verification per method (the seed study's table)

@@ -347,16 +347,16 @@ def finetune(config: FinetuneConfig, clean: torch.Tensor, masked: torch.Tensor, 
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
-            sums += [float(loss), float(distill), float(margin)]
+            sums += [loss.item(), distill.item(), margin.item()]
         seconds = time.perf_counter() - started
         val = validation.accuracy(model, start) if validation is not None else float("nan")
-        history.append({"epoch": epoch + 1, "loss": sums[0] / steps_per_epoch,
-                        "distill_loss": sums[1] / steps_per_epoch, "margin_loss": sums[2] / steps_per_epoch,
-                        "val_acc": val, "gates": _gates(model), "seconds": seconds,
+        means = [float(v) for v in sums / steps_per_epoch]  # plain floats: checkpoints load with weights_only
+        history.append({"epoch": epoch + 1, "loss": means[0], "distill_loss": means[1], "margin_loss": means[2],
+                        "val_acc": float(val), "gates": _gates(model), "seconds": seconds,
                         "rows_per_s": steps_per_epoch * config.batch_size / seconds})
-        log(f"finetune {config.backbone} seed {config.seed}: epoch {epoch + 1}/{config.epochs} loss "
-            f"{history[-1]['loss']:.4f} val {val:.4f} ({seconds:.0f} s)")
         save_checkpoint(checkpoint, config, model, head, optimizer, epoch + 1, history)
+        log(f"finetune {config.backbone} seed {config.seed}: epoch {epoch + 1}/{config.epochs} loss "
+            f"{history[-1]['loss']:.4f} val {val:.4f} gates {history[-1]['gates'] or '-'} ({seconds:.0f} s)")
     model.eval()
     return FinetuneResult(model, pd.DataFrame(history, columns=HISTORY_COLUMNS), checkpoint, config)
 

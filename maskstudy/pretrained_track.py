@@ -1,0 +1,253 @@
+"""The pretrained track of the study: dlib's ResNet-29 adapted to masked faces, with SE or CBAM inserted.
+
+The from-scratch track (the seed study's setup at cpu scale) asks whether attention helps networks that reach
+about 82 % on unmasked LFW. This track asks it of a recogniser in use (99 %): the pretrained network as it is
+(the reference row ``dlib_resnet29_pretrained``), fine-tuned on the study's training rows (clean crops and their
+masked twins, :mod:`maskstudy.train.finetune`) as ``ft_plain``, ``ft_se`` and ``ft_cbam`` over the study's seeds,
+and the cropping baseline ``ft_crop`` (upper face only, main seed). Every model meets every test of
+:mod:`maskstudy.testsets` on the kit's own crops (cut to dlib's chip geometry inside the model), through the
+frozen stages' features computed once per crop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .train.finetune import FeatureStore, FinetuneConfig, FinetuneValidation, build_student, head_embeddings
+
+#: Name of the pretrained network evaluated as it is (the track's reference row).
+REFERENCE = "dlib_resnet29_pretrained"
+#: Model name of each attention block in this track, and of the cropping baseline.
+MODELS = {"none": "ft_plain", "se": "ft_se", "cbam": "ft_cbam"}
+CROP_MODEL = "ft_crop"
+#: Run kinds (the ``kind`` column of the track's tables).
+FINETUNED, CROPPED, PRETRAINED = "finetuned", "cropped", "pretrained"
+#: Profile keys of the track (``pretrained_<FinetuneConfig field>`` and the rest).
+SETTING_KEYS = ("frozen_stages", "epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip",
+                "distill_weight", "margin_weight")
+
+
+@dataclass(frozen=True)
+class TrackRun:
+    """One model of the track: its run name, model name, seed, kind and fine-tuning settings (``None``: the
+    pretrained network as it is)."""
+
+    name: str
+    model: str
+    seed: int
+    kind: str
+    config: FinetuneConfig | None
+
+
+def enabled(config: Mapping[str, Any]) -> bool:
+    return bool(config.get("pretrained_track"))
+
+
+def finetune_config(config: Mapping[str, Any], attention: str = "none", seed: int | None = None,
+                    **changes: Any) -> FinetuneConfig:
+    """The profile's fine-tuning settings (``pretrained_<field>``) for one attention block and seed."""
+    fields = {key: config[f"pretrained_{key}"] for key in SETTING_KEYS}
+    fields.update(attention=attention, seed=int(config["seed"] if seed is None else seed), **changes)
+    return FinetuneConfig(**fields)
+
+
+def track_runs(config: Mapping[str, Any]) -> dict[str, TrackRun]:
+    """Every model of the track by run name: the reference, each attention block over the study's seeds (main seed
+    first), and the cropping baseline (main seed) when ``pretrained_crop_baseline``."""
+    from .study import seeds
+
+    main = int(config["seed"])
+    runs = {REFERENCE: TrackRun(REFERENCE, REFERENCE, main, PRETRAINED, None)}
+    for seed in seeds(config):
+        for block in config["pretrained_attention"]:
+            model = MODELS[block]
+            name = f"{model}_seed{seed}"
+            runs[name] = TrackRun(name, model, seed, FINETUNED, finetune_config(config, block, seed))
+    if config.get("pretrained_crop_baseline"):
+        name = f"{CROP_MODEL}_seed{main}"
+        runs[name] = TrackRun(name, CROP_MODEL, main, CROPPED, finetune_config(config, "none", main,
+                                                                              blank_lower=True))
+    return runs
+
+
+def comparisons(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The attention comparisons of the track (SE and CBAM against plain, CBAM against SE), among those trained."""
+    present = [MODELS[b] for b in config["pretrained_attention"]]
+    pairs = [(MODELS["se"], MODELS["none"]), (MODELS["cbam"], MODELS["none"]), (MODELS["cbam"], MODELS["se"])]
+    return [(a, b) for a, b in pairs if a in present and b in present]
+
+
+# --------------------------------------------------------------------------------------------
+# Training rows and their features
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingFeatures:
+    """Frozen-stage features of the training rows' clean crops and masked twins, identity labels, and the
+    held-out identities' validation pairs."""
+
+    clean: torch.Tensor
+    masked: torch.Tensor
+    labels: np.ndarray
+    validation: FinetuneValidation
+    rows: int
+    identities: int
+
+
+def training_rows(train_csv: str | os.PathLike, data_dir: str | os.PathLike, twins: str) -> pd.DataFrame:
+    """The study's cleaned training rows that have a masked twin, the twin replaced by its ``twins`` variant
+    (``detected``: the masked photo detected and aligned by itself, as masks are met at test time; ``shared``:
+    aligned with the clean photo's landmarks) where notebook 01 built it."""
+    from .study import SHARED_TWINS, with_masked_variant
+
+    rows = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
+    rows = rows[rows["masked"] != ""].reset_index(drop=True)
+    return rows if twins == SHARED_TWINS else with_masked_variant(rows, twins, data_dir)
+
+
+def training_features(rows: pd.DataFrame, data_dir: str | os.PathLike, store_dir: str | os.PathLike,
+                      frozen_stages: int, blank_lower: bool = False, val_identities: float = 0.05,
+                      val_pairs: int = 600, seed: int = 0, progress: bool = True) -> TrainingFeatures:
+    """Features of ``rows`` (clean crop and twin) through the pretrained network's frozen stages (kept in
+    ``store_dir``), with ``val_identities`` of the identities (share or count) held out for validation pairs."""
+    data_dir = Path(data_dir)
+    model = build_student(FinetuneConfig(frozen_stages=frozen_stages))
+    key = f"train_k{frozen_stages}" + ("_blank" if blank_lower else "")
+    root = [data_dir / d / "aligned" for d in rows["dataset"]]
+    clean = FeatureStore(store_dir, key + "_clean").features(
+        model, [r / a for r, a in zip(root, rows["aligned"])], frozen_stages, blank_lower, progress,
+        "frozen stages (training crops)")
+    masked = FeatureStore(store_dir, key + "_masked").features(
+        model, [r / m for r, m in zip(root, rows["masked"])], frozen_stages, blank_lower, progress,
+        "frozen stages (training twins)")
+    identity = (rows["dataset"] + "/" + rows["identity"]).to_numpy()
+    names = sorted(set(identity))
+    rng = np.random.default_rng(seed)
+    n_val = int(round(val_identities * len(names))) if val_identities < 1 else int(val_identities)
+    held = set(rng.choice(names, size=min(n_val, len(names) - 2), replace=False)) if n_val else set()
+    is_val = np.array([i in held for i in identity])
+    train_ids = sorted(set(identity[~is_val]))
+    labels = np.array([train_ids.index(i) for i in identity[~is_val]]) if len(train_ids) else np.zeros(0, int)
+    validation = FinetuneValidation(identity[is_val], clean[is_val], masked[is_val], val_pairs, seed)
+    return TrainingFeatures(clean[~is_val], masked[~is_val], labels, validation, int((~is_val).sum()),
+                            len(train_ids))
+
+
+# --------------------------------------------------------------------------------------------
+# Test crops and evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TestFeatures:
+    """Frozen-stage features of every crop the tests read (LFW and MFR2), by crop name."""
+
+    lfw: dict[str, torch.Tensor]
+    mfr2: dict[str, torch.Tensor] | None
+
+
+def test_features(tests, store_dir: str | os.PathLike, frozen_stages: int, blank_lower: bool = False,
+                  progress: bool = True) -> TestFeatures:
+    """Features of every crop of ``tests`` (:class:`maskstudy.testsets.TestSets`; all scenarios, identification
+    and MFR2), kept in ``store_dir``."""
+    from .teachers.reference import crops_of_tests
+
+    model = build_student(FinetuneConfig(frozen_stages=frozen_stages))
+    suffix = f"k{frozen_stages}" + ("_blank" if blank_lower else "")
+    rels = crops_of_tests(tests)
+    lfw = FeatureStore(store_dir, f"test_lfw_{suffix}").features(
+        model, [tests.aligned_root / r for r in rels], frozen_stages, blank_lower, progress,
+        "frozen stages (LFW test crops)")
+    mfr2 = None
+    if tests.mfr2_pairs is not None:
+        names = list(dict.fromkeys(tests.mfr2_pairs["a"].astype(str).tolist() + tests.mfr2_pairs["b"].astype(str)
+                                   .tolist()))
+        features = FeatureStore(store_dir, f"test_mfr2_{suffix}").features(
+            model, [tests.mfr2_root / "aligned" / n for n in names], frozen_stages, blank_lower, progress,
+            "frozen stages (MFR2 crops)")
+        mfr2 = dict(zip(names, features))
+    return TestFeatures(dict(zip(rels, lfw)), mfr2)
+
+
+def _embed(model, features: Mapping[str, torch.Tensor], start: int) -> dict[str, np.ndarray]:
+    names = list(features)
+    if not names:
+        return {}
+    stacked = torch.stack([features[n] for n in names])
+    unit = F.normalize(head_embeddings(model, stacked, start), dim=1).numpy()
+    return dict(zip(names, unit))
+
+
+def evaluate_run(model, frozen_stages: int, tests, features: TestFeatures, config: Mapping[str, Any]):
+    """Every test of ``tests`` for ``model`` from the frozen-stage ``features`` (one embedding per crop, no flip,
+    as dlib's own protocol), with the study's metric functions
+    (:func:`maskstudy.teachers.reference.evaluate_embeddings`)."""
+    from .teachers.reference import evaluate_embeddings
+
+    lfw = _embed(model, features.lfw, frozen_stages)
+    mfr2 = _embed(model, features.mfr2, frozen_stages) if features.mfr2 is not None else None
+    return evaluate_embeddings(tests, lfw, mfr2, use_mfr2=mfr2 is not None, fixed_fmr=config["fixed_fmr"],
+                               n_boot=config["bootstrap_samples"], seed=config["seed"])
+
+
+def run_track(runs: Mapping[str, TrackRun], train_csv, data_dir, outputs, tests, config: Mapping[str, Any],
+              log: Callable[[str], object] = print, progress: bool = True):
+    """Fine-tune and evaluate every run (module docstring). Returns (results by run name, training history,
+    timing rows)."""
+    import time
+
+    from .train.finetune import finetune
+
+    data_dir, outputs = Path(data_dir), Path(outputs)
+    store = data_dir / "pretrained_track" / "features"
+    rows = training_rows(train_csv, data_dir, config["pretrained_twins"])
+    if config.get("pretrained_max_rows"):
+        rows = rows.iloc[: int(config["pretrained_max_rows"])].reset_index(drop=True)
+    results, histories, timing = {}, [], []
+    cached: dict[tuple[int, bool], tuple[TrainingFeatures, TestFeatures]] = {}
+    for name, run in runs.items():
+        cfg = run.config or FinetuneConfig(frozen_stages=int(config["pretrained_frozen_stages"]))
+        key = (cfg.frozen_stages, cfg.blank_lower)
+        started = time.perf_counter()
+        if key not in cached:
+            cached[key] = (training_features(rows, data_dir, store, cfg.frozen_stages, cfg.blank_lower,
+                                             config["train_val_identities"], config["train_val_pairs"],
+                                             int(config["seed"]), progress),
+                           test_features(tests, store, cfg.frozen_stages, cfg.blank_lower, progress))
+            timing.append({"step": f"frozen stages {key}", "seconds": time.perf_counter() - started})
+            started = time.perf_counter()
+        train, test = cached[key]
+        if run.config is None:
+            model = build_student(cfg)
+        else:
+            result = finetune(run.config, train.clean, train.masked, train.labels,
+                              outputs / "checkpoints" / f"{name}.pt", train.validation, log=log, progress=progress)
+            model = result.model
+            histories.append(result.history.assign(run=name, model=run.model, seed=run.seed))
+        trained = time.perf_counter()
+        results[name] = evaluate_run(model, cfg.frozen_stages, tests, test, config)
+        timing.append({"step": name, "seconds": trained - started, "eval_seconds": time.perf_counter() - trained,
+                       "training_rows": train.rows, "identities": train.identities})
+    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
+    return results, history, pd.DataFrame(timing)
+
+
+def describe(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The track's settings for the report."""
+    return {"runs": len(track_runs(config)), **dataclasses.asdict(finetune_config(config)),
+            "twins": config["pretrained_twins"]}
+
+
+def model_names(config: Mapping[str, Any]) -> Sequence[str]:
+    return [MODELS[b] for b in config["pretrained_attention"]]

