@@ -60,7 +60,7 @@ def test_distillation_pulls_twins_toward_the_clean_embedding(features, tmp_path,
     losses = result.history["distill_loss"].to_numpy()
     assert losses[-1] < losses[0]
     if attention != "none":
-        gates = [float(p) for n, p in result.model.named_parameters() if n.endswith(".gate")]
+        gates = [p.item() for n, p in result.model.named_parameters() if n.endswith(".gate")]
         assert len(gates) == 4 and any(g != 0 for g in gates)
 
 

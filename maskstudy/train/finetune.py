@@ -274,7 +274,7 @@ def _lr(config: FinetuneConfig, step: int, total: int) -> float:
 
 
 def _gates(model: nn.Module) -> str:
-    values = [float(p) for name, p in model.named_parameters() if name.endswith(".gate")]
+    values = [p.item() for name, p in model.named_parameters() if name.endswith(".gate")]
     return "" if not values else f"{min(values):+.3f}..{max(values):+.3f}"
 
 
