@@ -1,4 +1,5 @@
-"""Atomic writes: every file the study produces appears whole or not at all (temp file + rename)."""
+"""Atomic writes: every file the study produces appears whole or not at all (temp file + rename); journals
+(JSON lines appended as work finishes) keep every whole line."""
 
 from __future__ import annotations
 
@@ -76,6 +77,47 @@ def save_image(path: str | os.PathLike, image, quality: int = 95) -> Path:
         else:
             image.save(tmp, format=fmt)
     return path
+
+
+def append_json_lines(path: str | os.PathLike, records: list[dict]) -> None:
+    """Append ``records`` to a journal, one JSON object a line, in one write flushed to disk. A line cut short by a
+    kill is ended first, so that it cannot swallow the next record; :func:`read_json_lines` skips it."""
+    text = "".join(json.dumps(record, sort_keys=True, default=str) + "\n" for record in records)
+    if not text:
+        return
+    path = Path(path)
+    with open(path, "ab") as handle:
+        if handle.tell() and not ends_with_newline(path):
+            text = "\n" + text
+        handle.write(text.encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def ends_with_newline(path: str | os.PathLike) -> bool:
+    """Whether the file's last byte is a newline (a text file cut short mid-line ends without one)."""
+    with open(path, "rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def read_json_lines(path: str | os.PathLike) -> list[dict]:
+    """The records of a journal of :func:`append_json_lines` (``[]`` when it is absent); a line that is not a whole
+    JSON object (cut short by a kill, damaged) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]:  # [-1]: after the last newline
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 class UnsafePathError(ValueError):
