@@ -236,7 +236,11 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run notebook 01 (data build) first")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return _typed(pd.read_csv(path, dtype=str, keep_default_na=False))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """A manifest read as text, with :func:`read_manifest`'s types."""
     for column in frame.columns:
         if column in TEXT_COLUMNS or column == "drop_reason":
             continue
@@ -259,23 +263,20 @@ def _load_cache(manifest_path: Path, settings: BuildSettings) -> pd.DataFrame | 
 
 
 def _cached_manifest(manifest_path: Path, settings: BuildSettings) -> pd.DataFrame | None:
-    """The saved manifest when it was made with ``settings``; a damaged one (cut short, not CSV) costs a redetection
-    of its photos, with a warning. A last row cut short mid-line is left out."""
+    """The saved manifest when it was made with ``settings``; a damaged one (or damaged settings file) costs a
+    redetection of its photos, with a warning (:func:`maskstudy.storage.read_csv_cache`)."""
     settings_path = manifest_path.with_suffix(".json")
     if not manifest_path.is_file() or not settings_path.is_file():
         return None
     try:
         if json.loads(settings_path.read_text(encoding="utf-8")) != settings.as_dict():
             return None
-        cached = read_manifest(manifest_path)
-        missing = sorted(set(MANIFEST_COLUMNS) - set(cached.columns))
-        if missing:
-            raise ValueError(f"no column {', '.join(missing)}")
-    except (OSError, ValueError) as error:  # ValueError: also JSON, CSV (pandas) and UTF-8 errors
-        logger.warning("ignoring the unreadable manifest cache %s (%s): its photos are detected again",
-                       manifest_path, error)
+    except (OSError, ValueError) as error:  # ValueError: also JSON and UTF-8 errors
+        logger.warning("ignoring the unreadable build settings %s (%s): every photo is detected again",
+                       settings_path, error)
         return None
-    return cached if storage.ends_with_newline(manifest_path) else cached.iloc[:-1]
+    cached = storage.read_csv_cache(manifest_path, MANIFEST_COLUMNS)
+    return None if cached is None else _typed(cached)
 
 
 def _manifest_frame(rows: Iterable[dict]) -> pd.DataFrame:
@@ -314,9 +315,7 @@ class _BuildJournal:
             return None
         frame = pd.DataFrame(records).reindex(columns=MANIFEST_COLUMNS)
         frame[TEXT_COLUMNS] = frame[TEXT_COLUMNS].fillna("").astype(str)
-        numeric = [column for column in MANIFEST_COLUMNS if column not in TEXT_COLUMNS]
-        frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
-        return frame
+        return _typed(frame)
 
     def open(self) -> None:
         """Continue the journal of these settings, else start an empty one."""

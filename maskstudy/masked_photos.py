@@ -105,10 +105,8 @@ def build_masked_variants(
     table_path = out / "masked_variants.csv"
     key = _settings_key(seed, crop_size, tuple(styles), unseen_styles, detector)
     wanted = [v for v in VARIANTS if unseen_styles or not v.startswith("unseen")]
-    cached = {}
-    if table_path.is_file():
-        previous = pd.read_csv(table_path, dtype=str, keep_default_na=False)
-        cached = {r["image"]: r for r in previous.to_dict("records") if r["settings"] == key}
+    previous = storage.read_csv_cache(table_path, COLUMNS)  # None: absent or damaged
+    cached = {} if previous is None else {r["image"]: r for r in previous.to_dict("records") if r["settings"] == key}
     rows = manifest[manifest["aligned"].astype(str) != ""]
     done, todo = [], []
     for row in rows.to_dict("records"):

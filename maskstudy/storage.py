@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 _UMASK_LOCK = threading.Lock()
+
+logger = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -118,6 +121,26 @@ def read_json_lines(path: str | os.PathLike) -> list[dict]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def read_csv_cache(path: str | os.PathLike, columns: list[str]):
+    """A CSV table the kit keeps to skip work next time, as text (``''`` when empty); ``None`` when it is absent,
+    and, with a warning, when it is damaged (not CSV, without one of ``columns``): its work is then done again.
+    A last row cut short mid-line is left out."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        missing = sorted(set(columns) - set(table.columns))
+        if missing:
+            raise ValueError(f"no column {', '.join(missing)}")
+    except (OSError, ValueError) as error:  # ValueError: also pandas' CSV errors and UTF-8 errors
+        logger.warning("ignoring unreadable cache %s (%s): its work is done again", path, error)
+        return None
+    return table if ends_with_newline(path) else table.iloc[:-1]
 
 
 class UnsafePathError(ValueError):
