@@ -159,6 +159,15 @@ def synthetic_faces(tmp_path_factory) -> tuple[Path, Path]:
     return make_synthetic_faces(root), root
 
 
+@pytest.fixture(scope="module")
+def synthetic_photos(tmp_path_factory) -> Path:
+    """Identity folders of 24 synthetic photos beside their ``*_mask.jpg`` twins (which a data build records as
+    skipped): a source folder for builds with :class:`TemplateDetector`."""
+    root = tmp_path_factory.mktemp("photos")
+    make_synthetic_faces(root)
+    return root / "synth" / "aligned"
+
+
 class QuietFiles(http.server.SimpleHTTPRequestHandler):
     """Serves a folder's files without logging each request."""
 

@@ -15,17 +15,14 @@ import pytest
 from maskstudy.data import BuildSettings, build_aligned_dataset, read_manifest
 from maskstudy.protocol import scan_identity_folders
 from maskstudy.storage import append_json_lines, read_json_lines
-from tests.conftest import REPO, TemplateDetector, make_synthetic_faces
+from tests.conftest import REPO, TemplateDetector
 
 BATCH = 4
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    """24 synthetic photos in 6 identity folders, beside their ``*_mask.jpg`` twins (recorded as skipped)."""
-    root = tmp_path_factory.mktemp("resume")
-    make_synthetic_faces(root)
-    return root / "synth" / "aligned"
+def photos(synthetic_photos) -> Path:
+    return synthetic_photos
 
 
 def build(photos: Path, out: Path, detector, **kwargs) -> pd.DataFrame:
