@@ -141,3 +141,21 @@ def test_a_journal_line_cut_short_by_a_kill_is_skipped(tmp_path):
     assert [sorted(r) for r in read_json_lines(journal)] == [["a"], ["b", "c"]]
     append_json_lines(journal, [{"e": "\u00e9\n"}])  # the next run's rows are whole again
     assert read_json_lines(journal)[-1] == {"e": "\u00e9\n"} and len(read_json_lines(journal)) == 3
+
+
+def test_masked_variants_stopped_by_an_exception_keep_every_finished_photo(photos, tmp_path):
+    from maskstudy.masked_photos import build_masked_variants
+
+    manifest = build(photos, tmp_path / "data", TemplateDetector())
+    kwargs = dict(unseen_styles=(), batch_size=BATCH, progress=False, log=lambda *_: None)
+    reference = build_masked_variants(manifest, photos, tmp_path / "data" / "toy", TemplateDetector(), **kwargs)
+    total = len(reference)
+    (tmp_path / "data" / "toy" / "masked_variants.csv").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        build_masked_variants(manifest, photos, tmp_path / "data" / "toy", StopAfter(2 * BATCH + 1), **kwargs)
+    assert len(read_json_lines(tmp_path / "data" / "toy" / "masked_variants.journal")) == 2 * BATCH
+    rerun = TemplateDetector()
+    again = build_masked_variants(manifest, photos, tmp_path / "data" / "toy", rerun, **kwargs)
+    assert rerun.seen == total - 2 * BATCH
+    pd.testing.assert_frame_equal(again, reference)
+    assert not (tmp_path / "data" / "toy" / "masked_variants.journal").exists()
