@@ -3,11 +3,15 @@
 One manifest row per source image (``<data_dir>/<dataset>/manifest.csv``) records what happened to it: the
 file's digest, the faces MTCNN found and which one was chosen, its box, probability and 5 landmarks, the
 status and reason, the aligned crop and its masked twin (``<name>_mask.jpg``, the seed study's naming) and the
-mask style. Re-runs reuse rows whose image digest and settings are unchanged, so an interrupted build resumes.
+mask style. Re-runs reuse rows whose image digest and settings are unchanged. While photos are detected, the rows
+finished since the manifest was last saved are appended after every batch to ``manifest.journal`` (JSON lines),
+so that a build that is killed resumes with every photo whose crops were written.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from collections import deque
@@ -39,6 +43,11 @@ MANIFEST_COLUMNS = [
 ]
 
 ENV_VARS = {"lfw": "MASKSTUDY_LFW", "celeba": "MASKSTUDY_CELEBA"}
+
+#: The first line of ``manifest.journal``: the journal's format and the settings its rows were made with.
+JOURNAL_FORMAT = "maskstudy-build-journal-v1"
+
+logger = logging.getLogger(__name__)
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -227,7 +236,11 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run notebook 01 (data build) first")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return _typed(pd.read_csv(path, dtype=str, keep_default_na=False))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """A manifest read as text, with :func:`read_manifest`'s types."""
     for column in frame.columns:
         if column in TEXT_COLUMNS or column == "drop_reason":
             continue
@@ -239,25 +252,86 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _load_cache(manifest_path: Path, settings: BuildSettings) -> pd.DataFrame | None:
-    settings_path = manifest_path.with_suffix(".json")
-    if not manifest_path.is_file() or not settings_path.is_file():
+    """The rows of earlier builds under ``settings``: the manifest (or its last checkpoint) and the rows journaled
+    since, indexed by ``image``; ``None`` when there are none."""
+    frames = [frame for frame in (_cached_manifest(manifest_path, settings),
+                                  _BuildJournal(manifest_path, settings).frame()) if frame is not None]
+    if not frames:
         return None
-    import json
-
-    if json.loads(settings_path.read_text()) != settings.as_dict():
-        return None
-    cached = read_manifest(manifest_path)
+    cached = pd.concat(frames, ignore_index=True).drop_duplicates("image", keep="last")
     return cached.set_index("image", drop=False)
 
 
-def _save_manifest(rows: Iterable[dict], manifest_path: Path, settings: BuildSettings) -> pd.DataFrame:
+def _cached_manifest(manifest_path: Path, settings: BuildSettings) -> pd.DataFrame | None:
+    """The saved manifest when it was made with ``settings``; a damaged one (or damaged settings file) costs a
+    redetection of its photos, with a warning (:func:`maskstudy.storage.read_csv_cache`)."""
+    settings_path = manifest_path.with_suffix(".json")
+    if not manifest_path.is_file() or not settings_path.is_file():
+        return None
+    try:
+        if json.loads(settings_path.read_text(encoding="utf-8")) != settings.as_dict():
+            return None
+    except (OSError, ValueError) as error:  # ValueError: also JSON and UTF-8 errors
+        logger.warning("ignoring the unreadable build settings %s (%s): every photo is detected again",
+                       settings_path, error)
+        return None
+    cached = storage.read_csv_cache(manifest_path, MANIFEST_COLUMNS)
+    return None if cached is None else _typed(cached)
+
+
+def _manifest_frame(rows: Iterable[dict]) -> pd.DataFrame:
+    """Rows as the manifest's columns, with the text the manifest file holds."""
     frame = pd.DataFrame(list(rows)).reindex(columns=MANIFEST_COLUMNS)
     frame[TEXT_COLUMNS] = frame[TEXT_COLUMNS].fillna("")  # as read_manifest gives them back
     for column in ("identity", "image", "reason", "load_notes"):  # a name the file system gave as bytes
         frame[column] = frame[column].map(printable_name)
+    return frame
+
+
+def _save_manifest(rows: Iterable[dict], manifest_path: Path, settings: BuildSettings) -> pd.DataFrame:
+    frame = _manifest_frame(rows)
     storage.write_csv(manifest_path, frame)
     storage.write_json(manifest_path.with_suffix(".json"), settings.as_dict())
     return frame
+
+
+class _BuildJournal:
+    """``manifest.journal``: the rows finished since the manifest was last saved, appended after every batch
+    (:func:`maskstudy.storage.append_json_lines`) below a first line naming the settings they were made with."""
+
+    def __init__(self, manifest_path: Path, settings: BuildSettings):
+        self.path = manifest_path.with_suffix(".journal")
+        self.header = {"format": JOURNAL_FORMAT, "settings": settings.as_dict()}
+
+    def _records(self) -> list[dict] | None:
+        """The journaled rows; ``None`` without a journal of these settings."""
+        records = storage.read_json_lines(self.path)
+        return records[1:] if records and records[0] == self.header else None
+
+    def frame(self) -> pd.DataFrame | None:
+        """The journaled rows with :func:`read_manifest`'s types; ``None`` when there are none."""
+        records = self._records()
+        if not records:
+            return None
+        frame = pd.DataFrame(records).reindex(columns=MANIFEST_COLUMNS)
+        frame[TEXT_COLUMNS] = frame[TEXT_COLUMNS].fillna("").astype(str)
+        return _typed(frame)
+
+    def open(self) -> None:
+        """Continue the journal of these settings, else start an empty one."""
+        if self._records() is None:
+            self.restart()
+
+    def restart(self) -> None:
+        """An empty journal (written atomically): its rows are in the manifest just saved."""
+        storage.write_text(self.path, json.dumps(self.header, sort_keys=True) + "\n")
+
+    def append(self, rows: list[dict]) -> None:
+        if rows:
+            storage.append_json_lines(self.path, _manifest_frame(rows).to_dict("records"))
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def _file_error_reason(path: Path, error: OSError) -> str:
@@ -363,6 +437,7 @@ def build_aligned_dataset(
     if fallback_alignment:
         _align_with_mean_landmarks(rows, job.root, job.out, settings, save_masked_photos, log, job.mask_styles)
     frame = _save_manifest(rows.values(), manifest_path, settings)
+    _BuildJournal(manifest_path, settings).remove()  # its rows are in the manifest now
     elapsed = time.perf_counter() - started
     if todo:
         log(f"{name}: detected {len(todo)} images in {elapsed:.0f} s ({len(todo) / max(elapsed, 1e-9):.1f} img/s)")
@@ -429,48 +504,68 @@ def _detect_and_write(job: _BuildJob, todo: list[tuple[str, dict]], rows: dict[s
                       pool: ThreadPoolExecutor, batch_size: int, checkpoint_every: int, manifest_path: Path,
                       progress: bool) -> None:
     """MTCNN over ``todo`` in batches, as a pipeline: the next batch is read while MTCNN runs on this one, and the
-    crops of the detected faces are aligned, masked and written while MTCNN runs on the next. Fills ``rows``; the
-    manifest is saved every ``checkpoint_every`` batches (a rerun reuses the rows done so far)."""
+    crops of the detected faces are aligned, masked and written while MTCNN runs on the next. Fills ``rows``.
+
+    Finished rows (a face's only once its crops are written) go to the journal after every batch, and also when
+    the build stops on an exception; every ``checkpoint_every`` batches the manifest is saved and the journal
+    emptied. A rerun reuses them all."""
     from tqdm import tqdm  # text bars: they render in terminals, notebooks and the exported HTML alike
 
     bar = tqdm(total=len(todo), desc=f"MTCNN {job.name}", unit="img", disable=not progress)
     batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+    journal = _BuildJournal(manifest_path, job.settings)
+    journal.open()
     loading = pool.submit(_load_batch, job.root, batches[0])
     writing: deque = deque()  # (relative, future of its finished row)
+    finished: list[dict] = []  # rows finished since the journal was last written
+
+    def settle(relative: str, row: dict) -> None:
+        rows[relative] = row
+        finished.append(row)
 
     def collect(wait_for: int = 0) -> None:
         """Store the finished rows, waiting until at most ``wait_for`` are still being written."""
         while writing and (len(writing) > wait_for or writing[0][1].done()):
             relative, future = writing.popleft()
-            rows[relative] = future.result()
+            settle(relative, future.result())
 
-    for batch_number, batch in enumerate(batches):
-        loaded = loading.result()
-        if batch_number + 1 < len(batches):
-            loading = pool.submit(_load_batch, job.root, batches[batch_number + 1])
-        usable = [(item, entry) for item, entry in zip(batch, loaded) if entry.image is not None]
-        detections = detector.detect([entry.image for _, entry in usable]) if usable else []
-        found = {relative: (entry, det) for ((relative, _), entry), det in zip(usable, detections)}
-        for (relative, base), entry in zip(batch, loaded):
-            base = dict(base, load_notes="; ".join(entry.notes))
-            if entry.image is None:
-                rows[relative] = dict(base, status=entry.status, reason=entry.reason, n_faces=0)
-                continue
-            image, detection = found[relative]
-            row = _row_from_detection(dict(base, width=entry.image.size[0], height=entry.image.size[1]),
-                                      detection, job.settings)
-            if row["status"] == "ok":  # until its crops are written, the row stays without a status
-                writing.append((relative, pool.submit(_finish_row, row, entry.image, relative, job.out, job.settings,
-                                                      job.save_masked_photos, job.mask_styles)))
-            else:
-                rows[relative] = row
-        collect(wait_for=2 * batch_size)  # at most two batches of photos held in memory for writing
-        bar.update(len(batch))
-        if (batch_number + 1) % checkpoint_every == 0:
-            collect()
-            _save_manifest((r for r in rows.values() if r.get("status")), manifest_path, job.settings)
-    collect()
-    bar.close()
+    try:
+        for batch_number, batch in enumerate(batches):
+            loaded = loading.result()
+            if batch_number + 1 < len(batches):
+                loading = pool.submit(_load_batch, job.root, batches[batch_number + 1])
+            usable = [(item, entry) for item, entry in zip(batch, loaded) if entry.image is not None]
+            detections = detector.detect([entry.image for _, entry in usable]) if usable else []
+            found = {relative: (entry, det) for ((relative, _), entry), det in zip(usable, detections)}
+            for (relative, base), entry in zip(batch, loaded):
+                base = dict(base, load_notes="; ".join(entry.notes))
+                if entry.image is None:
+                    settle(relative, dict(base, status=entry.status, reason=entry.reason, n_faces=0))
+                    continue
+                image, detection = found[relative]
+                row = _row_from_detection(dict(base, width=entry.image.size[0], height=entry.image.size[1]),
+                                          detection, job.settings)
+                if row["status"] == "ok":  # until its crops are written, the row stays without a status
+                    writing.append((relative, pool.submit(_finish_row, row, entry.image, relative, job.out,
+                                                          job.settings, job.save_masked_photos, job.mask_styles)))
+                else:
+                    settle(relative, row)
+            collect(wait_for=2 * batch_size)  # at most two batches of photos held in memory for writing
+            journal.append(finished)
+            finished.clear()
+            bar.update(len(batch))
+            if (batch_number + 1) % checkpoint_every == 0:
+                collect()
+                _save_manifest((r for r in rows.values() if r.get("status")), manifest_path, job.settings)
+                journal.restart()
+                finished.clear()
+        collect()
+    finally:  # stopped by an exception: keep the rows whose crops were written
+        for relative, future in writing:
+            if future.exception() is None:
+                settle(relative, future.result())
+        journal.append(finished)
+        bar.close()
 
 
 def _align_with_mean_landmarks(rows: dict, root: Path, out: Path, settings: BuildSettings,

@@ -14,7 +14,8 @@ twins of :mod:`maskstudy.data`, the crops of four more variants (suffixes of :da
 
 One row per image in ``<data_dir>/<dataset>/masked_variants.csv`` records the styles, whether MTCNN found the
 masked face, and how far its landmarks moved from the clean photo's (in inter-ocular distances); rows are reused
-when the image's digest, seed and styles are unchanged.
+when the image's digest, seed and styles are unchanged. Rows finished since the table was last saved are appended
+after every batch to ``masked_variants.journal`` (JSON lines), so that a killed run resumes with them.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def build_masked_variants(
 
     Rows are reused only under the same ``detector.settings`` (when the detector states them). Each batch's
     masked photos are drawn, and its crops aligned and written, in threads while ``detector`` (called from this
-    thread, once a batch for both styles) works on the next.
+    thread, once a batch for both styles) works on the next. Finished rows are journaled after every batch (and
+    when an exception stops the run), the table is saved every 20 batches.
     """
     from tqdm import tqdm
 
@@ -105,10 +107,10 @@ def build_masked_variants(
     table_path = out / "masked_variants.csv"
     key = _settings_key(seed, crop_size, tuple(styles), unseen_styles, detector)
     wanted = [v for v in VARIANTS if unseen_styles or not v.startswith("unseen")]
-    cached = {}
-    if table_path.is_file():
-        previous = pd.read_csv(table_path, dtype=str, keep_default_na=False)
-        cached = {r["image"]: r for r in previous.to_dict("records") if r["settings"] == key}
+    journal = table_path.with_suffix(".journal")  # rows finished since the table was saved; each names its settings
+    previous = storage.read_csv_cache(table_path, COLUMNS)  # None: absent or damaged
+    previous = ([] if previous is None else previous.to_dict("records")) + storage.read_json_lines(journal)
+    cached = {r["image"]: r for r in previous if r.get("settings") == key}
     rows = manifest[manifest["aligned"].astype(str) != ""]
     done, todo = [], []
     for row in rows.to_dict("records"):
@@ -129,29 +131,42 @@ def build_masked_variants(
                                 key) if batches else None
         writing: deque = deque()
 
+        journaled = len(done)  # done[journaled:] are not in the journal yet
+
         def collect(wait_for: int = 0) -> None:
             while writing and (len(writing) > wait_for or writing[0].done()):
                 done.extend(writing.popleft().result())
 
-        for number, batch in enumerate(batches):
-            records, seen_photos, unseen_photos = preparing.result()
-            if number + 1 < len(batches):
-                preparing = pool.submit(_prepare_batch, batches[number + 1], root, out, seed, crop_size, styles,
-                                        unseen_styles, key)
-            detections = detector.detect(seen_photos + unseen_photos)  # one call: R-Net and O-Net batch both
-            writing.append(pool.submit(_finish_batch, records, seen_photos, unseen_photos, detections, out,
-                                       crop_size, bool(unseen_styles)))
-            collect(wait_for=2)
-            bar.update(len(batch))
-            if (number + 1) % 20 == 0:  # resumable
-                collect()
-                storage.write_csv(table_path, pd.DataFrame(done, columns=COLUMNS))
-        collect()
+        try:
+            for number, batch in enumerate(batches):
+                records, seen_photos, unseen_photos = preparing.result()
+                if number + 1 < len(batches):
+                    preparing = pool.submit(_prepare_batch, batches[number + 1], root, out, seed, crop_size, styles,
+                                            unseen_styles, key)
+                detections = detector.detect(seen_photos + unseen_photos)  # one call: R-Net and O-Net batch both
+                writing.append(pool.submit(_finish_batch, records, seen_photos, unseen_photos, detections, out,
+                                           crop_size, bool(unseen_styles)))
+                collect(wait_for=2)
+                storage.append_json_lines(journal, done[journaled:])
+                journaled = len(done)
+                bar.update(len(batch))
+                if (number + 1) % 20 == 0:  # resumable
+                    collect()
+                    storage.write_csv(table_path, pd.DataFrame(done, columns=COLUMNS))
+                    journal.unlink(missing_ok=True)
+                    journaled = len(done)
+            collect()
+        finally:  # stopped by an exception: keep the rows whose crops were written
+            for future in writing:
+                if future.exception() is None:
+                    done.extend(future.result())
+            storage.append_json_lines(journal, done[journaled:])
     bar.close()
     table = pd.DataFrame(done, columns=COLUMNS)
     order = {image: i for i, image in enumerate(rows["image"])}
     table = table.sort_values("image", key=lambda s: s.map(order)).reset_index(drop=True)
     storage.write_csv(table_path, table)
+    journal.unlink(missing_ok=True)  # its rows are in the table now
     return read_variants(table_path)
 
 

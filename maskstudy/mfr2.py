@@ -26,6 +26,8 @@ from .detect import file_digest, load_image
 
 N_FOLDS = 10
 PAIR_KINDS = ("both_masked", "one_masked", "none_masked")
+#: Columns of ``photos.csv`` (:func:`prepare`).
+PHOTO_COLUMNS = ["image", "identity", "mask_type", "masked", "sha1", "aligned", "face_found", "fallback"]
 
 
 class MFR2FormatError(ValueError):
@@ -106,9 +108,8 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, detector, crop_size
     root, out = Path(root), Path(out)
     labels = read_labels(root)
     table_path = out / "photos.csv"
-    cached = {}
-    if table_path.is_file():
-        cached = {r["image"]: r for r in pd.read_csv(table_path, dtype=str, keep_default_na=False).to_dict("records")}
+    previous = storage.read_csv_cache(table_path, PHOTO_COLUMNS)  # None: absent or damaged
+    cached = {} if previous is None else {r["image"]: r for r in previous.to_dict("records")}
     rows, todo = [], []
     for row in labels.to_dict("records"):
         row["sha1"] = file_digest(root / row["image"]) if (root / row["image"]).is_file() else ""
@@ -135,8 +136,7 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, detector, crop_size
                          "fallback": bool(fallback[i])})
         bar.update(len(batch))
     bar.close()
-    table = pd.DataFrame(rows, columns=["image", "identity", "mask_type", "masked", "sha1", "aligned", "face_found",
-                                        "fallback"])
+    table = pd.DataFrame(rows, columns=PHOTO_COLUMNS)
     storage.write_csv(table_path, table)
     return table
 

@@ -1,9 +1,11 @@
-"""Atomic writes: every file the study produces appears whole or not at all (temp file + rename)."""
+"""Atomic writes: every file the study produces appears whole or not at all (temp file + rename); journals
+(JSON lines appended as work finishes) keep every whole line."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 _UMASK_LOCK = threading.Lock()
+
+logger = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -76,6 +80,67 @@ def save_image(path: str | os.PathLike, image, quality: int = 95) -> Path:
         else:
             image.save(tmp, format=fmt)
     return path
+
+
+def append_json_lines(path: str | os.PathLike, records: list[dict]) -> None:
+    """Append ``records`` to a journal, one JSON object a line, in one write flushed to disk. A line cut short by a
+    kill is ended first, so that it cannot swallow the next record; :func:`read_json_lines` skips it."""
+    text = "".join(json.dumps(record, sort_keys=True, default=str) + "\n" for record in records)
+    if not text:
+        return
+    path = Path(path)
+    with open(path, "ab") as handle:
+        if handle.tell() and not ends_with_newline(path):
+            text = "\n" + text
+        handle.write(text.encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def ends_with_newline(path: str | os.PathLike) -> bool:
+    """Whether the file's last byte is a newline (a text file cut short mid-line ends without one)."""
+    with open(path, "rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def read_json_lines(path: str | os.PathLike) -> list[dict]:
+    """The records of a journal of :func:`append_json_lines` (``[]`` when it is absent); a line that is not a whole
+    JSON object (cut short by a kill, damaged) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]:  # [-1]: after the last newline
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def read_csv_cache(path: str | os.PathLike, columns: list[str]):
+    """A CSV table the kit keeps to skip work next time, as text (``''`` when empty); ``None`` when it is absent,
+    and, with a warning, when it is damaged (not CSV, without one of ``columns``): its work is then done again.
+    A last row cut short mid-line is left out."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        missing = sorted(set(columns) - set(table.columns))
+        if missing:
+            raise ValueError(f"no column {', '.join(missing)}")
+    except (OSError, ValueError) as error:  # ValueError: also pandas' CSV errors and UTF-8 errors
+        logger.warning("ignoring unreadable cache %s (%s): its work is done again", path, error)
+        return None
+    return table if ends_with_newline(path) else table.iloc[:-1]
 
 
 class UnsafePathError(ValueError):

@@ -10,7 +10,9 @@ file is rewritten atomically. The key hashes every tensor of the model's ``state
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,8 @@ from torch import nn
 from .. import storage
 
 STORE_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -65,7 +69,9 @@ class EmbeddingStore:
             with np.load(self.path, allow_pickle=False) as saved:
                 rels = [str(r) for r in saved["rels"]]
                 stats, embeddings = saved["stats"], saved["embeddings"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            logger.warning("ignoring unreadable embedding store %s (%s): its crops are embedded again", self.path,
+                           error)
             return {}  # a damaged store only costs a recomputation
         present = [i for i, rel in enumerate(rels) if (self.crop_root / rel).is_file()]
         if not present:

@@ -84,7 +84,7 @@ def _load(path: Path, teacher: Teacher) -> dict[tuple, tuple[np.ndarray, np.ndar
             settings = str(stored["settings"])
             digests, embeddings = stored["digests"], stored["embeddings"]
             boxes, fallback = stored["boxes"], stored["fallback"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
         logger.warning("ignoring unreadable teacher cache %s (%s): everything is embedded again", path, error)
         return {}
     if settings != _settings_json(teacher):

@@ -247,7 +247,7 @@ def detected_boxes(paths: Sequence[str | os.PathLike], detector, cache_dir: str 
             with np.load(cache_path, allow_pickle=False) as stored:
                 if str(stored["settings"]) == settings:
                     known = dict(zip((str(d) for d in stored["digests"]), stored["boxes"]))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
             logger.warning("ignoring unreadable box cache %s (%s)", cache_path, error)
     digests = [file_digest(p) for p in paths]
     todo = list(dict.fromkeys(d for d in digests if d not in known))

@@ -213,7 +213,7 @@ def load_training_targets(path: str | os.PathLike | None, rows: pd.DataFrame, ce
             if found == TRAINING_FORMAT:
                 teacher, settings = str(stored["teacher"]), str(stored["settings"])
                 keys, embeddings, fallback = stored["keys"], stored["embeddings"], stored["fallback"]
-    except (OSError, ValueError, KeyError, AttributeError, TypeError, zipfile.BadZipFile) as error:
+    except (OSError, EOFError, ValueError, KeyError, AttributeError, TypeError, zipfile.BadZipFile) as error:
         raise ValueError(f"cannot read teacher embeddings {path} ({type(error).__name__}: {error}); {hint}") from error
     if found != TRAINING_FORMAT:
         raise ValueError(f"{path} has format {found!r}, expected {TRAINING_FORMAT!r}; {hint}")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..seeding import derive_seed, seed_everything, set_rng_state
 from ..storage import remove_stale_temp_files, write_csv, write_json
 from .config import (
@@ -73,7 +73,8 @@ def train(
     With ``resume`` and an existing ``last.pt`` of the same recipe (all settings but
     :data:`RUNTIME_KEYS`) and identities, training continues where it stopped (a finished run
     returns at once); raising ``epochs`` extends the run, the decay then spanning the new total.
-    A different recipe raises :class:`ConfigMismatchError`. Under ``torchrun`` (``WORLD_SIZE > 1``)
+    A different recipe raises :class:`ConfigMismatchError`, a damaged ``last.pt``
+    :class:`~maskstudy.checkpoint.CheckpointError`. Under ``torchrun`` (``WORLD_SIZE > 1``)
     every process calls this; rank 0 alone writes files and logs.
     """
     if not isinstance(config, TrainConfig):
@@ -151,7 +152,11 @@ def _train(config: TrainConfig, train_csv: Path, data_dir: Path, out_dir: Path, 
     class_names = sorted(class_key(train_rows).unique())
     checkpoint = None
     if resume and ckpt_path.is_file():  # checked before the (possibly long) decoding
-        checkpoint = load_checkpoint(ckpt_path, map_location="cpu")
+        try:
+            checkpoint = load_checkpoint(ckpt_path, map_location="cpu")
+        except CheckpointError as error:  # damaged (cut short, ...): there is no older checkpoint to fall back to
+            raise CheckpointError(f"cannot resume: {error}. Use another out_dir, or resume=False (--no-resume) to "
+                                  "start over and overwrite it.") from error
         _check_resumable(checkpoint, config, class_names, ckpt_path)
     dataset = FaceCropDataset(train_rows, data_dir, masked_share=config.masked_share,
                               cache_limit_gb=config.cache_limit_gb, copies=rt.local_world_size,
