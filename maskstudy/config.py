@@ -197,6 +197,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "margin_losses": [],
         "data_fractions": [0.5, 1.0],
         "train_epochs": 6,  # 3 seeds x 3 variants + baselines must fit the 2-core budget
+        # the guided from-scratch students measured nothing at this size (guided minus unguided -0.6 to +0.8 points,
+        # 0 of 27 separated, run of 2026-11-29) and cost 28 of 107 minutes: opt-in here (-p teacher_students=...)
+        "teacher_students": [],
         "teacher_reference_tests": ["unmasked_unmasked", "masked_unmasked_detected"],
         "teacher_reference_identification": False,
     },

@@ -30,6 +30,7 @@ REFERENCE = "dlib_resnet29_pretrained"
 #: Model name of each attention block in this track, and of the cropping baseline.
 MODELS = {"none": "ft_plain", "se": "ft_se", "cbam": "ft_cbam"}
 CROP_MODEL = "ft_crop"
+MODEL_NAMES = (*MODELS.values(), CROP_MODEL)
 #: Run kinds (the ``kind`` column of the track's tables).
 FINETUNED, CROPPED, PRETRAINED = "finetuned", "cropped", "pretrained"
 #: Profile keys of the track (``pretrained_<FinetuneConfig field>`` and the rest).
@@ -78,6 +79,23 @@ def track_runs(config: Mapping[str, Any]) -> dict[str, TrackRun]:
         runs[name] = TrackRun(name, CROP_MODEL, main, CROPPED, finetune_config(config, "none", main,
                                                                               blank_lower=True))
     return runs
+
+
+def finetuned_runs(config: Mapping[str, Any]) -> list[TrackRun]:
+    """The fine-tuned attention variants over seeds (empty when the track is off)."""
+    return [r for r in track_runs(config).values() if r.kind == FINETUNED] if enabled(config) else []
+
+
+def checkpoint(outputs: str | os.PathLike, run: str) -> Path:
+    """Where notebook 03 keeps a track run's fine-tuning checkpoint."""
+    return Path(outputs) / "checkpoints" / f"{run}.pt"
+
+
+def load_run(path: str | os.PathLike):
+    """The fine-tuned network of a track checkpoint (eval mode)."""
+    from .train.finetune import load_student
+
+    return load_student(path)[0]
 
 
 def comparisons(config: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -231,8 +249,8 @@ def run_track(runs: Mapping[str, TrackRun], train_csv, data_dir, outputs, tests,
         if run.config is None:
             model = build_student(cfg)
         else:
-            result = finetune(run.config, train.clean, train.masked, train.labels,
-                              outputs / "checkpoints" / f"{name}.pt", train.validation, log=log, progress=progress)
+            result = finetune(run.config, train.clean, train.masked, train.labels, checkpoint(outputs, name),
+                              train.validation, log=log, progress=progress)
             model = result.model
             histories.append(result.history.assign(run=name, model=run.model, seed=run.seed))
         trained = time.perf_counter()

@@ -48,6 +48,7 @@ from maskstudy.explain import (
     CONTROL_RANKINGS,
     attention_on_regions,
     cell_centres,
+    cell_centres_2d,
     compute_grid_cams,
     control_rankings,
     curve_areas,
@@ -82,6 +83,19 @@ for name, seed in design.explained_networks(cfg):
         notes.append(f"{design.run_name(name, seed, cfg)} (no checkpoint)")
         continue
     networks[(name, seed)] = load_network(path)
+from maskstudy import pretrained_track as track
+
+# the pretrained track (notebook 03's last section): dlib's network fine-tuned plain, with SE and with CBAM, over seeds;
+# explained at its 17x17 stage (the eye band is about 3 cells tall there)
+track_pairs = []
+for run in track.finetuned_runs(cfg):
+    path = track.checkpoint(study.outputs, run.name)
+    if path.is_file():
+        networks[(run.model, run.seed)] = (track.load_run(path), 112)
+    elif run.seed == cfg["seed"]:
+        notes.append(f"{run.name} (no checkpoint: the pretrained track did not run)")
+track_pairs = [(a, b) for a, b in track.comparisons(cfg) if b == track.MODELS["none"]
+               and (a, cfg["seed"]) in networks and (b, cfg["seed"]) in networks]
 models = list(dict.fromkeys(name for name, _ in networks))  # model names, profile order
 main = {name: networks[(name, cfg["seed"])] for name in models}
 if notes:
@@ -150,7 +164,7 @@ side_references = load_crops([aligned_root / references[i] for i in side["identi
 def cams_on_crop(model, input_size, crops, refs, cam_method=method):
     """Raw maps on the layer's grid, then on the crop with exact geometry: ``(grid maps, crop maps)``."""
     grid_maps = compute_grid_cams(model, crops, refs, input_size, method=cam_method)
-    return grid_maps, grid_to_crop(grid_maps, cell_centres(model, CROP), CROP)
+    return grid_maps, grid_to_crop(grid_maps, cell_centres_2d(model, CROP), CROP)
 
 
 grid_cams, cams = {}, {}  # (name, seed, input kind, method) -> maps
@@ -285,7 +299,7 @@ display(attention)
 
 
 # %%
-def paired_difference(name, kind, column):
+def paired_difference(name, kind, column, baseline):
     """``name`` minus ``baseline`` of a per-image share: over the seeds both have (>= 2), else over the main seed's images."""
     mine = per_seed[(per_seed["model"] == name) & (per_seed["input"] == kind) & (per_seed["method"] == method)].set_index("seed")
     base = per_seed[(per_seed["model"] == baseline) & (per_seed["input"] == kind) & (per_seed["method"] == method)].set_index("seed")
@@ -299,14 +313,14 @@ def paired_difference(name, kind, column):
 
 
 differences = []
-if baseline is not None:
-    for name in [m for m in models if m != baseline]:
-        for kind in ("masked", "unmasked"):
-            for measure, column in (("eye_share", "_eye"), ("mask_share", "_mask")):
-                d = paired_difference(name, kind, column)
-                differences.append({"comparison": f"{name} - {baseline}", "model": name, "baseline": baseline, "method": method,
-                                    "input": kind, "measure": measure, "difference": d["value"], "ci_low": d["ci_low"],
-                                    "ci_high": d["ci_high"], "seeds": d["seeds"], "images": d["images"], "interval": d["interval"]})
+cam_pairs = [(m, baseline) for m in models if baseline is not None and m != baseline and m not in track.MODEL_NAMES]
+for name, against in cam_pairs + track_pairs:
+    for kind in ("masked", "unmasked"):
+        for measure, column in (("eye_share", "_eye"), ("mask_share", "_mask")):
+            d = paired_difference(name, kind, column, against)
+            differences.append({"comparison": f"{name} - {against}", "model": name, "baseline": against, "method": method,
+                                "input": kind, "measure": measure, "difference": d["value"], "ci_low": d["ci_low"],
+                                "ci_high": d["ci_high"], "seeds": d["seeds"], "images": d["images"], "interval": d["interval"]})
 differences = pd.DataFrame(differences, columns=["comparison", "model", "baseline", "method", "input", "measure", "difference",
                                                  "ci_low", "ci_high", "seeds", "images", "interval"])
 differences["separated"] = (differences["ci_low"] > 0) | (differences["ci_high"] < 0)
@@ -420,5 +434,10 @@ sanity
 # %%
 from maskstudy.explain import attention_verdict
 
+display(Markdown("**From scratch** (the seed study's setup at this profile's scale)"))
 for name in [m for m in attention_models if m in models and m != baseline]:
     display(Markdown(attention_verdict(differences, contrasts, sanity, model=name, baseline=baseline, method=method)))
+if track_pairs:
+    display(Markdown("**Pretrained track** (dlib's ResNet-29 fine-tuned on masked faces; 17x17 grid)"))
+    for name, against in track_pairs:
+        display(Markdown(attention_verdict(differences, contrasts, sanity, model=name, baseline=against, method=method)))

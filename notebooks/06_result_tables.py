@@ -243,6 +243,12 @@ attention_differences, faith_contrasts, randomization = (results["05_attention_d
 cam_baseline = design.plain_model(cfg)
 attention_verdicts = [attention_verdict(attention_differences, faith_contrasts, randomization, model=n, baseline=cam_baseline, method=cam_method)
                       for n in design.attended_models(cfg) if cam_baseline is not None]
+from maskstudy import pretrained_track as track
+
+track_cam_pairs = attention_differences[attention_differences["model"].isin(track.MODEL_NAMES)][["model", "baseline"]]
+attention_verdicts += ["Pretrained track: " + attention_verdict(attention_differences, faith_contrasts, randomization,
+                                                                 model=r.model, baseline=r.baseline, method=cam_method)
+                       for r in track_cam_pairs.drop_duplicates().itertuples()]
 display(attention[attention["input"] == "masked"], attention_differences[attention_differences["input"] == "masked"],
         results["05_faithfulness"], faith_contrasts, randomization)
 display(Markdown("\n\n".join(attention_verdicts)))

@@ -44,6 +44,7 @@ from .geometry import (
     attention_on_regions,
     cam_mass_share,
     cell_centres,
+    cell_centres_2d,
     eye_band_mask,
     face_region,
     grid_size,
@@ -59,7 +60,7 @@ from .verdict import attention_verdict, controls_beaten, mean_interval, seed_int
 __all__ = [
     "BLUR_RADIUS", "CAM_METHODS", "CONTROL_RANKINGS", "DissimilarityTarget", "EYE_BAND_ABOVE", "EYE_BAND_BELOW",
     "EYE_BAND_SIDE", "RANDOM_BLOB_GRID", "SimilarityTarget", "attention_on_regions", "attention_verdict",
-    "blur_region", "cam_mass_share", "cell_centres", "compute_cams", "compute_grid_cams", "control_rankings", "crop_centres",
+    "blur_region", "cam_mass_share", "cell_centres", "cell_centres_2d", "compute_cams", "compute_grid_cams", "control_rankings", "crop_centres",
     "controls_beaten", "curve_areas", "curve_fractions", "deletion_check", "deletion_insertion_curves",
     "eye_band_mask", "face_region", "grid_size", "grid_to_crop", "interpolation_matrix", "mask_region",
     "mean_interval", "overlay", "pixel_order", "randomized_copy", "rank_correlation", "random_blob_region",

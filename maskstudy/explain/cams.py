@@ -26,7 +26,7 @@ from torch import nn
 from ..evaluate.embed import compute_embeddings
 from ..models.registry import eval_mode, lookup, model_device
 from ..preprocess import check_crops, to_input
-from .geometry import cell_centres, grid_size, grid_to_crop, resize_centres
+from .geometry import cell_centres, cell_centres_2d, grid_size, grid_to_crop, resize_centres
 
 
 # ------------------------------------------------------------------------------------------ targets
@@ -238,6 +238,8 @@ def compute_cams(model: nn.Module, crops, references, input_size: int, method: s
 def crop_centres(model: nn.Module, grid: int, crop_size: int) -> np.ndarray:
     """:func:`cell_centres` of ``model``, or :func:`resize_centres` for a model of unknown geometry (a model
     can state its own as ``cam_receptive_grid = (stride, first_centre)`` in input pixels)."""
+    if callable(getattr(model, "cam_crop_centres", None)):
+        return cell_centres_2d(model, crop_size)
     try:
         centres = cell_centres(model, crop_size)
     except (ValueError, AttributeError):

@@ -66,6 +66,18 @@ def cell_centres(model: nn.Module, crop_size: int = CROP_SIZE) -> np.ndarray:
     return (first + stride * np.arange(grid_size(model))) * scale
 
 
+def cell_centres_2d(model: nn.Module, crop_size: int = CROP_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """``(row centres, column centres)`` of the explained grid's cells in crop pixels: a model whose input is warped
+    inside it (dlib's chip, :class:`maskstudy.models.dlib_resnet.DlibResNet`) states its own with
+    ``cam_crop_centres(crop_size)``; otherwise :func:`cell_centres` along both axes."""
+    own = getattr(model, "cam_crop_centres", None)
+    if callable(own):
+        rows, columns = own(crop_size)
+        return np.asarray(rows, dtype=np.float64), np.asarray(columns, dtype=np.float64)
+    centres = cell_centres(model, crop_size)
+    return centres, centres
+
+
 def resize_centres(grid: int, crop_size: int = CROP_SIZE) -> np.ndarray:
     """``(grid,)``: the centres a generic resize (``align_corners=False``) assumes, ``(j + 0.5) crop / grid``;
     right for ViT patches, half a cell off for the IR-ResNet. Used for models without known geometry."""
@@ -85,14 +97,16 @@ def interpolation_matrix(centres, size: int) -> np.ndarray:
 
 def grid_to_crop(maps, centres, size: int) -> np.ndarray:
     """Grid maps ``(N, g, g)`` (or one ``(g, g)``) -> ``(N, size, size)`` float32: bilinear between the cells'
-    receptive-field ``centres`` (crop pixels, see :func:`cell_centres`). Non-negative maps stay non-negative."""
+    receptive-field ``centres`` (crop pixels, see :func:`cell_centres`; a pair ``(rows, columns)`` when they differ
+    between the axes, :func:`cell_centres_2d`). Non-negative maps stay non-negative."""
     maps = np.asarray(maps, dtype=np.float64)
     single = maps.ndim == 2
     maps = maps[None] if single else maps
-    if maps.ndim != 3 or maps.shape[1] != maps.shape[2] or maps.shape[1] != len(centres):
-        raise ValueError(f"maps must be (N, g, g) with g = {len(centres)} centres, got {maps.shape}")
-    weights = interpolation_matrix(centres, size)
-    out = np.einsum("ik,nkl,jl->nij", weights, maps, weights).astype(np.float32)
+    rows, columns = centres if isinstance(centres, tuple) else (centres, centres)
+    if maps.ndim != 3 or maps.shape[1] != len(rows) or maps.shape[2] != len(columns):
+        raise ValueError(f"maps must be (N, {len(rows)}, {len(columns)}) for the given centres, got {maps.shape}")
+    out = np.einsum("ik,nkl,jl->nij", interpolation_matrix(rows, size), maps,
+                    interpolation_matrix(columns, size)).astype(np.float32)
     return out[0] if single else out
 
 

@@ -34,12 +34,13 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import build_attention
-from .dlib_chip import CHIP_SIZE, ChipFromCrop
+from .dlib_chip import CHIP_SIZE, CROP_TO_CHIP, ChipFromCrop
 from .dlib_format import DlibFormatError, DlibNet, read_dlib_net
 from .registry import register_backbone
 
@@ -96,6 +97,11 @@ class ChannelAffine(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.fill_(1.0)
+            self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.bias[:, None, None], x, self.weight[:, None, None])
@@ -202,6 +208,41 @@ class DlibResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x, 0), 0)
+
+    #: The stage explained by Grad-CAM: its 17x17 map (8 chip pixels a cell) resolves the eye band; the 256-channel
+    #: stages' 4x4 and 2x2 maps cannot.
+    CAM_STAGE = 1
+
+    @property
+    def cam_target_layer(self) -> nn.Module:
+        return self.stages[self.CAM_STAGE]
+
+    @property
+    def grid_size(self) -> int:
+        return 17
+
+    @property
+    def cam_receptive_grid(self) -> tuple[float, float]:
+        """(stride, first centre) of the explained grid's columns in input pixels (rows: :meth:`cam_crop_centres`)."""
+        columns = self.cam_crop_centres(self.input_size)[1]
+        return float(columns[1] - columns[0]), float(columns[0])
+
+    def cam_crop_centres(self, crop_size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+        """(row centres, column centres) of the explained 17x17 grid on the kit's crop, in crop pixels.
+
+        In the chip, cell ``j``'s receptive field is centred at ``8 j + 9.5`` (continuous coordinates) through the
+        stage's strided 3x3 branch and at ``8 j + 7.5`` through its 2x2 pooled shortcut; the midpoint ``8 j + 8.5``
+        is used. The chip's similarity to the crop (:data:`~.dlib_chip.CROP_TO_CHIP`, a 0.36 degree rotation
+        neglected) carries it to the crop."""
+        if self.geometry != "kit":
+            centres = 8.0 * np.arange(self.grid_size) + 8.5
+            scale = crop_size / CHIP_SIZE
+            return centres * scale, centres * scale
+        chip = 8.0 * np.arange(self.grid_size) + 8.5 - 0.5  # pixel-index coordinates of the fit
+        scale = float(np.hypot(*CROP_TO_CHIP[:, 0]))
+        columns = (chip - CROP_TO_CHIP[0, 2]) / scale + 0.5
+        rows = (chip - CROP_TO_CHIP[1, 2]) / scale + 0.5
+        return rows * crop_size / 112.0, columns * crop_size / 112.0
 
     def feature_layers(self) -> list[nn.Module]:
         """Modules whose outputs are spatial maps, input side first (candidate Grad-CAM layers)."""
