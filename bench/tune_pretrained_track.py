@@ -27,6 +27,8 @@ CANDIDATES = [
     {"margin_weight": 0.1},
     {"twins": "shared"},
     {"frozen_stages": 2},
+    {"attention": "cbam"},
+    {"attention": "cbam", "attention_lr_scale": 100.0},
 ]
 
 
@@ -50,7 +52,7 @@ def main() -> None:
     for index in chosen:
         changes = dict(CANDIDATES[index])
         twins = changes.pop("twins", config["pretrained_twins"])
-        settings = track.finetune_config(config, "none", **changes)
+        settings = track.finetune_config(config, changes.pop("attention", "none"), **changes)
         key = (twins, settings.frozen_stages)
         if key not in features:
             if twins not in rows_by_twins:
@@ -67,11 +69,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             result = finetune(settings, train.clean, train.masked, train.labels, Path(tmp) / "run.pt",
                               train.validation, log=print)
+        gates = result.history["gates"].iloc[-1]
         described = ", ".join(f"{k}={v}" for k, v in {**CANDIDATES[index]}.items()) or "profile defaults"
         results.append({"candidate": described, "val_acc_by_epoch": " / ".join(f"{v:.4f}" for v in
                                                                                result.history["val_acc"]),
                         "seconds": time.perf_counter() - started, "rows": train.rows,
-                        "val_pairs": train.validation.size})
+                        "val_pairs": train.validation.size, "gates": gates})
         print(results[-1], flush=True)
     table = pd.DataFrame(results)
     defaults = dataclasses.asdict(track.finetune_config(config))

@@ -35,7 +35,7 @@ MODEL_NAMES = (*MODELS.values(), CROP_MODEL)
 FINETUNED, CROPPED, PRETRAINED = "finetuned", "cropped", "pretrained"
 #: Profile keys of the track (``pretrained_<FinetuneConfig field>`` and the rest).
 SETTING_KEYS = ("frozen_stages", "epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip",
-                "distill_weight", "margin_weight")
+                "distill_weight", "margin_weight", "attention_lr_scale")
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     distill_weight: float = 1.0
     margin_weight: float = 0.0  # > 0 adds an ArcFace head over the training identities
+    attention_lr_scale: float = 10.0  # the inserted attention (new weights, gates from 0) learns this much faster
     margin_scale: float = 32.0
     margin: float = 0.5
     seed: int = 0
@@ -72,6 +73,8 @@ class FinetuneConfig:
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise ValueError(f"need epochs >= 1, batch_size >= 2 and lr > 0, got {self.epochs}, {self.batch_size}, "
                              f"{self.lr}")
+        if self.attention_lr_scale <= 0:
+            raise ValueError(f"attention_lr_scale must be > 0, got {self.attention_lr_scale}")
         if self.distill_weight < 0 or self.margin_weight < 0 or self.distill_weight + self.margin_weight == 0:
             raise ValueError("distill_weight and margin_weight must be >= 0, and not both 0")
 
@@ -302,8 +305,13 @@ def finetune(config: FinetuneConfig, clean: torch.Tensor, masked: torch.Tensor, 
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     head = (_ArcFaceHead(int(labels_t.max()) + 1, config.margin_scale, config.margin)
             if config.margin_weight > 0 else None)
-    params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    inserted = [p for n, p in model.named_parameters() if p.requires_grad and ".attention." in n]
+    pretrained = [p for n, p in model.named_parameters() if p.requires_grad and ".attention." not in n]
+    groups = [{"params": pretrained + (list(head.parameters()) if head else []), "scale": 1.0}]
+    if inserted:
+        groups.append({"params": inserted, "scale": config.attention_lr_scale})
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = len(clean) // config.batch_size
     total = steps_per_epoch * config.epochs
     history: list[dict] = []
@@ -332,7 +340,7 @@ def finetune(config: FinetuneConfig, clean: torch.Tensor, masked: torch.Tensor, 
         for step in bar:
             rows = order[step * config.batch_size:(step + 1) * config.batch_size]
             for group in optimizer.param_groups:
-                group["lr"] = _lr(config, epoch * steps_per_epoch + step, total)
+                group["lr"] = _lr(config, epoch * steps_per_epoch + step, total) * group["scale"]
             x = torch.cat([clean[rows], masked[rows]]).float()
             embeddings = model.head(x, start)
             target = targets[rows].repeat(2, 1)
