@@ -131,7 +131,7 @@ for ax, scenario in zip(axes, design.CORE_SCENARIOS):
     for name, part in curve[curve["scenario"] == scenario].groupby("model", sort=False):
         ax.errorbar(part["images"], part["accuracy_mean"], yerr=[part["accuracy_mean"] - part["acc_ci_low"], part["acc_ci_high"] - part["accuracy_mean"]],
                     marker="o", capsize=3, label=name)
-    ax.set_xscale("log"); ax.set_xlabel("training images (log scale)"); ax.set_title(scenario); ax.grid(alpha=0.3)
+    ax.set_xscale("log"); ax.set_xlabel("training images (log scale)"); ax.set_title(design.test_label(scenario)); ax.grid(alpha=0.3)
 axes[0].set_ylabel("LFW 10-fold accuracy (95% CI)"); axes[0].legend()
 fig.tight_layout()
 study.save_figure(fig, "04_data_size")
