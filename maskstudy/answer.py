@@ -32,6 +32,8 @@ OPTIONAL_TABLES = ("03_margin_losses", "03_mfr2", "04_mfr2", "03_mask_scenarios"
 #: What notebook 06 saves for the answer: the compact key table and the forest plot of model differences.
 KEY_TABLE = "06_answer_table"
 FOREST_FIGURE = "06_differences"
+#: The forest plot's least resolution: it is read first, also in the smoke profile (whose figures are coarse).
+FOREST_DPI = 110
 #: The two tracks: key -> (short name in sentences, seed summary table, differences table).
 SCRATCH, PRETRAINED = "scratch", "pretrained"
 TRACK_TABLES = {SCRATCH: ("from scratch", "03_seed_summary", "03_differences"),
@@ -46,7 +48,7 @@ def track_label(track: str, profile: str | None) -> str:
 
 
 def _pts(x: float) -> str:
-    return f"{100 * x:+.1f}"
+    return f"{round(100 * x, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
 
 
 def _pct(x: float) -> str:
@@ -88,73 +90,75 @@ def _means(results, track: str) -> pd.DataFrame:
     return spread.pivot_table(index="model", columns="test", values="accuracy_mean", sort=False)
 
 
+def _change_by_track(results, test: str, reference: str) -> list[str]:
+    """Per track, the range over models of the seed-mean change from ``reference`` to ``test``."""
+    parts = []
+    for track, (name, _, _) in TRACK_TABLES.items():
+        means = _means(results, track)
+        if {reference, test} <= set(means.columns):
+            parts.append(f"{_range(means[test] - means[reference])} {name}")
+    return parts
+
+
 # --------------------------------------------------------------------------------------------
 # One verdict per question
 # --------------------------------------------------------------------------------------------
 
 
 def attention_verdict(results: Mapping[str, pd.DataFrame]) -> str | None:
-    """How many attention comparisons are separated after Holm's correction in each track, with the attention
-    blocks' differences from plain on the key test."""
+    """How many attention comparisons Holm's correction separates in each track (the first two named), and CBAM
+    (else the first block) minus plain on the key test in each."""
     tables = {name: _table(results, table_name) for name, _, table_name in TRACK_TABLES.values()}
     tables = {name: table for name, table in tables.items() if table is not None}
     if not tables:
         return None
     test = _key_test(pd.concat([table["test"] for table in tables.values()]))
-    counts, details, separated_total, total = [], [], 0, 0
-    for name, table in tables.items():
-        separated = table[table["separated"]]
-        separated_total += len(separated)
-        total += len(table)
+    separated = pd.concat([table[table["separated"]].assign(track=name) for name, table in tables.items()])
+    counts = ", ".join(f"{int(table['separated'].sum())} of {len(table)} {name}" for name, table in tables.items())
+    if separated.empty:
+        lead = f"No comparison of SE, CBAM and plain is separated after Holm's correction ({counts})"
+    else:
         named = "; ".join(f"{design.comparison_label(r.comparison)} on {design.test_label(r.test, short=True)} "
-                          f"{_pts(r.diff_seed_mean)}" for r in separated.head(3).itertuples())
-        counts.append(f"{name} {len(separated)} of {len(table)}" + (f": {named}" if named else ""))
-        against_plain = table[(table["test"] == test)
-                              & table["comparison"].map(lambda c: design.comparison_label(c).endswith("− plain"))]
-        if len(against_plain):
-            details.append(f"{name} " + ", ".join(
-                f"{design.comparison_label(r['comparison'])} {_interval(*difference_interval(r))}"
-                for _, r in against_plain.iterrows()))
-    lead = ("No attention comparison is separated from 0 after Holm's correction" if not separated_total else
-            f"{separated_total} of {total} attention comparisons are separated from 0 after Holm's correction")
-    return (f"{lead} ({'; '.join(counts)}); on {design.test_label(test, short=True)}: " + "; ".join(details)
-            + " points (95 % intervals over seeds).")
+                          f"{_pts(r.diff_seed_mean)} {r.track}" for r in separated.head(2).itertuples())
+        lead = f"Separated after Holm's correction: {counts} ({named}{'; ...' if len(separated) > 2 else ''})"
+    shown = []
+    for name, table in tables.items():
+        rows = table[(table["test"] == test)
+                     & table["comparison"].map(lambda c: design.comparison_label(c).endswith("− plain"))]
+        if len(rows):
+            rows = rows.assign(order=rows["comparison"].map(lambda c: not design.comparison_label(c).startswith("CBAM")))
+            r = rows.sort_values("order").iloc[0]
+            shown.append((design.comparison_label(r["comparison"]), f"{_interval(*difference_interval(r))} {name}"))
+    if not shown:
+        return lead + "."
+    label = shown[0][0] if len({c for c, _ in shown}) == 1 else "against plain"
+    return (f"{lead}; {label} on {design.test_label(test, short=True)}: " + ", ".join(t for _, t in shown)
+            + " (points).")
 
 
 def detection_verdict(results: Mapping[str, pd.DataFrame]) -> str | None:
     """What detecting the masked face on the masked photo costs against reusing the clean photo's landmarks."""
-    parts = []
-    for track, (name, _, _) in TRACK_TABLES.items():
-        means = _means(results, track)
-        if {MASKED_UNMASKED, design.DETECTED} <= set(means.columns):
-            parts.append(f"{_range(means[design.DETECTED] - means[MASKED_UNMASKED])} points {name}")
+    parts = _change_by_track(results, design.DETECTED, MASKED_UNMASKED)
     if not parts:
         return None
-    return ("Detecting the masked face on the masked photo, as a user's pipeline does, instead of reusing the clean "
-            f"photo's landmarks changes masked-unmasked accuracy by {' and '.join(parts)} (range over models of the "
-            "means over seeds).")
+    return ("Detecting the mask on the masked photo instead of reusing the clean photo's landmarks: "
+            f"{', '.join(parts)} (masked-unmasked, points, range over models).")
 
 
 def unseen_verdict(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> str | None:
     """How mask styles never seen in training change accuracy, with the leave-one-style-out interval."""
-    parts = []
-    for track, (name, _, _) in TRACK_TABLES.items():
-        means = _means(results, track)
-        if {MASKED_UNMASKED, design.UNSEEN} <= set(means.columns):
-            parts.append(f"{_range(means[design.UNSEEN] - means[MASKED_UNMASKED])} points {name}")
-    sentence = ("Mask styles never seen in training change masked-unmasked accuracy by " + " and ".join(parts)
-                + " (range over models)") if parts else ""
+    parts = _change_by_track(results, design.UNSEEN, MASKED_UNMASKED)
+    sentence = ("Unseen mask styles: " + ", ".join(parts) + " (masked-unmasked, range over models)") if parts else ""
     loso = _table(results, "03_leave_one_style_out")
-    reference = design.reference_run(config)
-    style = config.get("leave_out_style")
+    reference, style = design.reference_run(config), config.get("leave_out_style")
     if loso is not None and reference and style:
         left_out = loso[loso["run"].str.endswith(f" - {reference}") & loso["pairs"].str.contains("unseen by")]
         if len(left_out):
             r = left_out.iloc[0]
             sentence += ("; " if sentence else "") + (
-                f"the plain net trained without {style} differs by {_interval(r['diff'], r['ci_low'], r['ci_high'])} "
-                "points on the pairs masked with it")
-    return sentence[0].upper() + sentence[1:] + "." if sentence else None
+                f"{design.display_name(style)} left out of training: {_interval(r['diff'], r['ci_low'], r['ci_high'])}"
+                " on its pairs")
+    return sentence + " (points)." if sentence else None
 
 
 def real_masks_verdict(results: Mapping[str, pd.DataFrame]) -> str:
@@ -172,13 +176,12 @@ def real_masks_verdict(results: Mapping[str, pd.DataFrame]) -> str:
     row = versus[(versus["test"] == MFR2) & (versus["model"] == plain)] if versus is not None else pd.DataFrame()
     if len(row):
         r = row.iloc[0]
-        parts.append(f"the pretrained network as it is {_pct(r['reference_accuracy'])}, fine-tuned plain "
-                     f"{_pct(r['accuracy_mean'])} ({_interval(r['diff_main_seed'], r['boot_ci_low'], r['boot_ci_high'])}"
-                     " points against it, main seed)")
+        parts.append(f"pretrained as it is {_pct(r['reference_accuracy'])}, fine-tuned plain {_pct(r['accuracy_mean'])} "
+                     f"({_interval(r['diff_main_seed'], r['boot_ci_low'], r['boot_ci_high'])} points, main seed)")
     elif MFR2 in track.columns:
         parts.append("pretrained track " + ", ".join(f"{design.model_label(m)} {_pct(v)}"
                                                       for m, v in track[MFR2].dropna().items()))
-    return "On MFR2's real masks (mean over seeds): " + "; ".join(parts) + "."
+    return "Accuracy " + "; ".join(parts) + "."
 
 
 def training_verdict(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> str | None:
@@ -189,9 +192,9 @@ def training_verdict(results: Mapping[str, pd.DataFrame], config: Mapping[str, A
     base = _table(results, "03_baseline_differences")
     if base is not None and reference:
         test = _key_test(base["test"])
-        choices = [(f"{reference} - {design.NOMASK_RUN}", "training with masked twins instead of none"),
-                   *[(f"{design.twins_run(v)} - {reference}", f"training on {design.VARIANT_LABELS[v]} twins instead "
-                      "of shared ones") for v in design.TWIN_VARIANTS]]
+        choices = [(f"{reference} - {design.NOMASK_RUN}", "masked twins vs none"),
+                   *[(f"{design.twins_run(v)} - {reference}", f"{design.VARIANT_LABELS[v]} vs shared twins")
+                     for v in design.TWIN_VARIANTS]]
         for comparison, text in choices:
             row = base[(base["comparison"] == comparison) & (base["test"] == test)]
             if len(row):
@@ -203,11 +206,10 @@ def training_verdict(results: Mapping[str, pd.DataFrame], config: Mapping[str, A
         row = crop[crop["test"] == test]
         if len(row):
             r = row.iloc[0]
-            parts.append("fine-tuning the pretrained network on the upper face only instead of the whole face "
-                         f"{_interval(r['diff'], r['ci_low'], r['ci_high'])}")
+            parts.append(f"pretrained, upper face only vs whole face {_interval(r['diff'], r['ci_low'], r['ci_high'])}")
     if not parts:
         return None
-    return f"On {design.test_label(test, short=True)} (plain networks, main seed, points): {'; '.join(parts)}."
+    return f"On {design.test_label(test, short=True)} (plain, main seed, points): {'; '.join(parts)}."
 
 
 def pretrained_verdict(results: Mapping[str, pd.DataFrame]) -> str | None:
@@ -221,53 +223,53 @@ def pretrained_verdict(results: Mapping[str, pd.DataFrame]) -> str | None:
     test = _key_test(accuracy.index)
     shown = [f"{_pct(accuracy[t])} {design.test_label(t, short=True)}" for t in (UNMASKED_UNMASKED, test)
              if t in accuracy.index]
-    sentence = f"The pretrained network as it is reaches {' and '.join(shown)}"
+    parts = [f"The pretrained network as it is: {', '.join(shown)}"]
     if versus is not None:
         row = versus[(versus["test"] == test) & (versus["model"] == design.TRACK_MODELS[design.NO_ATTENTION])]
         if len(row):
             r = row.iloc[0]
-            sentence += (f"; fine-tuning it on masked twins changes the latter by "
-                         f"{_interval(r['diff_main_seed'], r['boot_ci_low'], r['boot_ci_high'])} points (plain, main "
-                         "seed)")
+            parts.append(f"fine-tuned on masked twins {_interval(r['diff_main_seed'], r['boot_ci_low'], r['boot_ci_high'])}"
+                         " points there (plain, main seed)")
     scratch = _means(results, SCRATCH)
     if UNMASKED_UNMASKED in scratch.columns:
-        sentence += f"; from scratch the networks reach {_pct(scratch[UNMASKED_UNMASKED].max())} at best unmasked"
+        parts.append(f"from scratch at best {_pct(scratch[UNMASKED_UNMASKED].max())} unmasked")
     guided = _table(results, "03_guided_differences")
     if guided is not None:
         row = guided[(guided["comparison"] == f"{design.guided_model(design.PLAIN)} - {design.PLAIN}")
                      & (guided["test"] == test)]
         if len(row):
-            sentence += (f", and the teacher's guidance changes plain's {design.test_label(test, short=True)} "
-                         f"accuracy by {_interval(*difference_interval(row.iloc[0]))} points")
-    return sentence + "."
+            parts.append(f"the teacher's guidance {_interval(*difference_interval(row.iloc[0]))} (plain)")
+    return "; ".join(parts) + "."
 
 
 def cams_verdict(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> str | None:
     """Whether the share of CAM mass on the eye band of masked probes rises with CBAM (else the first attention
-    block) in each track, with its interval."""
+    block) against plain in each track, with its interval."""
     differences = _table(results, "05_attention_differences")
     if differences is None:
         return None
     eye = differences[(differences["input"] == "masked") & (differences["measure"] == "eye_share")
                       & (differences["method"] == config.get("cam_method"))]
-    parts, rises = [], []
+    shown, rises = [], []
     for track, models in ((SCRATCH, design.attended_models(config)),
                           (PRETRAINED, [design.TRACK_MODELS[b] for b in ("cbam", "se")])):
         rows = eye[eye["model"].isin(models)]
         if not len(rows):
             continue
-        rows = rows.assign(order=rows["model"].map(lambda m: 0 if design.attention_label(m) == "CBAM" else 1))
+        rows = rows.assign(order=rows["model"].map(lambda m: design.attention_label(m) != "CBAM"))
         r = rows.sort_values("order").iloc[0]
-        block = f"{design.attention_label(r['model'])} {TRACK_TABLES[track][0]}"
-        parts.append(f"{_interval(r['difference'], r['ci_low'], r['ci_high'])} points with {block}")
+        name = TRACK_TABLES[track][0]
+        shown.append((design.comparison_label(r["comparison"]),
+                      f"{_interval(r['difference'], r['ci_low'], r['ci_high'])} {name}"))
         if r["ci_low"] > 0:
-            rises.append(block)
-    if not parts:
+            rises.append(f"{design.attention_label(r['model'])} {name}")
+    if not shown:
         return None
-    verdict = ("the eye-band share rises with " + " and ".join(rises) + " (faithfulness checks in the findings)"
+    label = shown[0][0] if len({c for c, _ in shown}) == 1 else "against plain"
+    verdict = ("the eye-band share rises with " + " and ".join(rises) + " (faithfulness checks below)"
                if rises else "a move of attention to the eyes is not shown")
-    return (f"On masked probes the eye band's share of {config.get('cam_method')} mass changes against plain by "
-            + " and ".join(parts) + f": {verdict}.")
+    return (f"Eye-band share of {config.get('cam_method')} mass on masked probes, {label}: "
+            + ", ".join(t for _, t in shown) + f" (points): {verdict}.")
 
 
 def verdicts(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> list[dict[str, str]]:

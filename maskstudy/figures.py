@@ -92,7 +92,7 @@ def forest_plot(rows: pd.DataFrame, title: str = "Differences between models on 
     lines = [line for test in dict.fromkeys(rows["test"]) for line in
              [(test, None), *[(test, c) for c in dict.fromkeys(rows[rows["test"] == test]["comparison"])]]]
     y = {line: i for i, line in enumerate(lines)}
-    fig, axes = plt.subplots(1, max(len(tracks), 1), figsize=(5.4 * max(len(tracks), 1) + 2.2, 0.3 * len(lines) + 1.6),
+    fig, axes = plt.subplots(1, max(len(tracks), 1), figsize=(4.9 * max(len(tracks), 1) + 2.4, 0.3 * len(lines) + 1.6),
                              sharey=True, squeeze=False)
     for ax, track in zip(axes[0], tracks):
         part = rows[rows["track"] == track]
@@ -101,12 +101,12 @@ def forest_plot(rows: pd.DataFrame, title: str = "Differences between models on 
             colour = "#b2182b" if r.separated else "#2166ac"
             ax.plot([r.low, r.high], [row, row], color=colour, lw=1.6)
             ax.plot([r.diff], [row], "o", ms=6, color=colour, mfc=colour if r.separated else "white", mew=1.5)
-            ax.annotate(f"p {r.p_holm:.2f}", (1.0, row), xycoords=("axes fraction", "data"), xytext=(4, 0),
+            ax.annotate("p<0.01" if r.p_holm < 0.01 else f"p {r.p_holm:.2f}", (1.0, row), xycoords=("axes fraction", "data"), xytext=(4, 0),
                         textcoords="offset points", va="center", fontsize=8, color="#555")
         ax.axvline(0, color="k", lw=0.8)
         ax.set_title(track, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-        ax.set_xlabel("difference in accuracy, points", fontsize=9)
+        ax.set_xlabel("difference in accuracy, points (first model minus second)", fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
     ax = axes[0, 0]
     ax.set_yticks(range(len(lines)), [test if comparison is None else comparison for test, comparison in lines])
@@ -116,8 +116,8 @@ def forest_plot(rows: pd.DataFrame, title: str = "Differences between models on 
     ax.set_ylim(len(lines) - 0.5, -0.7)
     for axis in axes[0]:
         for i, (_, comparison) in enumerate(lines):
-            if comparison is None:
-                axis.axhline(i + 0.5, color="#ccc", lw=0.6)
+            if comparison is None and i:
+                axis.axhline(i - 0.5, color="#bbb", lw=0.8)
     handles = [Line2D([], [], marker="o", color="#b2182b", mfc="#b2182b", lw=1.6, label="separated from 0 after Holm"),
                Line2D([], [], marker="o", color="#2166ac", mfc="white", lw=1.6, label="not separable from 0")]
     fig.suptitle(title, fontsize=11)

@@ -191,7 +191,7 @@ def data_fingerprint(data_dir: str | Path) -> dict[str, Any]:
 
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1180px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;
 vertical-align:top}th{background:#f3f3f3}.failed{color:#b00020;font-weight:bold}.ok{color:#1b7f3b}
@@ -203,7 +203,7 @@ code{background:#f5f5f5;padding:0 .2em}
 .figs figcaption{font-size:.9em;color:#444;margin-top:.3em}
 details{margin:.5em 0}
 .question{font-size:1.1em}.verdicts li{margin:.3em 0}
-.answer{margin:.8em 0}.answer img{width:100%;height:auto;display:block;border:1px solid #ddd}
+.answer{margin:.8em 0}.answer img{max-width:100%;height:auto;display:block;border:1px solid #ddd}
 .answer figcaption,.caption{font-size:.9em;color:#444;margin:.3em 0}
 table.key td{white-space:nowrap}table.key td.model{white-space:normal}
 .wide{overflow-x:auto;max-width:100%}table.kv td{overflow-wrap:anywhere}

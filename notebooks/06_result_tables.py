@@ -170,7 +170,7 @@ display(results["03_differences"].round(4))
 forest = answer.forest_rows(results, cfg)
 if len(forest):
     fig = forest_plot(forest)
-    study.save_figure(fig, answer.FOREST_FIGURE)
+    study.save_figure(fig, answer.FOREST_FIGURE, min_dpi=answer.FOREST_DPI)
     plt.show()
 display(Markdown("**Training with masked twins, margin losses** (main seed, identity bootstrap):"),
         results["03_baseline_differences"].round(4))
