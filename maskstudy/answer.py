@@ -363,12 +363,12 @@ def short_warnings(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any
 def summarise(results: Mapping[str, pd.DataFrame], split: Mapping[str, Any],
               config: Mapping[str, Any]) -> dict[str, Any]:
     """Everything ``summary.json`` holds: the question, the verdicts, the short warnings, the names of the key
-    table and the forest plot, then the complete findings grouped by question (with their headings) and every
-    warning."""
+    table and the forest plot, then the complete findings grouped by question (``{"question", "heading",
+    "sentences"}``, in reading order) and every warning."""
     findings, warnings = study_findings(results, split, config)
     headings = {design.SETUP: "Data, models and accuracies", **design.QUESTIONS}
     return {"question": design.QUESTION, "verdicts": verdicts(results, config),
             "short_warnings": short_warnings(results, config), "key_table": KEY_TABLE,
-            "forest_figure": FOREST_FIGURE, "findings": findings,
-            "finding_headings": {k: headings[k] for k in findings}, "warnings": warnings,
-            "key_tables": ["06_key_results"]}
+            "forest_figure": FOREST_FIGURE, "warnings": warnings, "key_tables": ["06_key_results"],
+            "findings": [{"question": key, "heading": headings[key], "sentences": sentences}
+                         for key, sentences in findings.items()]}

@@ -27,7 +27,7 @@ def _pct(x: float) -> str:
 
 
 def _pts(x: float) -> str:
-    return f"{100 * x:+.1f}"
+    return f"{round(100 * x, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
 
 
 def study_findings(results: Mapping[str, pd.DataFrame], split: Mapping[str, Any],
@@ -104,7 +104,7 @@ def _difference_findings(differences: pd.DataFrame, warnings: list[str]) -> list
     separated = differences[differences["separated"]]
     out.append(f"{len(separated)} of {len(differences)} attention comparisons (all tests) are separated after Holm's "
                "correction" + (": " + "; ".join(f"{comparison_label(r.comparison)} on {label(r.test)}"
-                                                for r in separated.itertuples())
+                                                for r in separated.itertuples()) + "."
                                 if len(separated) else "; the study cannot tell the attention variants apart."))
     flips = differences[differences["test"] != UNMASKED_UNMASKED].groupby("comparison")["diff_seed_mean"].agg(
         lambda d: bool((d > 0).any() and (d < 0).any()))
@@ -251,7 +251,7 @@ def track_findings(results: Mapping[str, pd.DataFrame]) -> dict[str, list[str]]:
             f"Pretrained track: {len(separated)} of {len(differences)} attention comparisons (all tests) are separated "
             "after Holm's correction" + (": " + "; ".join(
                 f"{comparison_label(r.comparison)} on {label(r.test)} ({_pts(r.diff_seed_mean)})"
-                for r in separated.itertuples()) if len(separated) else "."))
+                for r in separated.itertuples()) + "." if len(separated) else "."))
     crop = results.get("03_track_crop_baseline")
     if crop is not None and len(crop):
         for row in crop[crop["test"].isin([UNMASKED_UNMASKED, DETECTED, MFR2])].itertuples():
@@ -296,7 +296,7 @@ def cam_findings(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any],
         track = set(design.TRACK_MODELS.values())
         out += [("Pretrained track: " if model in track else "") + attention_verdict(
             results["05_attention_differences"], results["05_faithfulness_contrasts"],
-            results["05_randomization_check"], model=model, baseline=baseline, method=method)
+            results["05_randomization_check"], model=model, baseline=baseline, method=method, label=design.attention_label)
             for model, baseline in pairs]
     geometry = results.get("05_cam_geometry")
     coarse = geometry[geometry["eye_band_height_in_cells"] < 1.5] if geometry is not None and len(geometry) else []

@@ -375,14 +375,15 @@ def write_summary(run_dir: str | Path, summary: Mapping[str, Any]) -> Path:
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    """``<run_dir>/summary.json`` ({} when absent or unreadable); findings saved as one list read as one group."""
+    """``<run_dir>/summary.json`` ({} when absent or unreadable); findings saved as a list of sentences (runs
+    before the answer-first summary) read as one group."""
     try:
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
     except (OSError, ValueError):
         return {}
-    if isinstance(summary.get("findings"), list):
-        summary["findings"] = {"findings": summary["findings"]}
-        summary["finding_headings"] = {"findings": "Findings"}
+    findings = summary.get("findings") or []
+    if findings and isinstance(findings[0], str):
+        summary["findings"] = [{"question": "findings", "heading": "Findings", "sentences": findings}]
     return summary
 
 
@@ -447,16 +448,15 @@ def _answer_section(summary: Mapping[str, Any], run_dir: Path) -> list[str]:
 
 def _findings_section(summary: Mapping[str, Any], run_dir: Path) -> list[str]:
     """The complete findings grouped by question, every warning and the full key tables, collapsed."""
-    findings = summary.get("findings") or {}
+    findings = summary.get("findings") or []
     if not findings:
         return []
-    headings = summary.get("finding_headings") or {}
-    count = sum(len(v) for v in findings.values())
+    count = sum(len(group["sentences"]) for group in findings)
     parts = [f"<details id='findings'><summary>Every finding ({count}), grouped by question, every warning and the "
              "full key table</summary>"]
-    for key, sentences in findings.items():
-        parts.append(f"<h3>{html.escape(headings.get(key, key))}</h3><ul>"
-                     + "".join(f"<li>{html.escape(f)}</li>" for f in sentences) + "</ul>")
+    for group in findings:
+        parts.append(f"<h3>{html.escape(group['heading'])}</h3><ul>"
+                     + "".join(f"<li>{html.escape(f)}</li>" for f in group["sentences"]) + "</ul>")
     if summary.get("warnings"):
         parts.append("<h3>Warnings</h3><ul>" + "".join(f"<li class='warning'>{html.escape(w)}</li>"
                                                        for w in summary["warnings"]) + "</ul>")
@@ -565,9 +565,8 @@ def full_results(run_dir: str | Path) -> str:
     lines = [f"# {_run_heading(run)}: everything", "",
              "Written by `python -m maskstudy readme` from the run's `summary.json` and tables; nothing is typed by hand. "
              "The answer in short is in the README's *Results*.", "", _wall_time_line(run)]
-    headings = summary.get("finding_headings") or {}
-    for key, sentences in (summary.get("findings") or {}).items():
-        lines += ["", f"## {headings.get(key, key)}", ""] + [f"- {f}" for f in sentences]
+    for group in summary.get("findings") or []:
+        lines += ["", f"## {group['heading']}", ""] + [f"- {f}" for f in group["sentences"]]
     if summary.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
     for name in summary.get("key_tables", []):

@@ -252,6 +252,6 @@ write_summary(study.run_dir, summary)
 display(Markdown(f"**Question:** {summary['question']}\n\n"
                  + "\n".join(f"* **{v['heading']}:** {v['text']}" for v in summary["verdicts"])), key_table,
         Markdown("**What limits the answer**\n\n" + "\n".join(f"* {w}" for w in summary["short_warnings"])))
-display(Markdown("\n\n".join(f"**{summary['finding_headings'][k]}**\n\n" + "\n".join(f"* {f}" for f in sentences)
-                               for k, sentences in summary["findings"].items())
+display(Markdown("\n\n".join(f"**{group['heading']}**\n\n" + "\n".join(f"* {f}" for f in group["sentences"])
+                               for group in summary["findings"])
                  + "\n\n**Warnings**\n\n" + "\n".join(f"* {w}" for w in summary["warnings"])))

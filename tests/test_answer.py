@@ -243,5 +243,7 @@ def test_readme_results_stay_within_budget_and_refresh_docs(run_folder, tmp_path
     assert (docs / "results_differences.png").read_bytes() == (run_folder / "figures" / "06_differences.png").read_bytes()
     full = (docs / "results.md").read_text()
     summary = json.loads((run_folder / "summary.json").read_text())
-    assert all(f in full for group in summary["findings"].values() for f in group)
+    assert [g["question"] for g in summary["findings"]] == ["setup", *design.QUESTIONS]  # reading order kept
+    assert all(f in full for group in summary["findings"] for f in group["sentences"])
+    assert full.index("## Data, models and accuracies") < full.index("## Attention") < full.index("## Where the")
     assert "\n### Detection\n" in full and "| kit | 40 |" in full and "## `06_key_results`" in full

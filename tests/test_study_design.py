@@ -99,8 +99,8 @@ def test_readme_results_section_is_rewritten_from_a_run(tmp_path):
     (run / "summary.json").write_text(json.dumps({
         "question": "Does it help?", "verdicts": [{"question": "attention", "heading": "Attention",
                                                    "text": "plain beats nothing."}],
-        "short_warnings": ["few seeds."], "findings": {"setup": ["trained on 6 photos."]},
-        "finding_headings": {"setup": "Data"}, "warnings": ["few seeds, long form."], "key_tables": ["06_key_results"]}))
+        "short_warnings": ["few seeds."], "warnings": ["few seeds, long form."], "key_tables": ["06_key_results"],
+        "findings": [{"question": "setup", "heading": "Data", "sentences": ["trained on 6 photos."]}]}))
     (run / "tables" / "06_key_results.md").write_text("| model |\n|---|\n| plain |\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{README_START}\nold text\n{README_END}\n\n## Next\n")
