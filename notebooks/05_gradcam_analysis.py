@@ -399,7 +399,7 @@ for col, name in enumerate(models):
             part = mean_curves[(mean_curves["model"] == name) & (mean_curves["ranking"] == ranking) & (mean_curves["curve"] == curve)]
             area = faith[(faith["model"] == name) & (faith["ranking"] == ranking) & (faith["curve"] == curve)]["area"].iloc[0]
             ax.plot(part["fraction"], part["mean"], marker=".", lw=2 if ranking == "cam" else 1, label=f"{ranking} ({area:.3f})")
-        ax.set_title(f"{name}: {curve}", fontsize=8); ax.legend(fontsize=6); ax.tick_params(labelsize=7)
+        ax.set_title(f"{design.model_label(name)}: {curve}", fontsize=8); ax.legend(fontsize=6); ax.tick_params(labelsize=7)
     axes[1, col].set_xlabel("share of pixels blurred / restored", fontsize=7)
 axes[0, 0].set_ylabel("cosine similarity to reference", fontsize=7); axes[1, 0].set_ylabel("cosine similarity to reference", fontsize=7)
 fig.suptitle("Deletion (lower area = more faithful) and insertion (higher = more faithful); legend: mean area", fontsize=9)
