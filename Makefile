@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?=
 ARGS ?=
+LAB_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install study test lint lab clean-reports
@@ -26,10 +27,12 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-## opens the text notebooks (notebooks/NN_*.py) as notebooks through jupytext's contents manager
+## opens the text notebooks (notebooks/NN_*.py) as notebooks on double-click: jupytext's contents manager reads them,
+## and .jupyter/labconfig/default_setting_overrides.json (found through JUPYTER_CONFIG_PATH) makes "Jupytext Notebook"
+## the default viewer of Python files; the user's own JupyterLab settings still win
 lab: install
 	$(PY) -m ipykernel install --user --name maskstudy --display-name "Python (maskstudy)"
-	$(VENV)/bin/jupyter lab notebooks/
+	JUPYTER_CONFIG_PATH="$(CURDIR)/.jupyter$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_CONFIG_PATH))" $(VENV)/bin/jupyter lab notebooks/ $(LAB_ARGS)
 
 clean-reports:
 	rm -rf reports/smoke reports/cpu reports/gpu

@@ -1,4 +1,5 @@
-"""Figure helpers shared by the notebooks: image grids and detections drawn on photos."""
+"""Figure helpers shared by the notebooks: image grids, detections drawn on photos and the forest plot of model
+differences."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from .data import BOX_COLUMNS, row_landmarks
@@ -76,4 +78,51 @@ def detection_grid(rows, roots: Mapping[str, str | Path], ncols: int = 6, size: 
             continue
         draw_detection(ax, image, row, title=None if titles is None else titles[index])
     fig.tight_layout()
+    return fig
+
+
+def forest_plot(rows: pd.DataFrame, title: str = "Differences between models on the tests that carry the answer"):
+    """One panel per track, the comparisons grouped by test (in the rows' order, each test a bold heading): the
+    difference in accuracy points with its 95 % interval, filled when Holm's correction separates it from 0, its
+    Holm-adjusted p at the right; the legend sits below the panels. ``rows``: :func:`maskstudy.answer.forest_rows`."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    tracks = list(dict.fromkeys(rows["track"]))
+    lines = [line for test in dict.fromkeys(rows["test"]) for line in
+             [(test, None), *[(test, c) for c in dict.fromkeys(rows[rows["test"] == test]["comparison"])]]]
+    y = {line: i for i, line in enumerate(lines)}
+    fig, axes = plt.subplots(1, max(len(tracks), 1), figsize=(4.9 * max(len(tracks), 1) + 2.4, 0.3 * len(lines) + 1.6),
+                             sharey=True, squeeze=False)
+    for ax, track in zip(axes[0], tracks):
+        part = rows[rows["track"] == track]
+        for r in part.itertuples():
+            row = y[(r.test, r.comparison)]
+            colour = "#b2182b" if r.separated else "#2166ac"
+            ax.plot([r.low, r.high], [row, row], color=colour, lw=1.6)
+            ax.plot([r.diff], [row], "o", ms=6, color=colour, mfc=colour if r.separated else "white", mew=1.5)
+            ax.annotate("p<0.01" if r.p_holm < 0.01 else f"p {r.p_holm:.2f}", (1.0, row), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                        textcoords="offset points", va="center", fontsize=8, color="#555")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(track, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("difference in accuracy, points (first model minus second)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+    ax = axes[0, 0]
+    ax.set_yticks(range(len(lines)), [test if comparison is None else comparison for test, comparison in lines])
+    for tick, (_, comparison) in zip(ax.get_yticklabels(), lines):
+        tick.set_fontweight("bold" if comparison is None else "normal")
+        tick.set_fontsize(9 if comparison is None else 8.5)
+    ax.set_ylim(len(lines) - 0.5, -0.7)
+    for axis in axes[0]:
+        for i, (_, comparison) in enumerate(lines):
+            if comparison is None and i:
+                axis.axhline(i - 0.5, color="#bbb", lw=0.8)
+    handles = [Line2D([], [], marker="o", color="#b2182b", mfc="#b2182b", lw=1.6, label="separated from 0 after Holm"),
+               Line2D([], [], marker="o", color="#2166ac", mfc="white", lw=1.6, label="not separable from 0")]
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8.5, frameon=False,
+               title="95 % interval over training seeds (one seed: identity bootstrap); p: Holm-adjusted",
+               title_fontsize=8.5)
     return fig

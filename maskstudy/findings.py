@@ -1,7 +1,8 @@
 """The study's findings as sentences, computed from the saved result tables (notebook 06 and ``index.html``).
 
 Every number in a sentence comes from a table; every claim about a difference follows its interval and the Holm
-correction, so the summary never says more than the evidence does.
+correction, so the summary never says more than the evidence does. Tests and models are named by their display
+labels (:mod:`maskstudy.study`); the findings are grouped by the question they answer (:data:`study.QUESTIONS`).
 """
 
 from __future__ import annotations
@@ -14,16 +15,11 @@ import pandas as pd
 
 from . import study as design
 from .comparisons import MFR2
-from .pairs import MASKED_MASKED, MASKED_UNMASKED, UNMASKED_UNMASKED, variant_scenario
+from .pairs import MASKED_UNMASKED, UNMASKED_UNMASKED
 
 DETECTED, UNSEEN = design.DETECTED, design.UNSEEN
-DETECTED_EYES = variant_scenario(MASKED_UNMASKED, "detected_eyes")
-BOTH_DETECTED = variant_scenario(MASKED_MASKED, "detected")
-#: Tests named in the findings, in reading order, with a short label.
-HEADLINE_TESTS = {UNMASKED_UNMASKED: "unmasked", MASKED_UNMASKED: "masked-unmasked (shared alignment)",
-                  DETECTED: "masked-unmasked (mask detected on the photo)",
-                  UNSEEN: "masked-unmasked (unseen mask styles)",
-                  BOTH_DETECTED: "masked-masked (detected)", MFR2: "MFR2 real masks"}
+DETECTED_EYES, BOTH_DETECTED = design.DETECTED_EYES, design.BOTH_DETECTED
+label, model_label, comparison_label = design.test_label, design.model_label, design.comparison_label
 
 
 def _pct(x: float) -> str:
@@ -31,36 +27,50 @@ def _pct(x: float) -> str:
 
 
 def _pts(x: float) -> str:
-    return f"{100 * x:+.1f}"
+    return f"{round(100 * x, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
 
 
 def study_findings(results: Mapping[str, pd.DataFrame], split: Mapping[str, Any],
-                   config: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """Findings and warnings from the tables of notebooks 01-04 (``results`` as read by
+                   config: Mapping[str, Any]) -> tuple[dict[str, list[str]], list[str]]:
+    """Findings grouped by question (:data:`maskstudy.study.QUESTIONS` keys, after :data:`maskstudy.study.SETUP`)
+    and warnings, from the tables of notebooks 01-05 (``results`` as read by
     :func:`maskstudy.report.read_results`) and the split's description."""
-    findings, warnings = [], []
+    groups: dict[str, list[str]] = {key: [] for key in (design.SETUP, *design.QUESTIONS)}
+    warnings: list[str] = []
+    setup = groups[design.SETUP]
     train_images = int(results["01_split"]["train_images"].iloc[0])
-    findings.append(f"Protocol {split['protocol']}: trained on {train_images:,} photos "
-                    f"({split['counts']['train_identities']:,} identities) before cleaning; evaluated on "
-                    f"{split['counts']['eval_pairs']:,} LFW pairs" + (" and MFR2's real masks." if "03_mfr2" in results else "."))
+    setup.append(f"Protocol {split['protocol']}: trained on {train_images:,} photos "
+                 f"({split['counts']['train_identities']:,} identities) before cleaning; evaluated on "
+                 f"{split['counts']['eval_pairs']:,} LFW pairs" + (" and MFR2's real masks." if "03_mfr2" in results else "."))
     spread = results["03_seed_summary"]
     seeds = int(spread["seeds"].max()) if len(spread) else 0
     for model, part in spread.groupby("model", sort=False):
         by_test = part.set_index("test")
-        shown = [f"{label} {_pct(by_test.loc[t, 'accuracy_mean'])}"
+        shown = [f"{label(t)} {_pct(by_test.loc[t, 'accuracy_mean'])}"
                  + (f" ± {100 * by_test.loc[t, 'accuracy_std']:.1f}" if np.isfinite(by_test.loc[t, "accuracy_std"]) else "")
-                 for t, label in HEADLINE_TESTS.items() if t in by_test.index]
-        findings.append(f"{model} (mean ± sd over {seeds} training seeds): " + "; ".join(shown) + ".")
-    findings += _difference_findings(results["03_differences"], warnings)
-    findings += _mask_findings(spread, results)
-    findings += _baseline_findings(results, design.reference_run(config))
-    findings += _teacher_findings(results)
-    findings += track_findings(results)
+                 for t in design.HEADLINE_TESTS if t in by_test.index]
+        setup.append(f"{model_label(model)} (mean ± sd over {seeds} training seeds): " + "; ".join(shown) + ".")
+    groups["attention"] += _difference_findings(results["03_differences"], warnings)
+    mask_groups = _mask_findings(spread, results)
+    for key in ("detection", "unseen", "real_masks"):
+        groups[key] += mask_groups[key]
+    baseline = _baseline_findings(results, design.reference_run(config))
+    groups["training"] += baseline["training"]
+    groups["unseen"] += baseline["unseen"]
+    setup += baseline["setup"]
+    teacher = _teacher_findings(results)
+    setup += teacher[:1]
+    groups["pretrained"] += teacher[1:]
+    track = track_findings(results)
+    groups["pretrained"] += track["pretrained"]
+    groups["attention"] += track["attention"]
+    groups["training"] += track["training"]
     vit = results["04_vit"].set_index(["model", "scenario"])
     keys = [(model, MASKED_UNMASKED) for model in design.TRANSFORMER_MODELS]
     if all(key in vit.index for key in keys):
-        findings.append(" and ".join(f"{design.model_label(model)} {_pct(vit.loc[(model, test), 'accuracy_mean'])}"
-                                     for model, test in keys) + " on masked-unmasked pairs (one seed each).")
+        setup.append(" and ".join(f"{model_label(model)} {_pct(vit.loc[(model, test), 'accuracy_mean'])}"
+                                  for model, test in keys) + " on masked-unmasked pairs (one seed each).")
+    groups["cams"] += cam_findings(results, config, warnings)
     if config.get("profile") == "smoke":
         warnings.append("smoke profile: a few training steps on a handful of images; the numbers test the pipeline, "
                         "not the methods.")
@@ -72,7 +82,14 @@ def study_findings(results: Mapping[str, pd.DataFrame], split: Mapping[str, Any]
     if len(fnmr):
         warnings.append("FNMR at FMR 1e-3 rests on about a thousandth of each fold's impostor pairs beyond the "
                         "threshold (a few pairs): read it as a rough operating point.")
-    return findings, warnings
+    return {key: sentences for key, sentences in groups.items() if sentences}, warnings
+
+
+def _seed_interval(row) -> str:
+    """``[low, high] over k seeds, Holm p``; the main seed's bootstrap interval when there is one seed."""
+    if np.isfinite(row.seed_ci_low):
+        return f"[{_pts(row.seed_ci_low)}, {_pts(row.seed_ci_high)}] over {row.seeds} seeds, Holm p {row.p_seed_holm:.2f}"
+    return f"[{_pts(row.boot_ci_low)}, {_pts(row.boot_ci_high)}] (one seed), Holm p {row.p_boot_holm:.2f}"
 
 
 def _difference_findings(differences: pd.DataFrame, warnings: list[str]) -> list[str]:
@@ -81,21 +98,19 @@ def _difference_findings(differences: pd.DataFrame, warnings: list[str]) -> list
         return out
     headline = differences[differences["test"].isin([MASKED_UNMASKED, DETECTED, MFR2])]
     for row in headline.itertuples():
-        if np.isfinite(row.seed_ci_low):
-            interval = f"[{_pts(row.seed_ci_low)}, {_pts(row.seed_ci_high)}] over {row.seeds} seeds, Holm p {row.p_seed_holm:.2f}"
-        else:
-            interval = f"[{_pts(row.boot_ci_low)}, {_pts(row.boot_ci_high)}] (one seed), Holm p {row.p_boot_holm:.2f}"
         verdict = "separated from 0" if row.separated else "not separable from 0"
-        out.append(f"{row.comparison} on {HEADLINE_TESTS.get(row.test, row.test)}: {_pts(row.diff_seed_mean)} points "
-                   f"{interval}: {verdict}.")
+        out.append(f"{comparison_label(row.comparison)} on {label(row.test)}: {_pts(row.diff_seed_mean)} points "
+                   f"{_seed_interval(row)}: {verdict}.")
     separated = differences[differences["separated"]]
     out.append(f"{len(separated)} of {len(differences)} attention comparisons (all tests) are separated after Holm's "
-               "correction" + (": " + "; ".join(f"{r.comparison} on {r.test}" for r in separated.itertuples())
+               "correction" + (": " + "; ".join(f"{comparison_label(r.comparison)} on {label(r.test)}"
+                                                for r in separated.itertuples()) + "."
                                 if len(separated) else "; the study cannot tell the attention variants apart."))
     flips = differences[differences["test"] != UNMASKED_UNMASKED].groupby("comparison")["diff_seed_mean"].agg(
         lambda d: bool((d > 0).any() and (d < 0).any()))
     if flips.any():
-        warnings.append("the sign of " + ", ".join(flips[flips].index) + " changes from one test to another.")
+        warnings.append("the sign of " + ", ".join(comparison_label(c) for c in flips[flips].index)
+                        + " changes from one test to another.")
     boot_only = differences[(differences["p_boot_holm"] < 0.05) & ~differences["separated"]]
     if len(boot_only):
         warnings.append(f"{len(boot_only)} comparison(s) look separated on the main seed's pairs alone but not across "
@@ -103,75 +118,81 @@ def _difference_findings(differences: pd.DataFrame, warnings: list[str]) -> list
     return out
 
 
-def _mask_findings(spread: pd.DataFrame, results: Mapping[str, pd.DataFrame]) -> list[str]:
-    out = []
-    means = spread.pivot(index="model", columns="test", values="accuracy_mean")
+def _mask_findings(spread: pd.DataFrame, results: Mapping[str, pd.DataFrame]) -> dict[str, list[str]]:
+    """Sentences on detection on the masked photo, unseen mask styles and MFR2's real masks, by question."""
+    out: dict[str, list[str]] = {"detection": [], "unseen": [], "real_masks": []}
+    means = spread.pivot(index="model", columns="test", values="accuracy_mean") if len(spread) else pd.DataFrame()
     if {MASKED_UNMASKED, DETECTED} <= set(means.columns):
         change = means[DETECTED] - means[MASKED_UNMASKED]
-        out.append("Detecting the masked face on the masked photo (as a user's pipeline does) instead of reusing the "
-                   f"clean photo's landmarks changes masked-unmasked accuracy by {_pts(change.min())} to "
-                   f"{_pts(change.max())} points across models (mean over seeds).")
+        out["detection"].append("Detecting the masked face on the masked photo (as a user's pipeline does) instead of "
+                                "reusing the clean photo's landmarks changes masked-unmasked accuracy by "
+                                f"{_pts(change.min())} to {_pts(change.max())} points across models (mean over seeds).")
     if {DETECTED, DETECTED_EYES} <= set(means.columns):
         gain = means[DETECTED_EYES] - means[DETECTED]
-        out.append(f"Eye-weighted alignment of detected masked faces changes that by {_pts(gain.min())} to "
-                   f"{_pts(gain.max())} points.")
-    if {MASKED_UNMASKED, UNSEEN} <= set(means.columns):
-        change = means[UNSEEN] - means[MASKED_UNMASKED]
-        out.append(f"Mask styles never seen in training change masked-unmasked accuracy by {_pts(change.min())} to "
-                   f"{_pts(change.max())} points against the training styles (shared alignment).")
-    if MFR2 in means.columns and DETECTED in means.columns:
-        out.append("MFR2 real masks: " + ", ".join(f"{m} {_pct(v)}" for m, v in means[MFR2].items())
-                   + " (mean over seeds), against " + ", ".join(
-                       f"{m} {_pct(v)}" for m, v in means[DETECTED].items())
-                   + " on LFW with synthetic masks detected on the photo.")
+        out["detection"].append(f"Eye-weighted alignment of detected masked faces changes that by {_pts(gain.min())} "
+                                f"to {_pts(gain.max())} points.")
     if "01_masked_detection" in results:
         detection = results["01_masked_detection"].set_index("mask_styles")
-        out.append("MTCNN on the masked LFW photos found a face in "
-                   + ", ".join(f"{_pct(r.face_found)} ({k} styles; {_pct(r.misplaced)} of those misplaced)"
-                               for k, r in detection.iterrows()) + ".")
+        out["detection"].append("MTCNN on the masked LFW photos found a face in " + ", ".join(
+            f"{_pct(r.face_found)} ({k} styles; {_pct(r.misplaced)} of those misplaced)"
+            for k, r in detection.iterrows()) + ".")
+    if {MASKED_UNMASKED, UNSEEN} <= set(means.columns):
+        change = means[UNSEEN] - means[MASKED_UNMASKED]
+        out["unseen"].append(f"Mask styles never seen in training change masked-unmasked accuracy by "
+                             f"{_pts(change.min())} to {_pts(change.max())} points against the training styles "
+                             "(shared alignment).")
+    if MFR2 in means.columns and DETECTED in means.columns:
+        out["real_masks"].append(
+            "MFR2 real masks: " + ", ".join(f"{model_label(m)} {_pct(v)}" for m, v in means[MFR2].items())
+            + " (mean over seeds), against " + ", ".join(f"{model_label(m)} {_pct(v)}" for m, v in means[DETECTED].items())
+            + " on LFW with synthetic masks detected on the photo.")
     if "03_mfr2" in results and len(results["03_mfr2"]):
         mfr2 = results["03_mfr2"]
-        out.append(f"MTCNN found a face in {_pct(mfr2['face_found'].iloc[0])} of the MFR2 photos "
-                   f"({_pct(mfr2['face_found_masked'].iloc[0])} of the masked ones).")
+        out["real_masks"].append(f"MTCNN found a face in {_pct(mfr2['face_found'].iloc[0])} of the MFR2 photos "
+                                 f"({_pct(mfr2['face_found_masked'].iloc[0])} of the masked ones).")
     return out
 
 
-def _baseline_findings(results: Mapping[str, pd.DataFrame], reference: str | None) -> list[str]:
-    """Sentences on the plain network's extra runs, compared with its main-seed run ``reference``."""
-    out = []
+def _baseline_findings(results: Mapping[str, pd.DataFrame], reference: str | None) -> dict[str, list[str]]:
+    """Sentences on the plain network's extra runs, compared with its main-seed run ``reference``: training
+    choices, the leave-one-style-out run (unseen masks) and the false non-match rate (setup)."""
+    out: dict[str, list[str]] = {"training": [], "unseen": [], "setup": []}
     base = results["03_baseline_differences"]
     if len(base) and reference:
         nomask = base[base["comparison"] == f"{reference} - {design.NOMASK_RUN}"].set_index("test")
         for test in (MASKED_UNMASKED, DETECTED, MFR2):
             if test in nomask.index:
                 r = nomask.loc[test]
-                out.append(f"Training with masked twins (plain, main seed) vs without, on {HEADLINE_TESTS[test]}: "
-                           f"{_pts(r['diff'])} points [{_pts(r['ci_low'])}, {_pts(r['ci_high'])}].")
+                out["training"].append(f"Training with masked twins (plain, main seed) vs without, on {label(test)}: "
+                                       f"{_pts(r['diff'])} points [{_pts(r['ci_low'])}, {_pts(r['ci_high'])}].")
         twins = base[base["comparison"].isin([f"{design.twins_run(v)} - {reference}" for v in design.TWIN_VARIANTS])]
         for test in (DETECTED, MFR2, MASKED_UNMASKED):
             for row in twins[twins["test"] == test].itertuples():
-                out.append(f"Training on twins detected on the masked photo ({row.comparison}, main seed), on "
-                           f"{HEADLINE_TESTS[test]}: {_pts(row.diff)} points [{_pts(row.ci_low)}, {_pts(row.ci_high)}].")
+                out["training"].append(f"Training on twins detected on the masked photo ({row.comparison}, main "
+                                       f"seed), on {label(test)}: {_pts(row.diff)} points [{_pts(row.ci_low)}, "
+                                       f"{_pts(row.ci_high)}].")
     if "03_leave_one_style_out" in results and reference:
         loso = results["03_leave_one_style_out"]
         diffs = loso[loso["run"].str.endswith(f" - {reference}")]
         for row in diffs.itertuples():
-            out.append(f"Leave one style out, {row.pairs}: {_pts(row.diff)} points [{_pts(row.ci_low)}, "
-                       f"{_pts(row.ci_high)}] against the plain net that saw every style.")
+            out["unseen"].append(f"Leave one style out, {row.pairs}: {_pts(row.diff)} points [{_pts(row.ci_low)}, "
+                                 f"{_pts(row.ci_high)}] against the plain net that saw every style.")
     fnmr = results["03_fnmr"]
     part = fnmr[(fnmr["kind"] == design.RunKind.ATTENTION) & (fnmr["fmr_target"] == fnmr["fmr_target"].min())]
     if len(part):
         worst = part.groupby("scenario")["fnmr"].mean()
         shown = [s for s in (MASKED_UNMASKED, DETECTED, BOTH_DETECTED) if s in worst.index]
         if shown:
-            out.append(f"At the threshold giving FMR {part['fmr_target'].iloc[0]:g} on unmasked pairs, masked pairs are "
-                       "falsely rejected " + ", ".join(f"{_pct(worst[s])} of the time ({HEADLINE_TESTS.get(s, s)})"
-                                                       for s in shown) + " (mean over models and seeds).")
+            out["setup"].append(f"At the threshold giving FMR {part['fmr_target'].iloc[0]:g} on unmasked pairs, masked "
+                                "pairs are falsely rejected " + ", ".join(f"{_pct(worst[s])} of the time ({label(s)})"
+                                                                          for s in shown)
+                                + " (mean over models and seeds).")
     return out
 
 
 def _teacher_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
-    """Sentences on the pretrained reference, the guided students against it, and guidance and attention among them."""
+    """Sentences on the pretrained reference, the guided students against it, and guidance and attention among
+    them; the first is the teacher's timing (empty without a teacher)."""
     out = []
     teacher = results.get("03_teacher")
     if teacher is None or not len(teacher):
@@ -188,24 +209,25 @@ def _teacher_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
             if not len(part):
                 continue
             ref = part["reference_accuracy"].iloc[0]
-            out.append(f"On {HEADLINE_TESTS[test]} the pretrained reference (not trained here) reaches {_pct(ref)}; "
+            out.append(f"On {label(test)} the pretrained reference (not trained here) reaches {_pct(ref)}; "
                        "guided students (mean over seeds, main-seed bootstrap difference): " + "; ".join(
-                           f"{r.model} {_pct(r.accuracy_mean)} ({_pts(r.diff_main_seed)} [{_pts(r.boot_ci_low)}, "
-                           f"{_pts(r.boot_ci_high)}])" for r in part.itertuples()) + ".")
+                           f"{model_label(r.model)} {_pct(r.accuracy_mean)} ({_pts(r.diff_main_seed)} "
+                           f"[{_pts(r.boot_ci_low)}, {_pts(r.boot_ci_high)}])" for r in part.itertuples()) + ".")
     guided = results.get("03_guided_differences")
     if guided is not None and len(guided):
         headline = guided[guided["test"].isin([MASKED_UNMASKED, DETECTED, MFR2])]
         for row in headline.itertuples():
             verdict = "separated from 0" if row.separated else "not separable from 0"
-            out.append(f"{row.comparison} on {HEADLINE_TESTS.get(row.test, row.test)}: {_pts(row.diff_seed_mean)} "
-                       f"points [{_pts(row.seed_ci_low)}, {_pts(row.seed_ci_high)}] over {row.seeds} seeds: {verdict}.")
+            out.append(f"{row.comparison} on {label(row.test)}: {_pts(row.diff_seed_mean)} points "
+                       f"[{_pts(row.seed_ci_low)}, {_pts(row.seed_ci_high)}] over {row.seeds} seeds: {verdict}.")
     return out
 
 
-def track_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
-    """Sentences on the pretrained track (:mod:`maskstudy.pretrained_track`): the fine-tuned models against the
-    pretrained network, attention among them (Holm over the track's family) and the cropping baseline."""
-    out = []
+def track_findings(results: Mapping[str, pd.DataFrame]) -> dict[str, list[str]]:
+    """Sentences on the pretrained track (:mod:`maskstudy.pretrained_track`), by question: the fine-tuned models
+    against the pretrained network (``pretrained``), attention among them, Holm over the track's family
+    (``attention``), and the cropping baseline (``training``)."""
+    out: dict[str, list[str]] = {"pretrained": [], "attention": [], "training": []}
     versus = results.get("03_track_vs_pretrained")
     if versus is None or not len(versus):
         return out
@@ -213,26 +235,74 @@ def track_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
         part = versus[versus["test"] == test]
         if not len(part):
             continue
-        out.append(f"Pretrained track, {HEADLINE_TESTS[test]}: the pretrained network {_pct(part['reference_accuracy'].iloc[0])}; "
-                   "fine-tuned (mean ± sd over seeds, main-seed bootstrap difference to it): " + "; ".join(
-                       f"{r.model} {_pct(r.accuracy_mean)} ± {100 * r.accuracy_std:.1f} ({_pts(r.diff_main_seed)} "
-                       f"[{_pts(r.boot_ci_low)}, {_pts(r.boot_ci_high)}])" for r in part.itertuples()) + ".")
+        out["pretrained"].append(
+            f"Pretrained track, {label(test)}: the pretrained network {_pct(part['reference_accuracy'].iloc[0])}; "
+            "fine-tuned (mean ± sd over seeds, main-seed bootstrap difference to it): " + "; ".join(
+                f"{model_label(r.model)} {_pct(r.accuracy_mean)} ± {100 * r.accuracy_std:.1f} ({_pts(r.diff_main_seed)} "
+                f"[{_pts(r.boot_ci_low)}, {_pts(r.boot_ci_high)}])" for r in part.itertuples()) + ".")
     differences = results.get("03_track_differences")
     if differences is not None and len(differences):
         for row in differences[differences["test"].isin([DETECTED, MFR2])].itertuples():
             verdict = "separated from 0" if row.separated else "not separable from 0"
-            out.append(f"Pretrained track, {row.comparison} on {HEADLINE_TESTS.get(row.test, row.test)}: "
-                       f"{_pts(row.diff_seed_mean)} points [{_pts(row.seed_ci_low)}, {_pts(row.seed_ci_high)}] over "
-                       f"{row.seeds} seeds, Holm p {row.p_seed_holm:.2f}: {verdict}.")
+            out["attention"].append(f"Pretrained track, {comparison_label(row.comparison)} on {label(row.test)}: "
+                                    f"{_pts(row.diff_seed_mean)} points {_seed_interval(row)}: {verdict}.")
         separated = differences[differences["separated"]]
-        out.append(f"Pretrained track: {len(separated)} of {len(differences)} attention comparisons (all tests) are "
-                   "separated after Holm's correction" + (": " + "; ".join(
-                       f"{r.comparison} on {r.test} ({_pts(r.diff_seed_mean)})" for r in separated.itertuples())
-                       if len(separated) else "."))
+        out["attention"].append(
+            f"Pretrained track: {len(separated)} of {len(differences)} attention comparisons (all tests) are separated "
+            "after Holm's correction" + (": " + "; ".join(
+                f"{comparison_label(r.comparison)} on {label(r.test)} ({_pts(r.diff_seed_mean)})"
+                for r in separated.itertuples()) + "." if len(separated) else "."))
     crop = results.get("03_track_crop_baseline")
     if crop is not None and len(crop):
         for row in crop[crop["test"].isin([UNMASKED_UNMASKED, DETECTED, MFR2])].itertuples():
-            out.append(f"Cropping baseline (upper face only) minus the plain fine-tune on "
-                       f"{HEADLINE_TESTS.get(row.test, row.test)}: {_pts(row.diff)} points "
-                       f"[{_pts(row.ci_low)}, {_pts(row.ci_high)}] (main seed).")
+            out["training"].append(f"Cropping baseline (upper face only) minus the plain fine-tune on "
+                                   f"{label(row.test)}: {_pts(row.diff)} points [{_pts(row.ci_low)}, "
+                                   f"{_pts(row.ci_high)}] (main seed).")
+    return out
+
+
+def cam_pairs(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(model, baseline)`` of every CAM comparison notebook 05 made: each attention block of the from-scratch
+    track against plain, then the pretrained track's (those in ``05_attention_differences``)."""
+    differences = results.get("05_attention_differences")
+    if differences is None or not len(differences):
+        return []
+    plain = design.plain_model(config)
+    scratch = [(m, plain) for m in design.attended_models(config) if plain is not None]
+    track = [(r.model, r.baseline) for r in differences.itertuples()
+             if r.model in design.TRACK_MODELS.values() or r.model == design.TRACK_CROP_MODEL]
+    return list(dict.fromkeys(scratch + track))
+
+
+def cam_findings(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any], warnings: list[str]) -> list[str]:
+    """Sentences on where the networks look (notebook 05's tables): the eye-band share of CAM mass on masked probes
+    with its interval, the verdict of each CAM comparison, and a warning when a CAM grid is too coarse to separate
+    the eye band from the mask region."""
+    out = []
+    attention = results.get("05_attention_regions")
+    method = config.get("cam_method")
+    if attention is not None and len(attention):
+        masked = attention[(attention["input"] == "masked") & (attention["method"] == method)]
+        if len(masked):
+            out.append(f"Share of raw {method} mass in the eye band on masked probes: "
+                       + ", ".join(f"{model_label(r.model)} {100 * r.eye_share:.1f} % [{100 * r.eye_ci_low:.1f}, "
+                                   f"{100 * r.eye_ci_high:.1f}]" for r in masked.itertuples())
+                       + f" (95 % intervals: {'; '.join(masked['interval'].unique())}; the band is "
+                       f"{100 * masked['eye_band_area_share'].iloc[0]:.1f} % of the crop).")
+    pairs = cam_pairs(results, config)
+    if pairs:
+        from .explain.verdict import attention_verdict
+
+        track = set(design.TRACK_MODELS.values())
+        out += [("Pretrained track: " if model in track else "") + attention_verdict(
+            results["05_attention_differences"], results["05_faithfulness_contrasts"],
+            results["05_randomization_check"], model=model, baseline=baseline, method=method, label=design.attention_label)
+            for model, baseline in pairs]
+    geometry = results.get("05_cam_geometry")
+    coarse = geometry[geometry["eye_band_height_in_cells"] < 1.5] if geometry is not None and len(geometry) else []
+    if len(coarse):
+        warnings.append("CAM grids too coarse to separate the eye band from the mask region: "
+                        + ", ".join(f"{r.model} {r.grid}x{r.grid} at {r.input_size} px (band "
+                                    f"{r.eye_band_height_in_cells:.2f} cells tall)" for r in coarse.itertuples())
+                        + "; the attention verdict is limited by that.")
     return out

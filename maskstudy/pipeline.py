@@ -311,8 +311,9 @@ class Study:
         """The notebook's figures in the order it saved them, with their titles: how ``index.html`` lays them out."""
         return report.figure_order_path(self.run_dir, self.name)
 
-    def save_figure(self, fig, name: str) -> Path:
-        png = report.save_figure(fig, self.figures, name, dpi=self.config.get("figure_dpi", 110))
+    def save_figure(self, fig, name: str, min_dpi: int = 0) -> Path:
+        """Save ``fig`` at the profile's ``figure_dpi`` (at least ``min_dpi``) and record it in reading order."""
+        png = report.save_figure(fig, self.figures, name, dpi=max(self.config.get("figure_dpi", 110), min_dpi))
         report.record_figure(self.figure_order_file, name, report.figure_title(fig))
         return png
 

@@ -23,13 +23,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .study import TRACK_CROP_MODEL as CROP_MODEL
+from .study import TRACK_MODELS as MODELS
+from .study import TRACK_REFERENCE as REFERENCE
 from .train.finetune import FeatureStore, FinetuneConfig, FinetuneValidation, build_student, head_embeddings
 
-#: Name of the pretrained network evaluated as it is (the track's reference row).
-REFERENCE = "dlib_resnet29_pretrained"
-#: Model name of each attention block in this track, and of the cropping baseline.
-MODELS = {"none": "ft_plain", "se": "ft_se", "cbam": "ft_cbam"}
-CROP_MODEL = "ft_crop"
+# The track's model names (the reference row, each attention block, the cropping baseline) are the design's
+# (:mod:`maskstudy.study`), with their display labels.
 MODEL_NAMES = (*MODELS.values(), CROP_MODEL)
 #: Run kinds (the ``kind`` column of the track's tables).
 FINETUNED, CROPPED, PRETRAINED = "finetuned", "cropped", "pretrained"

@@ -33,8 +33,19 @@ PLAIN = "plain"
 ATTENTION_NAMES = {NO_ATTENTION: PLAIN, "se": "se", "cbam": "cbam"}
 #: The transformer models notebook 04 trains beside the CNNs (one per family of :data:`config.TRANSFORMER_KEYS`).
 TRANSFORMER_MODELS = tuple(TRANSFORMER_KEYS)
-#: Readable labels of models whose name is not already one (others are shown as they are).
-MODEL_LABELS = {"vit": "ViT"}
+#: The pretrained track's models (:mod:`maskstudy.pretrained_track`): the pretrained network as it is (its reference
+#: row), each attention block fine-tuned, and the cropping baseline (the plain fine-tune on the upper face only).
+TRACK_REFERENCE = "dlib_resnet29_pretrained"
+TRACK_MODELS = {NO_ATTENTION: "ft_plain", "se": "ft_se", "cbam": "ft_cbam"}
+TRACK_CROP_MODEL = "ft_crop"
+#: Labels of the study's two tracks (``{profile}``: the run's profile).
+TRACK_LABELS = {"scratch": "from scratch (the seed's setup at {profile} scale)",
+                "pretrained": "pretrained (dlib's ResNet-29 fine-tuned on masks)"}
+#: Readable labels of models whose name is not already one (others are shown as they are; a guided student adds
+#: ", teacher-guided" to its model's label, :func:`model_label`).
+MODEL_LABELS = {"vit": "ViT", "se": "SE", "cbam": "CBAM", TRACK_REFERENCE: "dlib ResNet-29 as it is",
+                TRACK_MODELS[NO_ATTENTION]: "plain, fine-tuned", TRACK_MODELS["se"]: "SE, fine-tuned",
+                TRACK_MODELS["cbam"]: "CBAM, fine-tuned", TRACK_CROP_MODEL: "plain, fine-tuned on the upper face"}
 #: The transformer of notebook 04's data-size curve, and the column of the CNN's lead over it.
 DATA_SIZE_TRANSFORMER = "vit"
 DATA_SIZE_GAP = f"cnn_minus_{DATA_SIZE_TRANSFORMER}"
@@ -70,6 +81,62 @@ CORE_SCENARIOS = (UNMASKED_UNMASKED, MASKED_UNMASKED)
 #: Masked-unmasked pairs whose masked photo is detected and aligned by itself, and those in unseen mask styles.
 DETECTED = variant_scenario(MASKED_UNMASKED, "detected")
 UNSEEN = variant_scenario(MASKED_UNMASKED, "unseen")
+#: Masked-masked pairs with both masked photos detected by themselves; the eye-weighted and unseen-detected variants.
+BOTH_DETECTED = variant_scenario(MASKED_MASKED, "detected")
+DETECTED_EYES = variant_scenario(MASKED_UNMASKED, "detected_eyes")
+UNSEEN_DETECTED = variant_scenario(MASKED_UNMASKED, "unseen_detected")
+
+#: The question the study asks, as the report's first line.
+QUESTION = ("Does channel attention (SE) or channel + spatial attention (CBAM) recognise people wearing masks better "
+            "than the same network without it?")
+#: The questions the study asks, in reading order: key -> heading of its verdict and of its group of findings.
+QUESTIONS = {
+    "attention": "Attention",
+    "detection": "Detection on the masked photo",
+    "unseen": "Unseen masks",
+    "real_masks": "Real masks (MFR2)",
+    "training": "Training choices",
+    "pretrained": "Teacher and pretrained track",
+    "cams": "Where the networks look (CAMs)",
+}
+#: Findings that describe the setup (data, models, accuracies) rather than answer one question.
+SETUP = "setup"
+#: Display label of every test in figures, tables and sentences, in reading order: the one naming table (reports
+#: and notebooks never show a scenario identifier).
+TEST_LABELS = {
+    UNMASKED_UNMASKED: "unmasked",
+    MASKED_UNMASKED: "masked-unmasked, shared alignment",
+    DETECTED: "masked-unmasked, mask detected on the photo",
+    DETECTED_EYES: "masked-unmasked, detected, eye-weighted alignment",
+    UNSEEN: "masked-unmasked, unseen mask styles",
+    UNSEEN_DETECTED: "masked-unmasked, unseen styles detected on the photo",
+    MASKED_MASKED: "masked-masked, shared alignment",
+    BOTH_DETECTED: "masked-masked, masks detected on the photos",
+    MFR2: "MFR2 real masks",
+}
+#: Shorter labels for column headers and axis ticks (tests not listed use :data:`TEST_LABELS`).
+TEST_SHORT_LABELS = {MASKED_UNMASKED: "masked-unmasked", DETECTED: "masked-unmasked, detected",
+                     DETECTED_EYES: "masked-unmasked, detected, eyes", UNSEEN: "unseen mask styles",
+                     UNSEEN_DETECTED: "unseen styles, detected", MASKED_MASKED: "masked-masked",
+                     BOTH_DETECTED: "masked-masked, detected", MFR2: "MFR2 real masks"}
+#: The tests that carry the answer, in the key table's order (the unmasked reference first).
+KEY_TESTS = (UNMASKED_UNMASKED, DETECTED, BOTH_DETECTED, UNSEEN, MFR2)
+#: Tests named in the findings' sentences, in reading order.
+HEADLINE_TESTS = (UNMASKED_UNMASKED, MASKED_UNMASKED, DETECTED, UNSEEN, BOTH_DETECTED, MFR2)
+
+
+def test_label(test: str, short: bool = False) -> str:
+    """Display label of a test (``masked_unmasked_detected`` -> "masked-unmasked, mask detected on the photo");
+    ``short``: the column-header form. Unknown names lose their underscores."""
+    if short and test in TEST_SHORT_LABELS:
+        return TEST_SHORT_LABELS[test]
+    return TEST_LABELS.get(test, test.replace("_", " "))
+
+
+def masked_tests_first(tests: Iterable[str]) -> list[str]:
+    """``tests`` with the masked ones first (in :data:`TEST_LABELS` order), the unmasked reference last."""
+    order = {t: i for i, t in enumerate(TEST_LABELS)}
+    return sorted(tests, key=lambda t: (t == UNMASKED_UNMASKED, order.get(t, len(order))))
 
 
 def attention_models(config: Mapping[str, Any]) -> dict[str, str]:
@@ -377,8 +444,25 @@ def variant_titles(seen_style: str, unseen_style: str) -> dict[str, str]:
 
 
 def model_label(model: str) -> str:
-    """Readable label of a model name in sentences (``vit`` -> ``ViT``)."""
+    """Readable label of a model name (``vit`` -> ``ViT``, ``cbam_guided`` -> ``CBAM, teacher-guided``,
+    ``ft_se`` -> ``SE, fine-tuned``)."""
+    suffix = guided_model("")
+    if model.endswith(suffix) and model != suffix:
+        return f"{model_label(model[:-len(suffix)])}, teacher-guided"
     return MODEL_LABELS.get(model, model)
+
+
+def attention_label(model: str) -> str:
+    """The attention block of a model of either track, as a label (``se``, ``ft_se`` -> ``SE``; ``plain``,
+    ``ft_plain`` -> ``plain``): how the forest plot names comparisons inside a track."""
+    by_track = {name: ATTENTION_NAMES.get(block, block) for block, name in TRACK_MODELS.items()}
+    return model_label(by_track.get(model, model))
+
+
+def comparison_label(comparison: str) -> str:
+    """``"ft_cbam - ft_plain"`` -> ``"CBAM − plain"`` (a difference of two models, by attention block)."""
+    first, _, second = comparison.partition(" - ")
+    return f"{attention_label(first)} − {attention_label(second)}" if second else comparison
 
 
 def display_name(run: str) -> str:

@@ -145,9 +145,17 @@ if len(notes):
     display(Markdown(f"{len(notes)} images needed a conversion on load:"), notes.head(20))
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 2.8))
-status.drop(columns="total").plot.barh(stacked=True, ax=ax, colormap="tab10")
-ax.set_xlabel("images"); ax.set_title("MTCNN outcome per dataset")
+from maskstudy.detect import STATUSES
+
+fig, ax = plt.subplots(figsize=(8, 1.4 + 0.5 * len(status)))
+status.drop(columns="total").rename(columns=STATUSES).plot.barh(stacked=True, ax=ax, colormap="tab10", legend=False)
+for row, counts in enumerate(status.to_dict("records")):
+    missed = int(counts["total"] - counts.get("ok", 0))
+    ax.annotate(f"{missed:,} of {int(counts['total']):,} without a usable face ({100 * missed / counts['total']:.1f} %)",
+                (counts["total"], row), xytext=(5, 0), textcoords="offset points", va="center", fontsize=8)
+ax.set_xlim(0, 1.6 * status["total"].max()); ax.set_ylabel("")
+ax.set_xlabel("photos"); ax.set_title("MTCNN outcome per dataset")
+ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, fontsize=8, frameon=False)  # below: covers no bar
 study.save_figure(fig, "01_detection_status")
 plt.show()
 

@@ -106,7 +106,7 @@ colours = dict(zip(dict.fromkeys(runs[n].model for n in results), plt.cm.tab10.c
 for name, part in history[history["run"].map(lambda n: runs[n].kind in design.CURVE_KINDS)].groupby("run", sort=False):
     run = runs[name]
     style = dict(color=colours[run.model], alpha=1.0 if run.seed == main_seed else 0.45, lw=1.6 if run.seed == main_seed else 0.9,
-                 label=run.model if run.seed == main_seed else None)
+                 label=design.model_label(run.model) if run.seed == main_seed else None)
     axes[0].plot(part["epoch"], part["loss"], **style)
     axes[1].plot(part["epoch"], part["train_acc"], **style)
     axes[2].plot(part["epoch"], part["val_acc"], **style)
@@ -228,14 +228,15 @@ for i, model in enumerate(models_shown):
     part = attention_long[attention_long["model"] == model]
     x = np.arange(len(tests_shown)) + i * width
     means = [part[part["test"] == t]["accuracy"].mean() for t in tests_shown]
-    ax.bar(x, means, width, label=model, color=plt.cm.tab10(i), alpha=0.75)
+    ax.bar(x, means, width, label=design.model_label(model), color=plt.cm.tab10(i), alpha=0.75)
     for j, t in enumerate(tests_shown):
         values = part[part["test"] == t]["accuracy"]
         ax.scatter(np.full(len(values), x[j]), values, s=9, color="k", zorder=3)
-ax.set_xticks(np.arange(len(tests_shown)) + width * (len(models_shown) - 1) / 2, [t.replace("_", "\n") for t in tests_shown], fontsize=7)
+ax.set_xticks(np.arange(len(tests_shown)) + width * (len(models_shown) - 1) / 2,
+              [design.test_label(t, short=True).replace(", ", ",\n") for t in tests_shown], fontsize=8)
 ax.set_ylim(max(0.45, attention_long["accuracy"].min() - 0.05), 1.0)
 ax.set_ylabel("accuracy (bars: mean over seeds; dots: seeds)")
-ax.set_title("Every test, every seed"); ax.legend(fontsize=8)
+ax.set_title("Every test, every seed"); ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 fig.tight_layout()
 study.save_figure(fig, "03_accuracy")
 plt.show()
@@ -408,7 +409,7 @@ if track_ready:
                                                  track.REFERENCE, design.table_tests(track_long["test"]), main_seed,
                                                  n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
     crop_run = [n for n, r in track_runs.items() if r.kind == track.CROPPED]
-    plain_main = f"{track.MODELS['none']}_seed{main_seed}"
+    plain_main = f"{track.MODELS[design.NO_ATTENTION]}_seed{main_seed}"
     track_crop = (comparisons.baseline_differences(track_per_pair, [(crop_run[0], plain_main)],
                                                    n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
                   if crop_run and plain_main in track_per_pair else pd.DataFrame())

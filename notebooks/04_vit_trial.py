@@ -88,8 +88,8 @@ history = pd.concat([r.history.assign(model=n) for n, r in results.items()]
                     ignore_index=True)
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
 for name, part in history.groupby("model", sort=False):
-    axes[0].plot(part["epoch"], part["loss"], marker="o", ms=3, label=name)
-    axes[1].plot(part["epoch"], part["val_acc"], marker="o", ms=3, label=name)
+    axes[0].plot(part["epoch"], part["loss"], marker="o", ms=3, label=design.model_label(name))
+    axes[1].plot(part["epoch"], part["val_acc"], marker="o", ms=3, label=design.model_label(name))
 axes[0].set_title("training loss"); axes[1].set_title("validation accuracy (masked-unmasked, held-out identities)")
 for ax in axes:
     ax.set_xlabel("epoch"); ax.grid(alpha=0.3)
@@ -130,8 +130,8 @@ fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
 for ax, scenario in zip(axes, design.CORE_SCENARIOS):
     for name, part in curve[curve["scenario"] == scenario].groupby("model", sort=False):
         ax.errorbar(part["images"], part["accuracy_mean"], yerr=[part["accuracy_mean"] - part["acc_ci_low"], part["acc_ci_high"] - part["accuracy_mean"]],
-                    marker="o", capsize=3, label=name)
-    ax.set_xscale("log"); ax.set_xlabel("training images (log scale)"); ax.set_title(scenario); ax.grid(alpha=0.3)
+                    marker="o", capsize=3, label=design.model_label(name))
+    ax.set_xscale("log"); ax.set_xlabel("training images (log scale)"); ax.set_title(design.test_label(scenario)); ax.grid(alpha=0.3)
 axes[0].set_ylabel("LFW 10-fold accuracy (95% CI)"); axes[0].legend()
 fig.tight_layout()
 study.save_figure(fig, "04_data_size")

@@ -94,7 +94,7 @@ for run in track.finetuned_runs(cfg):
         networks[(run.model, run.seed)] = (track.load_run(path), 112)
     elif run.seed == cfg["seed"]:
         notes.append(f"{run.name} (no checkpoint: the pretrained track did not run)")
-track_pairs = [(a, b) for a, b in track.comparisons(cfg) if b == track.MODELS["none"]
+track_pairs = [(a, b) for a, b in track.comparisons(cfg) if b == track.MODELS[design.NO_ATTENTION]
                and (a, cfg["seed"]) in networks and (b, cfg["seed"]) in networks]
 models = list(dict.fromkeys(name for name, _ in networks))  # model names, profile order
 main = {name: networks[(name, cfg["seed"])] for name in models}
@@ -336,9 +336,10 @@ for ax, kind in zip(axes, ["masked", "unmasked"]):
     ax.bar(x + 0.2, part["mask_share"], 0.4, yerr=[part["mask_share"] - part["mask_ci_low"], part["mask_ci_high"] - part["mask_share"]], capsize=3, label="mask region")
     ax.axhline(band.mean(), color="tab:blue", ls=":", lw=1, label="eye band's share of the crop")
     ax.axhline(covered.mean(), color="tab:orange", ls=":", lw=1, label="mask's share of the crop")
-    ax.set_xticks(x, [f"{m}\n({i})" for m, i in zip(part["model"], part["interval"].str.replace("bootstrap over ", "").str.replace("t over ", ""))], fontsize=7)
+    ax.set_xticks(x, [f"{design.model_label(m)}\n({i})" for m, i in zip(part["model"], part["interval"].str.replace("bootstrap over ", "").str.replace("t over ", ""))], fontsize=7)
     ax.set_title(f"{kind} probes: share of raw {method} mass")
-axes[0].set_ylabel("share of CAM mass (95% interval)"); axes[0].legend(fontsize=7)
+axes[0].set_ylabel("share of CAM mass (95% interval)")
+axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(1.05, -0.25), ncol=4, frameon=False)  # below the bars
 fig.tight_layout()
 study.save_figure(fig, "05_attention_regions")
 plt.show()
@@ -398,7 +399,7 @@ for col, name in enumerate(models):
             part = mean_curves[(mean_curves["model"] == name) & (mean_curves["ranking"] == ranking) & (mean_curves["curve"] == curve)]
             area = faith[(faith["model"] == name) & (faith["ranking"] == ranking) & (faith["curve"] == curve)]["area"].iloc[0]
             ax.plot(part["fraction"], part["mean"], marker=".", lw=2 if ranking == "cam" else 1, label=f"{ranking} ({area:.3f})")
-        ax.set_title(f"{name}: {curve}", fontsize=8); ax.legend(fontsize=6); ax.tick_params(labelsize=7)
+        ax.set_title(f"{design.model_label(name)}: {curve}", fontsize=8); ax.legend(fontsize=6); ax.tick_params(labelsize=7)
     axes[1, col].set_xlabel("share of pixels blurred / restored", fontsize=7)
 axes[0, 0].set_ylabel("cosine similarity to reference", fontsize=7); axes[1, 0].set_ylabel("cosine similarity to reference", fontsize=7)
 fig.suptitle("Deletion (lower area = more faithful) and insertion (higher = more faithful); legend: mean area", fontsize=9)

@@ -28,21 +28,12 @@ display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`,
 # %%
 import json
 
-from maskstudy import comparisons
+from maskstudy import answer, comparisons
 from maskstudy import study as design
-from maskstudy.findings import study_findings
+from maskstudy.figures import forest_plot
 from maskstudy.report import PUBLISHED_ANCHORS, read_results, write_summary
 
-required = ["01_split", "02_cleaning_summary", "03_verification", "03_identification", "03_differences",
-            "03_seed_table", "03_seed_summary", "03_training", "03_fnmr", "03_baseline_differences",
-            "04_vit", "04_data_size", "04_data_size_gap"]
-required += ["05_attention_regions", "05_faithfulness", "05_attention_differences", "05_faithfulness_contrasts",
-             "05_randomization_check", "05_cam_geometry"]
-optional = ("03_margin_losses", "03_mfr2", "04_mfr2", "03_mask_scenarios", "03_leave_one_style_out", "01_masked_detection",
-            "03_guided_differences", "03_guided_vs_reference", "03_teacher", "03_teacher_coverage",
-            "03_track_seed_table", "03_track_vs_pretrained", "03_track_differences", "03_track_crop_baseline",
-            "03_track_timing")
-results = read_results(study.tables, required, optional=optional)
+results = read_results(study.tables, answer.REQUIRED_TABLES, optional=answer.OPTIONAL_TABLES)
 split = json.loads((study.data_dir / "split" / "split.json").read_text())
 display(Markdown(f"**Protocol `{split['protocol']}`.** {split['description']}"))
 
@@ -110,8 +101,9 @@ for ax, test in zip(axes.ravel(), tests_shown):
     part = both[both["test"] == test].drop_duplicates("model")
     errors = [spread.loc[(m, test), "accuracy_std"] if (m, test) in spread.index else 0.0 for m in part["model"]]
     means = [spread.loc[(m, test), "accuracy_mean"] if (m, test) in spread.index else a for m, a in zip(part["model"], part["accuracy"])]
-    ax.bar(part["model"], means, yerr=np.nan_to_num(errors), capsize=3, color=plt.cm.tab10(np.arange(len(part))))
-    ax.set_title(test.replace("_", " "), fontsize=8); ax.tick_params(axis="x", rotation=60, labelsize=7)
+    ax.bar([design.model_label(m) for m in part["model"]], means, yerr=np.nan_to_num(errors), capsize=3,
+           color=plt.cm.tab10(np.arange(len(part))))
+    ax.set_title(design.test_label(test), fontsize=8); ax.tick_params(axis="x", rotation=60, labelsize=7)
 for row in axes:
     row[0].set_ylabel("accuracy (attention models:\nmean ± sd over seeds)")
 axes[0, 0].set_ylim(max(0.4, both["accuracy"].min() - 0.05), 1)
@@ -158,10 +150,10 @@ for ax, test in zip(axes[0], roc_tests):
     for name in names:
         if f"{name}__{test}__labels" in scores.files:
             fpr, tpr, _ = roc_curve(scores[f"{name}__{test}__labels"], scores[f"{name}__{test}__scores"])
-            ax.plot(fpr, tpr, label=name)
+            ax.plot(fpr, tpr, label=design.model_label(name))
     ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.set_xscale("log"); ax.set_xlim(1e-3, 1)
-    ax.set_xlabel("false accept rate"); ax.set_title(test.replace("_", " "), fontsize=9); ax.grid(alpha=0.3)
-axes[0, 0].set_ylabel("true accept rate"); axes[0, 0].legend(fontsize=8)
+    ax.set_xlabel("false accept rate"); ax.set_title(design.test_label(test), fontsize=9); ax.grid(alpha=0.3)
+axes[0, 0].set_ylabel("true accept rate"); axes[0, 0].legend(fontsize=8, loc="lower right")
 fig.tight_layout()
 study.save_figure(fig, "06_roc")
 plt.show()
@@ -169,26 +161,16 @@ plt.show()
 # %% [markdown]
 # ## Differences between models
 #
-# Paired by training seed (mean and t interval over seeds); the p-values are Holm-adjusted over the whole family.
+# Paired by training seed (mean and t interval over seeds); the p-values are Holm-adjusted over each track's family.
+# The forest plot shows the tests that carry the answer, masked tests first, both tracks side by side; the tables
+# hold every test.
 
 # %%
-differences = results["03_differences"]
-display(differences.round(4))
-if len(differences):
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(differences) + 1))
-    labels = differences["comparison"] + "  ·  " + differences["test"]
-    y = np.arange(len(differences))
-    centre = differences["diff_seed_mean"] * 100
-    low = differences["seed_ci_low"].fillna(differences["boot_ci_low"]) * 100
-    high = differences["seed_ci_high"].fillna(differences["boot_ci_high"]) * 100
-    colours = np.where(differences["separated"], "tab:red", "tab:blue")
-    for i in range(len(differences)):
-        ax.errorbar(centre.iloc[i], y[i], xerr=[[centre.iloc[i] - low.iloc[i]], [high.iloc[i] - centre.iloc[i]]],
-                    fmt="o", capsize=3, color=colours[i])
-    ax.axvline(0, color="k", lw=0.8); ax.set_yticks(y, labels, fontsize=7); ax.invert_yaxis()
-    ax.set_xlabel("accuracy difference, points (95% t interval over seeds; red: separated after Holm)")
-    fig.tight_layout()
-    study.save_figure(fig, "06_differences")
+display(results["03_differences"].round(4))
+forest = answer.forest_rows(results, cfg)
+if len(forest):
+    fig = forest_plot(forest)
+    study.save_figure(fig, answer.FOREST_FIGURE, min_dpi=answer.FOREST_DPI)
     plt.show()
 display(Markdown("**Training with masked twins, margin losses** (main seed, identity bootstrap):"),
         results["03_baseline_differences"].round(4))
@@ -234,24 +216,13 @@ display(Markdown("**Data-size curve**, CNN minus ViT on masked-unmasked pairs:")
 # face-restricted controls; the weight-randomisation check; and the verdict read from these tables.
 
 # %%
-from maskstudy.explain import attention_verdict
+from maskstudy.findings import cam_findings
 
 attention = results["05_attention_regions"]
-cam_method = cfg["cam_method"]
-attention_differences, faith_contrasts, randomization = (results["05_attention_differences"], results["05_faithfulness_contrasts"],
-                                                         results["05_randomization_check"])
-cam_baseline = design.plain_model(cfg)
-attention_verdicts = [attention_verdict(attention_differences, faith_contrasts, randomization, model=n, baseline=cam_baseline, method=cam_method)
-                      for n in design.attended_models(cfg) if cam_baseline is not None]
-from maskstudy import pretrained_track as track
-
-track_cam_pairs = attention_differences[attention_differences["model"].isin(track.MODEL_NAMES)][["model", "baseline"]]
-attention_verdicts += ["Pretrained track: " + attention_verdict(attention_differences, faith_contrasts, randomization,
-                                                                 model=r.model, baseline=r.baseline, method=cam_method)
-                       for r in track_cam_pairs.drop_duplicates().itertuples()]
-display(attention[attention["input"] == "masked"], attention_differences[attention_differences["input"] == "masked"],
-        results["05_faithfulness"], faith_contrasts, randomization)
-display(Markdown("\n\n".join(attention_verdicts)))
+display(attention[attention["input"] == "masked"],
+        results["05_attention_differences"][results["05_attention_differences"]["input"] == "masked"],
+        results["05_faithfulness"], results["05_faithfulness_contrasts"], results["05_randomization_check"])
+display(Markdown("\n\n".join(cam_findings(results, cfg, []))))
 
 # %% [markdown]
 # ## Cleaning statistics and split
@@ -274,21 +245,13 @@ anchors
 # ## Summary
 
 # %%
-findings, warnings = study_findings(results, split, cfg)
-masked_attention = attention[(attention["input"] == "masked") & (attention["method"] == cam_method)]
-if len(masked_attention):
-    findings.append(f"Share of raw {cam_method} mass in the eye band on masked probes: "
-                    + ", ".join(f"{r.model} {100 * r.eye_share:.1f} % [{100 * r.eye_ci_low:.1f}, {100 * r.eye_ci_high:.1f}]"
-                                for r in masked_attention.itertuples())
-                    + f" (95 % intervals: {'; '.join(masked_attention['interval'].unique())}; the band is "
-                    f"{100 * masked_attention['eye_band_area_share'].iloc[0]:.1f} % of the crop).")
-findings += attention_verdicts
-coarse_cams = results["05_cam_geometry"][results["05_cam_geometry"]["eye_band_height_in_cells"] < 1.5]
-if len(coarse_cams):
-    warnings.append("CAM grids too coarse to separate the eye band from the mask region: "
-                    + ", ".join(f"{r.model} {r.grid}x{r.grid} at {r.input_size} px (band {r.eye_band_height_in_cells:.2f} cells tall)"
-                                for r in coarse_cams.itertuples()) + "; the attention verdict is limited by that.")
-write_summary(study.run_dir, findings, warnings, ["06_key_results"],
-              ["06_accuracy_by_scenario", "06_differences", "03_accuracy", "03_learning_curves", "04_data_size",
-               "05_cams_masked", "05_attention_regions", "05_faithfulness_curves"])
-display(Markdown("\n".join(f"* {f}" for f in findings) + "\n\n**Warnings**\n\n" + "\n".join(f"* {w}" for w in warnings)))
+key_table = answer.key_table(results, cfg)
+study.save_table(key_table, answer.KEY_TABLE)
+summary = answer.summarise(results, split, cfg)
+write_summary(study.run_dir, summary)
+display(Markdown(f"**Question:** {summary['question']}\n\n"
+                 + "\n".join(f"* **{v['heading']}:** {v['text']}" for v in summary["verdicts"])), key_table,
+        Markdown("**What limits the answer**\n\n" + "\n".join(f"* {w}" for w in summary["short_warnings"])))
+display(Markdown("\n\n".join(f"**{group['heading']}**\n\n" + "\n".join(f"* {f}" for f in group["sentences"])
+                               for group in summary["findings"])
+                 + "\n\n**Warnings**\n\n" + "\n".join(f"* {w}" for w in summary["warnings"])))

@@ -296,10 +296,13 @@ def test_smoke_run_of_notebook_06_and_the_report(smoke_run):
     assert key.set_index("model").loc[["vit", "hybrid"], "Ver % mfr2"].between(0, 100).all()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["findings"] and any("smoke profile" in w for w in summary["warnings"])
-    text = " ".join(summary["findings"])
+    text = " ".join(f for group in summary["findings"] for f in group["sentences"])
     assert "MFR2" in text and "Holm" in text and "detected" in text and "unseen" in text
+    assert [v["question"] for v in summary["verdicts"]][:2] == ["attention", "detection"]
     index = (run / "index.html").read_text()
-    assert "Findings" in index and "06_key_results" in index and "06_result_tables.html" in index
+    first = index[:index.index("<details")]
+    assert "Question:" in first and "figures/06_differences.png" in first and "<table class='key'>" in first
+    assert "06_key_results" in index and "06_result_tables.html" in index
     assert (run / "tables" / "06_published_anchors.csv").is_file()
 
 

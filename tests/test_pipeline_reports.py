@@ -297,3 +297,17 @@ def test_busy_processes_lists_others_only():
 def test_readme_says_what_sharing_cores_costs():
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert re.search(r"two busy processes on a 2-core\s+machine slow training 4-10x", text)
+
+
+def test_make_lab_opens_the_text_notebooks_as_notebooks(monkeypatch):
+    """The project's labconfig, passed by ``make lab`` through JUPYTER_CONFIG_PATH, reaches JupyterLab's settings
+    overrides: Python files open in jupytext's notebook view on double-click."""
+    from jupyter_server.services.config.manager import ConfigManager
+
+    root = Path(__file__).resolve().parents[1]
+    makefile = (root / "Makefile").read_text()
+    assert 'JUPYTER_CONFIG_PATH="$(CURDIR)/.jupyter' in makefile
+    monkeypatch.setenv("JUPYTER_CONFIG_PATH", str(root / ".jupyter"))
+    overrides = ConfigManager(config_dir_name="labconfig").get("default_setting_overrides")
+    assert overrides["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]["python"] == "Jupytext Notebook"
+    assert "double-click `03_se_cbam_training.py` and it opens as a notebook" in (root / "README.md").read_text()

@@ -96,22 +96,28 @@ def test_readme_results_section_is_rewritten_from_a_run(tmp_path):
                                               "matmul_gflops": 160.0, "notebooks": [
                                                   {"name": "01_data_build", "seconds": 600, "git_commit": "abc"},
                                                   {"name": "03_se_cbam_training", "seconds": 1200, "git_commit": "abc"}]}))
-    (run / "summary.json").write_text(json.dumps({"findings": ["plain beats nothing."], "warnings": ["few seeds."],
-                                                  "key_tables": ["06_key_results"], "key_figures": []}))
+    (run / "summary.json").write_text(json.dumps({
+        "question": "Does it help?", "verdicts": [{"question": "attention", "heading": "Attention",
+                                                   "text": "plain beats nothing."}],
+        "short_warnings": ["few seeds."], "warnings": ["few seeds, long form."], "key_tables": ["06_key_results"],
+        "findings": [{"question": "setup", "heading": "Data", "sentences": ["trained on 6 photos."]}]}))
     (run / "tables" / "06_key_results.md").write_text("| model |\n|---|\n| plain |\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{README_START}\nold text\n{README_END}\n\n## Next\n")
     update_readme(readme, run)
     text = readme.read_text()
-    assert "old text" not in text and "plain beats nothing." in text and "few seeds." in text
-    assert "| plain |" in text and "160.0 GFLOP/s" in text and "**30 min**" in text and text.endswith("## Next\n")
-    assert "Benchmarks" not in text
+    assert "old text" not in text and "- **Attention:** plain beats nothing." in text and "few seeds." in text
+    assert "160.0 GFLOP/s" in text and "**30 min**" in text and text.endswith("## Next\n")
+    assert "benchmarks" not in text
+    full = (tmp_path / "docs" / "results.md").read_text()
+    assert "## Data\n\n- trained on 6 photos." in full and "| plain |" in full and "few seeds, long form." in full
     (run / "bench").mkdir()
     (run / "bench" / "detection.md").write_text("# Detection\n\n| path | images/s |\n|---|---|\n| kit | 40 |\n")
     update_readme(readme, run)
-    text = readme.read_text()
-    assert "**Benchmarks**" in text and "| kit | 40 |" in text
-    assert "\n#### Detection\n" in text and "\n# Detection" not in text  # headings sit under the results section
+    assert "the benchmarks (`bench/`)" in readme.read_text()
+    full = (tmp_path / "docs" / "results.md").read_text()
+    assert "| kit | 40 |" in full
+    assert "\n### Detection\n" in full and "\n# Detection" not in full  # headings sit under ## Benchmarks
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="no results markers"):
         update_readme(readme, run)
@@ -324,13 +330,14 @@ def test_findings_name_the_runs_of_the_design():
                                 "accuracy_mean": [0.6, 0.7]}),
     }
     split = {"protocol": "p", "counts": {"train_identities": 10, "eval_pairs": 20}}
-    findings, _ = study_findings(results, split, resolve_config("smoke"))
-    text = "\n".join(findings)
-    assert "ViT 60.0 % and hybrid 70.0 % on masked-unmasked pairs (one seed each)." in findings
-    assert ("Training with masked twins (plain, main seed) vs without, on masked-unmasked (shared alignment): "
-            "+5.0 points [+1.0, +9.0].") in findings
-    assert "(plain_detected_twins - plain, main seed), on masked-unmasked (mask detected on the photo): -2.0" in text
-    assert "Leave one style out, masked with x: -10.0 points [-20.0, +0.0]" in text
+    groups, _ = study_findings(results, split, resolve_config("smoke"))
+    assert list(groups) == ["setup", "unseen", "training"]
+    assert "ViT 60.0 % and hybrid 70.0 % on masked-unmasked pairs (one seed each)." in groups["setup"]
+    assert ("Training with masked twins (plain, main seed) vs without, on masked-unmasked, shared alignment: "
+            "+5.0 points [+1.0, +9.0].") in groups["training"]
+    text = "\n".join(groups["training"])
+    assert "(plain_detected_twins - plain, main seed), on masked-unmasked, mask detected on the photo: -2.0" in text
+    assert "Leave one style out, masked with x: -10.0 points [-20.0, +0.0]" in groups["unseen"][0]
 
 
 def test_guided_students_follow_the_teacher_settings(tmp_path):

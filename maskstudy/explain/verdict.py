@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -60,16 +62,18 @@ def controls_beaten(contrasts: pd.DataFrame, model: str) -> tuple[int, int]:
 
 
 def attention_verdict(differences: pd.DataFrame, contrasts: pd.DataFrame, sanity: pd.DataFrame,
-                      model: str, baseline: str, method: str) -> str:
+                      model: str, baseline: str, method: str, label: Callable[[str], str] = str) -> str:
     """One sentence: does the share of CAM mass on the eye band of masked probes rise from ``baseline`` to
     ``model`` (e.g. plain -> CBAM), with its interval, and do the maps pass the faithfulness curves and the
     weight-randomisation check? Reads notebook 05's tables ``05_attention_differences``,
     ``05_faithfulness_contrasts`` and ``05_randomization_check``; "holds" needs an eye-share difference above
-    0, the mask-region share not above 0, and ``model``'s CAM beating every control."""
+    0, the mask-region share not above 0, and ``model``'s CAM beating every control. ``label`` names the models in
+    the sentence (e.g. :func:`maskstudy.study.model_label`)."""
     eye = _row(differences, model=model, baseline=baseline, input="masked", measure="eye_share")
     mask = _row(differences, model=model, baseline=baseline, input="masked", measure="mask_share")
+    name, base = label(model), label(baseline)
     if eye is None or mask is None:
-        return f"Attention on the eyes with {model}: not measured (no {model} - {baseline} difference in notebook 05)."
+        return f"Attention on the eyes with {name}: not measured (no {name} - {base} difference in notebook 05)."
     beaten, total = controls_beaten(contrasts, model)
     faithful = total > 0 and beaten == total
     if eye["ci_low"] > 0 and mask["ci_high"] <= 0 and faithful:
@@ -83,12 +87,12 @@ def attention_verdict(differences: pd.DataFrame, contrasts: pd.DataFrame, sanity
         verdict = f"is not shown (the eye-band share rises, but so {rises} the mask region's)"
     else:
         verdict = "is not supported (the eye-band share rises, but the maps do not beat every control)"
-    sentence = (f"\"Attention moves to the eyes with {model}\" {verdict}: on masked probes, {model} minus {baseline} "
-                f"{method} eye-band share {_points(eye)}, mask-region share {_points(mask)}; {model}'s maps beat "
+    sentence = (f"\"Attention moves to the eyes with {name}\" {verdict}: on masked probes, {name} minus {base} "
+                f"{method} eye-band share {_points(eye)}, mask-region share {_points(mask)}; {name}'s maps beat "
                 f"{beaten} of {total} control contrasts on deletion/insertion areas")
     base_beaten, base_total = controls_beaten(contrasts, baseline)
     if base_total:
-        sentence += f" ({baseline}'s: {base_beaten} of {base_total})"
+        sentence += f" ({base}'s: {base_beaten} of {base_total})"
     check = _row(sanity, model=model) if len(sanity) else None
     if check is not None:
         sentence += (f"; with randomised weights the maps' rank correlation with the trained ones is "
