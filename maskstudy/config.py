@@ -143,7 +143,7 @@ BASE: dict[str, Any] = {
     "pretrained_grad_clip": 1.0,
     "pretrained_distill_weight": 1.0,  # 1 - cos(student(x), frozen teacher(clean photo))
     "pretrained_margin_weight": 0.0,  # > 0 adds an ArcFace head over the training identities
-    "pretrained_attention_lr_scale": 10.0,  # lr multiplier of the inserted attention (new weights, gates from 0)
+    "pretrained_attention_lr_scale": 100.0,  # lr multiplier of the inserted attention (new weights, gates from 0)
     "pretrained_twins": "detected",  # twins the track trains on: "detected" (on the masked photo) | "shared"
     "pretrained_crop_baseline": True,  # the plain network fine-tuned and tested on the upper face only (main seed)
     "pretrained_max_rows": None,  # at most this many training rows (smoke runs)

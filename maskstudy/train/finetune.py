@@ -62,7 +62,7 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     distill_weight: float = 1.0
     margin_weight: float = 0.0  # > 0 adds an ArcFace head over the training identities
-    attention_lr_scale: float = 10.0  # the inserted attention (new weights, gates from 0) learns this much faster
+    attention_lr_scale: float = 100.0  # the inserted attention (new weights, gates from 0) learns this much faster
     margin_scale: float = 32.0
     margin: float = 0.5
     seed: int = 0
