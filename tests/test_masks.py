@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,6 +19,7 @@ from maskstudy.masks import (
     mask_alpha,
     mask_polygon,
 )
+from tests import masks_reference
 
 STYLES = sorted(MASK_STYLES)
 
@@ -233,3 +237,66 @@ def test_real_photo_smoke(lfw_root):
         diff = np.abs(np.asarray(out).astype(int) - np.asarray(img).astype(int)).sum(axis=2)
         assert window(diff, lm[2], 1).mean() > 0
         assert window(diff, lm[0], 3).max() == 0 and window(diff, lm[1], 3).max() == 0
+
+
+# --- the drawing reproduces the frozen reference (tests/masks_reference.py) within one grey level -----------------
+
+LANDMARKS_FIXTURE = Path(__file__).parent / "data" / "lfw_mask_landmarks.json"
+
+
+def face_at(centre, deg=0.0, scale=1.0):
+    """The template face turned by ``deg``, scaled, with its landmarks' centre at ``centre``."""
+    c = TEMPLATE.mean(axis=0)
+    return transform(TEMPLATE, deg, scale, np.asarray(centre, float) - c * scale)
+
+
+def edge_cases():
+    """Synthetic faces the LFW photos lack: (name, image, landmarks, draw_mask keywords)."""
+    return [
+        ("across_left_border", noise_image(160, 120, seed=11), face_at((8, 50), 10.0, 1.5), {}),
+        ("across_bottom_right", noise_image(140, 140, seed=12), face_at((125, 110), -15.0, 1.3), {}),
+        ("only_chin_inside", noise_image(112, 112, seed=13), face_at((56, -30)), {}),
+        ("tiny", noise_image(64, 48, seed=14), face_at((30, 22), 5.0, 0.15), {}),
+        ("large_rotated", noise_image(560, 540, seed=15), face_at((280, 250), 35.0, 4.0), {}),
+        ("grey_flat_light", grey_image(200, 200), face_at((100, 90), 0.0, 1.6), {}),
+        ("no_relight", noise_image(300, 300, seed=16), transform(TEMPLATE), {"relight": False}),
+    ]
+
+
+def largest_difference(image, landmarks, style, seed, **kwargs) -> int:
+    new = np.asarray(draw_mask(image, landmarks, style, seed=seed, **kwargs), dtype=np.int16)
+    old = np.asarray(masks_reference.draw_mask(image, landmarks, style, seed=seed, **kwargs), dtype=np.int16)
+    return int(np.abs(new - old).max())
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_drawing_matches_reference_on_edge_cases(style):
+    found = {name: largest_difference(img, lm, style, seed, **kw)
+             for seed, (name, img, lm, kw) in enumerate(edge_cases())}
+    assert max(found.values()) <= 1, found
+
+
+@pytest.mark.parametrize(("budget", "factor"), [(150_000, 2), (60_000, 1)])
+@pytest.mark.parametrize("style", STYLES)
+def test_drawing_matches_reference_with_lowered_supersampling(style, budget, factor, monkeypatch):
+    for module in (masks, masks_reference):  # a small pixel budget stands in for a huge face
+        monkeypatch.setattr(module, "_MAX_CANVAS_PIXELS", budget)
+    img, lm = noise_image(300, 300, seed=17), transform(TEMPLATE, deg=-10.0)
+    ref = masks_reference
+    straps = ref.strap_segments(lm)
+    box = ref._local_box(np.concatenate([ref.mask_polygon(lm), *straps]), 300, 300,
+                         pad=max(0.8, 0.045 * ref.face_frame(lm).iod) + 2.0)
+    assert ref._supersample(box) == factor
+    assert largest_difference(img, lm, style, seed=5) <= 1
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("style", STYLES)
+def test_drawing_matches_reference_on_lfw(style, lfw_root):
+    faces = json.loads(LANDMARKS_FIXTURE.read_text())["faces"]
+    assert len(faces) >= 30
+    found = {}
+    for seed, face in enumerate(faces):
+        image = Image.open(lfw_root / face["photo"]).convert("RGB")
+        found[face["photo"]] = largest_difference(image, np.asarray(face["landmarks"]), style, seed)
+    assert max(found.values()) <= 1, {k: v for k, v in found.items() if v > 1}
