@@ -144,7 +144,9 @@ def top_edge_b(frame: MaskFrame, a, shape: MaskShape = DEFAULT_SHAPE):
     peak = 0.6 * frame.nose_a
     w = shape.half_width
     a = np.clip(np.asarray(a), -w, w)
-    t = np.where(a >= peak, (a - peak) / (w - peak), (peak - a) / (w + peak))
+    # (a - peak) / (w - peak) right of the peak, (peak - a) / (w + peak) left of it
+    t = np.abs(a - peak)
+    t /= np.where(a >= peak, w - peak, w + peak).astype(t.dtype, copy=False)
     return b_top + (b_side - b_top) * (0.55 * t + 0.45 * t**2)
 
 
@@ -178,7 +180,11 @@ def mask_polygon(landmarks, shape: MaskShape = DEFAULT_SHAPE) -> np.ndarray:
     face; the first vertex is the upper-left corner and the outline runs along the top edge first.
     Coordinates may fall outside the image. ``shape``: the cut (default: the surgical outline).
     """
-    frame = face_frame(landmarks)
+    return frame_polygon(face_frame(landmarks), shape)
+
+
+def frame_polygon(frame: MaskFrame, shape: MaskShape = DEFAULT_SHAPE) -> np.ndarray:
+    """:func:`mask_polygon` from an already built :class:`MaskFrame`."""
     ab = _outline_frame(frame, shape)
     return frame.to_image(ab[:, 0], ab[:, 1])
 
@@ -190,7 +196,11 @@ def strap_segments(landmarks, shape: MaskShape = DEFAULT_SHAPE) -> list[np.ndarr
     edge (:data:`STRAP_REACH` inter-ocular distances from the centre line), converging towards the
     ear, which sits roughly at the level of the nose.
     """
-    frame = face_frame(landmarks)
+    return frame_straps(face_frame(landmarks), shape)
+
+
+def frame_straps(frame: MaskFrame, shape: MaskShape = DEFAULT_SHAPE) -> list[np.ndarray]:
+    """:func:`strap_segments` from an already built :class:`MaskFrame`."""
     b_side = shape.side_top_frac * frame.nose_b
     ear_b = 0.75 * frame.nose_b
     segs = []
