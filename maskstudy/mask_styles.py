@@ -1,8 +1,12 @@
-"""The mask styles of :mod:`maskstudy.masks`: how each style colours the supersampled region around the mask.
+"""The mask styles of :mod:`maskstudy.masks`: how each style colours the supersampled pixels around the mask.
 
 A style is a function ``style(canvas, rng) -> (rgb, strap_rgb)`` over a :class:`MaskCanvas`, whose face-frame
 coordinates (:mod:`maskstudy.mask_geometry`) make pleats, seams and patterns turn with the face. Small
 variations (colour jitter, pleat positions, pattern colours) come from ``rng``.
+
+Styles compute pixel by pixel (the canvas holds only the pixels that are drawn, see :class:`MaskCanvas`), and
+keep their colours channel-first in memory (:func:`_paint`), so that numpy's inner loops run over pixels rather
+than over three channels.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -19,9 +24,13 @@ from .mask_geometry import CHIN_DEPTH, DEFAULT_SHAPE, HALF_WIDTH, TOP_FRAC, Mask
 
 @dataclass
 class MaskCanvas:
-    """What a style function sees: the supersampled local region around the mask.
+    """What a style function sees: supersampled pixels of the local region around the mask.
 
-    All arrays have the canvas shape ``(H, W)`` (supersampled pixels).
+    All arrays have one shape. Without ``rows`` and ``cols`` they are the whole supersampled region ``(H, W)``.
+    :func:`maskstudy.masks.draw_mask` passes only the supersampled pixels of the image pixels that the mask or
+    its straps touch, as an ``(s, s, N)`` stack (``s`` = ``scale``) that is not a picture: ``rows`` and ``cols``
+    (broadcasting to the arrays) place each pixel in the region of shape ``region``. So a style computes pixel by
+    pixel, and takes smooth spatial noise from :meth:`lowres_noise`.
     """
 
     a: np.ndarray  # face-frame a (inter-ocular units across the face)
@@ -33,23 +42,74 @@ class MaskCanvas:
     depth: np.ndarray  # 0 at the outline rising to 1 inside (soft), for rim shading
     frame: MaskFrame
     scale: int  # supersampling factor: canvas pixels per image pixel
+    rows: np.ndarray | None = None  # supersampled row of each pixel in the region; None: the arrays are the region
+    cols: np.ndarray | None = None  # supersampled column of each pixel in the region
+    region: tuple[int, int] | None = None  # (H, W) of the supersampled region; None: the arrays' shape
 
     @property
-    def shape(self) -> tuple[int, int]:
+    def shape(self) -> tuple[int, ...]:
         return self.a.shape
 
     def lowres_noise(self, rng: np.random.Generator, cell_px: float, sigma: float = 1.0):
-        """Smooth seeded noise (mean 0, std ~``sigma``) with features about ``cell_px`` image px."""
-        h, w = self.shape
+        """Smooth seeded noise (mean 0, std ~``sigma``) with features about ``cell_px`` image px: a grid of
+        normal draws spanning the region, upsampled bicubically (PIL's ``resize``) to its pixels."""
+        h, w = self.region or self.shape
         gh = max(2, int(np.ceil(h / (cell_px * self.scale))) + 1)
         gw = max(2, int(np.ceil(w / (cell_px * self.scale))) + 1)
         g = rng.normal(0.0, sigma, size=(gh, gw)).astype(np.float32)
-        im = Image.fromarray(g, mode="F").resize((w, h), Image.BICUBIC)
-        return np.asarray(im, dtype=np.float32)
+        if self.rows is None:
+            im = Image.fromarray(g, mode="F").resize((w, h), Image.BICUBIC)
+            return np.asarray(im, dtype=np.float32)
+        return _resize_at(g, (h, w), self.rows, self.cols)
+
+
+@lru_cache(maxsize=256)
+def _bicubic_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's bicubic weights for resampling a line of ``in_size`` samples to ``out_size`` (``precompute_coeffs``
+    in Pillow's ``libImaging/Resample.c``: Keys' cubic, a = -0.5): output ``i`` is the sum over taps ``t`` of
+    ``weights[t, i] * line[first[i] + t]``, weights 0 past the line's end. Read-only arrays (cached)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    taps = int(np.ceil(support)) * 2 + 1
+    centre = (np.arange(out_size) + 0.5) * scale
+    first = np.maximum((centre - support + 0.5).astype(np.int64), 0)
+    count = np.minimum((centre + support + 0.5).astype(np.int64), in_size) - first
+    x = np.abs((np.arange(taps)[:, None] + first - centre + 0.5) * (1.0 / filterscale))
+    a = -0.5
+    weights = np.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1,
+                       np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+    weights[np.arange(taps)[:, None] >= count] = 0.0
+    total = weights.sum(axis=0)
+    weights = np.divide(weights, total, out=weights, where=total != 0.0)
+    first.flags.writeable = weights.flags.writeable = False
+    return first, weights
+
+
+def _resize_at(g: np.ndarray, size: tuple[int, int], rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``Image.fromarray(g, "F").resize((w, h), Image.BICUBIC)`` evaluated at the pixels ``(rows, cols)`` only.
+
+    Pillow resamples horizontally, then vertically, summing in double precision; so here: its horizontal pass
+    over the whole (small) grid, then the vertical sums at the pixels, with its weights and in its order.
+    """
+    h, w = size
+    gh = g.shape[0]
+    line = np.asarray(Image.fromarray(g, mode="F").resize((w, gh), Image.BICUBIC), dtype=np.float32)
+    first, weights = _bicubic_weights(gh, h)
+    padded = np.zeros((gh + len(weights), w), dtype=np.float32)  # rows past the grid carry weight 0
+    padded[:gh] = line
+    flat = padded.reshape(-1)
+    at = first[rows] * w + cols
+    out = np.zeros(at.shape, dtype=np.float64)
+    for t, weight in enumerate(weights):
+        weight = weight[rows]
+        if weight.any():
+            out += weight * np.take(flat[t * w:], at)
+    return out.astype(np.float32)
 
 
 StyleResult = tuple[np.ndarray, tuple[float, float, float]]
-"""A style returns the mask colour ``(H, W, 3)`` floats in 0..255 and the strap colour."""
+"""A style returns the mask colour (the canvas shape plus a last axis of 3, floats in 0..255) and the strap colour."""
 
 
 def _jitter(rng: np.random.Generator, rgb, amount: float = 0.012, bright: float = 0.05, warm: float = 0.025):
@@ -61,21 +121,62 @@ def _jitter(rng: np.random.Generator, rgb, amount: float = 0.012, bright: float 
     return np.clip(rgb * factor, 0, 255)
 
 
+def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    """``rng.uniform(low, high)`` as a Python float, so that arithmetic with float32 pixels stays float32."""
+    return float(rng.uniform(low, high))
+
+
+def _per_channel(colour, like: np.ndarray) -> np.ndarray:
+    """``colour`` (3 values, float32) shaped to broadcast channel-first against ``like``."""
+    return np.asarray(colour, dtype=np.float32).reshape((3,) + (1,) * like.ndim)
+
+
 def _paint(rgb, shade: np.ndarray) -> np.ndarray:
-    return np.asarray(rgb, dtype=np.float32)[None, None, :] * shade[..., None]
+    """``rgb * shade`` as ``(..., 3)``, stored channel-first (a view of a ``(3, ...)`` array)."""
+    return np.moveaxis(_per_channel(rgb, shade) * shade, 0, -1)
+
+
+def _hem(rgb: np.ndarray, edge: np.ndarray, colour, shade: np.ndarray) -> np.ndarray:
+    """``rgb * (1 - edge) + colour * shade * edge``: a band in ``colour`` along the outline."""
+    mixed = np.moveaxis(rgb, -1, 0) * (1 - edge)
+    band = _per_channel(colour, shade) * shade
+    band *= edge
+    return np.moveaxis(_accumulate(mixed, band), 0, -1)
+
+
+def _accumulate(total: np.ndarray, term: np.ndarray) -> np.ndarray:
+    """``total + term``, in place where that keeps the dtype numpy's ``+`` would give."""
+    if np.result_type(total, term) == total.dtype:
+        return np.add(total, term, out=total)
+    return total + term
+
+
+def _bump(x: np.ndarray, centre, width, height=1.0) -> np.ndarray:
+    """``height * exp(-((x - centre) / width) ** 2)`` in one temporary (the same float operations)."""
+    t = np.subtract(x, centre)
+    t /= width
+    np.square(t, out=t)
+    np.negative(t, out=t)
+    np.exp(t, out=t)
+    if height != 1.0:
+        t *= height
+    return t
 
 
 def _cheek_shade(canvas: MaskCanvas, strength: float) -> np.ndarray:
     """Cylindrical shading: the mask turns away from the camera towards the cheeks."""
-    x = np.clip(np.abs(canvas.a) / HALF_WIDTH, 0.0, 1.2)
-    return (1.0 - strength * x**2.2).astype(np.float32)
+    x = np.abs(canvas.a) / HALF_WIDTH
+    np.clip(x, 0.0, 1.2, out=x)
+    x **= 2.2
+    x *= strength
+    return np.subtract(1.0, x, out=x).astype(np.float32, copy=False)
 
 
 def _surgical_blue(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
     base = _jitter(rng, (150, 196, 226))
     edge_col = base * np.array([0.76, 0.82, 0.88])  # the bound edge: a slightly darker blue
     shade = _cheek_shade(canvas, 0.22) * (0.9 + 0.1 * canvas.depth)
-    shade = shade + 0.012 * canvas.lowres_noise(rng, 1.5)
+    shade += 0.012 * canvas.lowres_noise(rng, 1.5)
     # three horizontal pleats between the nose bridge and the chin, slightly bowed
     f = canvas.frame
     top = TOP_FRAC * f.nose_b
@@ -88,27 +189,27 @@ def _surgical_blue(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
     for pb in pleat_b:
         curve = float(pb + rng.uniform(-0.01, 0.01)) * px_per_b
         d = bow - np.float32(curve)  # px below the fold line
-        shade = shade - 0.20 * np.exp(-(((d - 0.3 * off) / sig) ** 2))  # fold shadow
-        shade = shade + 0.09 * np.exp(-(((d + off) / (1.6 * sig)) ** 2))  # highlight above
-        shade = shade - 0.05 * np.exp(-(((d - 2.5 * off) / (3.0 * sig)) ** 2))  # soft under-fold
+        shade -= _bump(d, 0.3 * off, sig, 0.20)  # fold shadow
+        shade += _bump(d, -off, 1.6 * sig, 0.09)  # highlight above
+        shade -= _bump(d, 2.5 * off, 3.0 * sig, 0.05)  # soft under-fold
     # nose wire: a faint ridge just below the top edge over the nose bridge
     d = (canvas.b - top_edge_b(f, canvas.a)) * px_per_b
-    near = np.exp(-(((canvas.a - 0.6 * f.nose_a) / 0.28) ** 4))
-    wire = np.exp(-(((d - 0.09 * f.iod) / max(0.6, 0.025 * f.iod)) ** 2))
-    dip = np.exp(-(((d - 0.14 * f.iod) / max(0.6, 0.03 * f.iod)) ** 2))
-    shade = shade + near * (0.07 * wire - 0.06 * dip)
+    near = (canvas.a - 0.6 * f.nose_a) / 0.28
+    np.square(near, out=near)
+    near = np.exp(-np.square(near, out=near), out=near)  # exp(-x ** 4); x ** 4 as a power is very slow in float32
+    wire = _bump(d, 0.09 * f.iod, max(0.6, 0.025 * f.iod))
+    dip = _bump(d, 0.14 * f.iod, max(0.6, 0.03 * f.iod))
+    shade += near * (0.07 * wire - 0.06 * dip)
     rgb = _paint(base, shade)
-    e = canvas.edge[..., None]
-    rgb = rgb * (1 - e) + np.asarray(edge_col, np.float32) * shade[..., None] * e
-    return rgb, (232.0, 236.0, 240.0)
+    return _hem(rgb, canvas.edge, edge_col, shade), (232.0, 236.0, 240.0)
 
 
 def _n95_white(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
     base = _jitter(rng, (238, 236, 230), amount=0.006, bright=0.025, warm=0.02)
     f = canvas.frame
     # cup shading: brightest a little left of centre at nose level, darker towards the rim
-    cx = -0.12 + rng.uniform(-0.05, 0.05)
-    cb = 0.75 + rng.uniform(-0.05, 0.05)
+    cx = -0.12 + _uniform(rng, -0.05, 0.05)
+    cb = 0.75 + _uniform(rng, -0.05, 0.05)
     r2 = ((canvas.a - cx) / 1.15) ** 2 + ((canvas.b - cb) / 0.95) ** 2
     shade = 1.0 - 0.20 * np.clip(r2, 0, 1.6) ** 1.2
     shade = shade * (0.86 + 0.14 * canvas.depth)
@@ -118,11 +219,10 @@ def _n95_white(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
     seam_a = 0.6 * f.nose_a * np.clip(1.0 - (canvas.b - top) / (1.0 + CHIN_DEPTH - top), 0.0, 1.0)
     d = (canvas.a - seam_a) * f.iod
     sig = max(0.5, 0.018 * f.iod)
-    shade = shade - 0.16 * np.exp(-(d / sig) ** 2) + 0.05 * np.exp(-((d + 2.2 * sig) / sig) ** 2)
+    shade = shade - 0.16 * _bump(d, 0.0, sig) + 0.05 * _bump(d, -2.2 * sig, sig)
     rgb = _paint(base, shade)
     edge_col = np.asarray(base, np.float32) * 0.86
-    e = canvas.edge[..., None]
-    rgb = rgb * (1 - e) + edge_col * shade[..., None] * e
+    rgb = _hem(rgb, canvas.edge, edge_col, shade)
     return rgb, (245.0, 243.0, 238.0) if rng.random() < 0.5 else (226.0, 214.0, 170.0)
 
 
@@ -131,12 +231,13 @@ def _black_cloth(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
     shade = _cheek_shade(canvas, 0.30) * (0.80 + 0.20 * canvas.depth)
     # subtle weave: fine cross-hatch in the face frame plus smooth blotches
     per = max(1.2, 0.045 * canvas.frame.iod)
-    phase = rng.uniform(0, 2 * np.pi, 2)
-    weave = np.sin(2 * np.pi * canvas.p / per + phase[0]) * np.sin(2 * np.pi * canvas.q / per + phase[1])
+    phase = rng.uniform(0, 2 * np.pi, 2).astype(np.float32)  # float32 sines: 20x faster than float64 ones
+    weave = np.sin(2 * np.pi * canvas.p / per + phase[0])
+    weave *= np.sin(2 * np.pi * canvas.q / per + phase[1])
     shade = shade * (1.0 + 0.08 * weave + 0.06 * canvas.lowres_noise(rng, 0.12 * canvas.frame.iod))
     # a soft fold highlight across the nose
     f = canvas.frame
-    nb = f.nose_b + rng.uniform(-0.03, 0.03)
+    nb = f.nose_b + _uniform(rng, -0.03, 0.03)
     shade = shade + 0.25 * np.exp(-(((canvas.b - nb) / 0.10) ** 2) - (canvas.a / 0.5) ** 2)
     rgb = _paint(base, shade)
     return rgb, (22.0, 22.0, 24.0)
@@ -153,6 +254,26 @@ _CLOTH_PAIRS = [
 ]
 
 
+def _wrap(x: np.ndarray, period: float) -> np.ndarray:
+    """``x % period`` (to rounding), many times faster than numpy's floating-point remainder. Where the two
+    disagree by a whole period (``x`` on a multiple of it), the patterns below take the same value."""
+    k = x / period
+    np.floor(k, out=k)
+    k *= period
+    return np.subtract(x, k, out=k)
+
+
+def _stripe(x: np.ndarray, cell: float, aa: float) -> np.ndarray:
+    """``clip((|x % cell - cell / 2| - cell / 4) / aa + 0.5, 0, 1)``: half-tone stripes, anti-aliased."""
+    t = _wrap(x, cell)
+    t -= cell / 2
+    np.abs(t, out=t)
+    t -= cell / 4
+    t /= aa
+    t += 0.5
+    return np.clip(t, 0, 1, out=t)
+
+
 def _patterned_cloth(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
     ground, figure = _CLOTH_PAIRS[int(rng.integers(len(_CLOTH_PAIRS)))]
     if rng.random() < 0.5:
@@ -160,28 +281,41 @@ def _patterned_cloth(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResul
     ground = _jitter(rng, ground, amount=0.02, bright=0.06)
     figure = _jitter(rng, figure, amount=0.02, bright=0.06)
     f = canvas.frame
-    cell = f.iod * rng.uniform(0.20, 0.30)  # pattern cell, image px
-    ox, oy = rng.uniform(0, cell, 2)
+    cell = f.iod * _uniform(rng, 0.20, 0.30)  # pattern cell, image px
+    ox, oy = (float(v) for v in rng.uniform(0, cell, 2))
     p, q = canvas.p + ox, canvas.q + oy
     aa = 0.7 / canvas.scale  # anti-alias width in px
     if rng.random() < 0.5:  # polka dots on a staggered grid
         row = np.floor(q / cell)
-        pp = p + 0.5 * cell * (row % 2)
-        dx = (pp % cell) - cell / 2
-        dy = (q % cell) - cell / 2
-        r = np.hypot(dx, dy)
-        rad = cell * rng.uniform(0.20, 0.28)
-        m = np.clip((rad - r) / aa + 0.5, 0.0, 1.0)
+        odd = np.floor(row / 2.0)
+        odd *= -2.0
+        odd += row  # row % 2
+        odd *= 0.5 * cell
+        p += odd
+        dx = _wrap(p, cell)
+        dx -= cell / 2
+        dy = _wrap(q, cell)
+        dy -= cell / 2
+        np.square(dx, out=dx)
+        dx += np.square(dy, out=dy)
+        r = np.sqrt(dx, out=dx)  # np.hypot is many times slower
+        rad = cell * _uniform(rng, 0.20, 0.28)
+        m = np.subtract(rad, r, out=r)
+        m /= aa
+        m += 0.5
+        np.clip(m, 0.0, 1.0, out=m)
     else:  # gingham checks: half-tone stripes both ways
-        sx = np.clip((np.abs((p % cell) - cell / 2) - cell / 4) / aa + 0.5, 0, 1)
-        sy = np.clip((np.abs((q % cell) - cell / 2) - cell / 4) / aa + 0.5, 0, 1)
-        m = 0.5 * sx + 0.5 * sy
-    rgb = (1 - m[..., None]) * np.asarray(ground, np.float32) + m[..., None] * np.asarray(figure, np.float32)
+        m = _stripe(p, cell, aa)
+        m *= 0.5
+        m += 0.5 * _stripe(q, cell, aa)
+    rgb = _per_channel(ground, m) * (1 - m)  # channel-first
+    rgb += _per_channel(figure, m) * m
     shade = _cheek_shade(canvas, 0.25) * (0.85 + 0.15 * canvas.depth)
-    shade = shade + 0.02 * canvas.lowres_noise(rng, 0.10 * f.iod)
-    rgb = rgb * shade[..., None]
-    e = canvas.edge[..., None]  # a stitched hem in the ground colour, a bit darker
-    rgb = rgb * (1 - e) + np.asarray(ground, np.float32) * 0.75 * shade[..., None] * e
+    shade += 0.02 * canvas.lowres_noise(rng, 0.10 * f.iod)
+    rgb *= shade
+    rgb = np.moveaxis(rgb, 0, -1)
+    # a stitched hem in the ground colour, a bit darker
+    rgb = _hem(rgb, canvas.edge, np.asarray(ground, np.float32) * 0.75, shade)
     strap = tuple(float(v) for v in np.asarray(ground) * 0.9)
     return rgb, strap
 
@@ -195,14 +329,14 @@ def _kn95_flaps(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
     shade = shade + 0.01 * canvas.lowres_noise(rng, 0.6)
     d = (canvas.a - 0.6 * f.nose_a) * f.iod
     sig = max(0.5, 0.015 * f.iod)
-    shade = shade - 0.28 * np.exp(-(d / sig) ** 2) + 0.08 * np.exp(-((d - 2.0 * sig) / (1.5 * sig)) ** 2)
+    shade = shade - 0.28 * _bump(d, 0.0, sig) + 0.08 * _bump(d, 2.0 * sig, 1.5 * sig)
     px_per_b = float(abs(np.dot(f.axis_b, f.unit_v)))
-    for flap_b in (f.nose_b + rng.uniform(0.05, 0.12), 1.0 + rng.uniform(0.18, 0.26)):
+    for flap_b in (f.nose_b + _uniform(rng, 0.05, 0.12), 1.0 + _uniform(rng, 0.18, 0.26)):
         dd = (canvas.b - flap_b) * px_per_b
-        shade = shade - 0.14 * np.exp(-(dd / sig) ** 2)
+        shade = shade - 0.14 * _bump(dd, 0.0, sig)
     side = np.abs(canvas.a) > 0.8  # welded dot rows near the ear loops
     dots = (np.sin(canvas.q / max(1.0, 0.05 * f.iod)) > 0.6) & side
-    shade = shade - 0.06 * dots
+    shade[dots] -= 0.06
     rgb = _paint(base, shade)
     return rgb, (236.0, 236.0, 232.0)
 
@@ -214,12 +348,11 @@ def _below_nose(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
     shade = _cheek_shade(canvas, 0.22) * (0.9 + 0.1 * canvas.depth)
     px_per_b = float(abs(np.dot(f.axis_b, f.unit_v)))
     sig = max(0.6, 0.03 * f.iod)
-    for pleat_b in (1.05 + rng.uniform(-0.04, 0.04), 1.35 + rng.uniform(-0.04, 0.04)):
+    for pleat_b in (1.05 + _uniform(rng, -0.04, 0.04), 1.35 + _uniform(rng, -0.04, 0.04)):
         dd = (canvas.b - pleat_b) * px_per_b
-        shade = shade - 0.16 * np.exp(-(dd / sig) ** 2) + 0.06 * np.exp(-((dd + 1.5 * sig) / sig) ** 2)
+        shade = shade - 0.16 * _bump(dd, 0.0, sig) + 0.06 * _bump(dd, -1.5 * sig, sig)
     rgb = _paint(base, shade)
-    e = canvas.edge[..., None]
-    rgb = rgb * (1 - e) + np.asarray(base, np.float32) * 0.8 * shade[..., None] * e
+    rgb = _hem(rgb, canvas.edge, np.asarray(base, np.float32) * 0.8, shade)
     return rgb, (236.0, 240.0, 238.0)
 
 

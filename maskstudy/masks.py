@@ -39,6 +39,8 @@ from .mask_geometry import (
     MaskFrame,
     MaskShape,
     face_frame,
+    frame_polygon,
+    frame_straps,
     mask_polygon,
     strap_segments,
 )
@@ -167,11 +169,12 @@ def _light_field(region: np.ndarray, inside: np.ndarray, a: np.ndarray, b: np.nd
     level only weakly (``(L(0) / 150) ** 0.2``, within 0.8..1.05), so that skin tone changes the
     mask little while side light and dim photos show on it.
     """
-    y = region[..., 0] * 0.299 + region[..., 1] * 0.587 + region[..., 2] * 0.114
     sel = (inside > 0.5) & (b < 1.0) & (np.abs(a) < 0.9)
     if int(sel.sum()) < 12:
         return None
-    av, yv = a[sel].astype(np.float64), y[sel].astype(np.float64)
+    px = region[sel]
+    y = px[..., 0] * 0.299 + px[..., 1] * 0.587 + px[..., 2] * 0.114
+    av, yv = a[sel].astype(np.float64), y.astype(np.float64)
     if np.ptp(av) < 0.3:
         return None
     design = np.stack([np.ones_like(av), av], axis=1)
@@ -180,9 +183,16 @@ def _light_field(region: np.ndarray, inside: np.ndarray, a: np.ndarray, b: np.nd
     c1 = float(np.clip(c1, -0.6 * c0, 0.6 * c0))
     level = float(np.clip((c0 / _LIGHT_REF) ** 0.2, 0.8, 1.05))
 
-    def gain(aa: np.ndarray) -> np.ndarray:
-        rel = np.clip((c0 + c1 * np.clip(aa, -1.2, 1.2)) / c0, 0.35, 1.65) ** 0.6
-        return (level * np.clip(rel, 0.6, 1.25)).astype(np.float32)
+    def gain(aa: np.ndarray) -> np.ndarray:  # level * clip(clip((c0 + c1 * clip(aa)) / c0) ** 0.6), in place
+        rel = np.clip(aa, -1.2, 1.2)
+        rel *= c1
+        rel += c0
+        rel /= c0
+        np.clip(rel, 0.35, 1.65, out=rel)
+        rel **= 0.6
+        np.clip(rel, 0.6, 1.25, out=rel)
+        rel *= level
+        return rel.astype(np.float32, copy=False)
 
     return gain
 
@@ -212,89 +222,141 @@ def draw_mask(
     width, height = out.size
     frame = face_frame(landmarks)
     shape = shape_of(style)
-    poly = mask_polygon(landmarks, shape)
-    straps = strap_segments(landmarks, shape)
+    poly = frame_polygon(frame, shape)
+    straps = frame_straps(frame, shape)
     strap_w = max(0.8, 0.045 * frame.iod)  # image px
     everything = np.concatenate([poly, *straps])
     box = _local_box(everything, width, height, pad=strap_w + 2.0)
     if box is None:
         return out
     s = _supersample(box)
-    canvas = _style_canvas(frame, poly, box, s)
-    ch, cw = canvas.shape
+    canvas, strap_a, blocks = _style_canvas(frame, poly, straps, strap_w, box, s)
     rgb, strap_rgb = MASK_STYLES[style](canvas, rng)
     rgb = np.clip(np.asarray(rgb, dtype=np.float32), 0.0, 255.0)
-    if rgb.shape != (ch, cw, 3):
-        raise ValueError(f"style {style!r} returned shape {rgb.shape}, expected {(ch, cw, 3)}")
+    if rgb.shape != canvas.shape + (3,):
+        raise ValueError(f"style {style!r} returned shape {rgb.shape}, expected {canvas.shape + (3,)}")
+    _composite(out, box, blocks, canvas, rgb, strap_rgb, strap_a, relight)
+    return out
 
-    # ear straps: drawn under the mask (they attach behind its corners)
+
+def _style_canvas(frame: MaskFrame, poly: np.ndarray, straps: list[np.ndarray], strap_w: float, box, s: int):
+    """The supersampled region ``box`` around outline ``poly``, reduced to the pixels drawing can change.
+
+    The outline is filled, the ear straps (``strap_w`` image px wide) stroked, and the soft rim band and
+    interior depth blurred, on the whole region as PIL rasterises them; of those, and of the face-frame
+    coordinates, only the supersampled pixels of image pixels touched by the mask or a strap are kept (all
+    others stay as they are), as ``(s, s, N)`` arrays. Returns the :class:`MaskCanvas`, the straps' coverage
+    outside the mask and the ``(rows, columns)`` of the ``N`` image pixels in ``box``.
+    """
+    x0, y0, x1, y1 = box
+    ch, cw = (y1 - y0) * s, (x1 - x0) * s
+    pts = _to_canvas(poly, box, s)
+    fill_im = Image.new("L", (cw, ch), 0)
+    ImageDraw.Draw(fill_im).polygon(pts, fill=255)
     strap_im = Image.new("L", (cw, ch), 0)
     sd = ImageDraw.Draw(strap_im)
     for seg in straps:
         sd.line(_to_canvas(seg, box, s), fill=255, width=max(1, int(round(strap_w * s))), joint="curve")
-    strap_a = np.asarray(strap_im, dtype=np.float32) / 255.0 * (1.0 - canvas.inside)
-    strap_layer = np.broadcast_to(np.asarray(strap_rgb, dtype=np.float32), (ch, cw, 3))
-    return _composite(out, box, canvas, rgb, strap_layer, strap_a, relight)
-
-
-def _style_canvas(frame: MaskFrame, poly: np.ndarray, box, s: int) -> MaskCanvas:
-    """The supersampled region ``box`` around outline ``poly``: fill, soft rim band, interior depth and the
-    face-frame coordinates of every pixel centre."""
-    x0, y0, x1, y1 = box
-    ch, cw = (y1 - y0) * s, (x1 - x0) * s
-    inside = _fill_polygon(poly, box, s)
-    # soft rim band and interior depth from blurred versions of the fill / outline
+    # soft rim band and interior depth from blurred versions of the outline / fill
     edge_w = max(1.0, 0.05 * frame.iod) * s
     outline_im = Image.new("L", (cw, ch), 0)
-    pts = _to_canvas(poly, box, s)
-    ImageDraw.Draw(outline_im).line(pts + [pts[0]], fill=255, width=max(1, int(round(edge_w))), joint="curve")
-    outline_im = outline_im.filter(ImageFilter.GaussianBlur(radius=max(0.5, 0.3 * edge_w)))
-    edge = np.asarray(outline_im, dtype=np.float32) / 255.0
-    fill_im = Image.fromarray((inside * 255).astype(np.uint8), mode="L")
-    depth_im = fill_im.filter(ImageFilter.GaussianBlur(radius=max(1.0, 0.12 * frame.iod * s)))
-    depth = np.clip((np.asarray(depth_im, dtype=np.float32) / 255.0 - 0.5) * 2.0, 0.0, 1.0)
+    line_w = max(1, int(round(edge_w)))
+    ImageDraw.Draw(outline_im).line(pts + [pts[0]], fill=255, width=line_w, joint="curve")
+    xy = np.asarray(pts)
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    edge_px = _blur_near(outline_im, max(0.5, 0.3 * edge_w), lo - (line_w / 2 + 2), hi + (line_w / 2 + 2))
+    depth_px = _blur_near(fill_im, max(1.0, 0.12 * frame.iod * s), lo - 2, hi + 2)
 
-    # face-frame coordinates of every supersampled pixel centre
+    # image pixels with any supersampled pixel of mask or strap
+    fill, strap = np.asarray(fill_im), np.asarray(strap_im)
+    touched = (fill | strap).reshape(ch // s, s, cw).max(axis=1).reshape(ch // s, cw // s, s).max(axis=2)
+    by, bx = np.nonzero(touched)
+    sub = np.arange(s)[:, None]
+    rows = (by * s + sub)[:, None, :]  # (s, 1, N)
+    cols = (bx * s + sub)[None, :, :]  # (1, s, N)
+    index = rows * cw + cols
+
+    def take(pixels: np.ndarray) -> np.ndarray:
+        return np.take(pixels.reshape(-1), index).astype(np.float32)
+
+    inside = take(fill) / 255.0
+    strap_a = take(strap) / 255.0 * (1.0 - inside)
+    edge = take(edge_px) / 255.0
+    depth = np.clip((take(depth_px) / 255.0 - 0.5) * 2.0, 0.0, 1.0)
+
+    # face-frame coordinates of the pixel centres: each an x part plus a y part, as MaskFrame.to_frame sums them
     xs = x0 + (np.arange(cw, dtype=np.float64) + 0.5) / s
     ys = y0 + (np.arange(ch, dtype=np.float64) + 0.5) / s
-    gx, gy = np.meshgrid(xs, ys)
-    a, b = frame.to_frame(gx, gy)
-    dx, dy = gx - frame.origin[0], gy - frame.origin[1]
-    p = dx * frame.unit_u[0] + dy * frame.unit_u[1]
-    q = dx * frame.unit_v[0] + dy * frame.unit_v[1]
-    return MaskCanvas(
-        a=a.astype(np.float32),
-        b=b.astype(np.float32),
-        p=p.astype(np.float32),
-        q=q.astype(np.float32),
+    dx, dy = xs - frame.origin[0], ys - frame.origin[1]
+    inv = np.linalg.inv(np.stack([frame.axis_a, frame.axis_b], axis=1))
+
+    def coordinate(kx, ky) -> np.ndarray:
+        return ((kx * dx)[cols] + (ky * dy)[rows]).astype(np.float32)
+
+    canvas = MaskCanvas(
+        a=coordinate(inv[0, 0], inv[0, 1]),
+        b=coordinate(inv[1, 0], inv[1, 1]),
+        p=coordinate(frame.unit_u[0], frame.unit_u[1]),
+        q=coordinate(frame.unit_v[0], frame.unit_v[1]),
         inside=inside,
         edge=edge,
         depth=depth,
         frame=frame,
         scale=s,
+        rows=rows,
+        cols=cols,
+        region=(ch, cw),
     )
+    return canvas, strap_a, (by, bx)
 
 
-def _composite(out: Image.Image, box, canvas: MaskCanvas, rgb: np.ndarray, strap_layer: np.ndarray,
-               strap_a: np.ndarray, relight: bool) -> Image.Image:
-    """Blend the supersampled mask (``rgb`` inside the outline) and straps onto ``out`` within ``box``, relit
-    by the photo's light under the mask when ``relight``."""
-    x0, y0, x1, y1 = box
+def _blur_near(im: Image.Image, radius: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``np.asarray(im.filter(ImageFilter.GaussianBlur(radius)))`` for an image that is 0 outside the box
+    ``lo`` .. ``hi`` (x, y), blurring only a crop around that box.
+
+    PIL's Gaussian blur is three box blurs along each axis (Pillow's ``libImaging/BoxBlur.c``) of radius below
+    ``radius + 1``, each reading one pixel beyond its radius, with the image's edge pixels repeated. So nothing
+    spreads farther than ``3 * (radius + 2)`` from the box, and a crop that keeps more zeros than that around it,
+    or ends at the image's edge, gives the same numbers, all others stay 0.
+    """
+    w, h = im.size
+    reach = 3 * (int(np.ceil(radius)) + 3)
+    x0, y0 = (max(0, int(np.floor(v)) - reach) for v in lo)
+    x1, y1 = min(w, int(np.ceil(hi[0])) + reach + 1), min(h, int(np.ceil(hi[1])) + reach + 1)
+    out = np.zeros((h, w), dtype=np.uint8)
+    if x1 > x0 and y1 > y0:
+        out[y0:y1, x0:x1] = np.asarray(im.crop((x0, y0, x1, y1)).filter(ImageFilter.GaussianBlur(radius)))
+    return out
+
+
+def _composite(out: Image.Image, box, blocks, canvas: MaskCanvas, rgb: np.ndarray, strap_rgb, strap_a: np.ndarray,
+               relight: bool) -> None:
+    """Blend the supersampled mask (``rgb`` inside the outline) and straps onto ``out`` (in place) at the image
+    pixels ``blocks`` of ``box``, relit by the photo's light under the mask when ``relight``."""
     s, inside = canvas.scale, canvas.inside
-    arr = np.asarray(out, dtype=np.float32).copy()
-    region = arr[y0:y1, x0:x1]
+    by, bx = blocks
+    n = len(by)
+    local = np.array(out.crop(box))
+    region = local[by, bx].astype(np.float32)  # (N, 3)
+
+    def lowres(x: np.ndarray) -> np.ndarray:  # mean over each image pixel's s x s supersampled pixels
+        return x.reshape(*x.shape[:-3], s * s, n).mean(axis=-2)
+
+    gain = None
     if relight:
-        lo = [_downsample(x, s) for x in (inside, canvas.a, canvas.b)]
-        light = _light_field(region, *lo)
+        light = _light_field(region, lowres(inside), lowres(canvas.a), lowres(canvas.b))
         if light is not None:
-            gain = light(canvas.a)[..., None]
-            rgb = rgb * gain
-            strap_layer = strap_layer * gain
-
-    alpha = np.clip(inside + strap_a, 0.0, 1.0)
-    premult = rgb * inside[..., None] + strap_layer * strap_a[..., None]
-    alpha_lo = _downsample(alpha, s)[..., None]
-    premult_lo = np.clip(_downsample(premult, s), 0.0, 255.0)
-
-    arr[y0:y1, x0:x1] = region * (1.0 - alpha_lo) + premult_lo
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="RGB")
+            gain = light(canvas.a)
+    alpha_lo = lowres(inside + strap_a)  # 0 or 1 per supersampled pixel: fill and strap strokes are binary
+    colours = np.moveaxis(rgb, -1, 0)  # channel-first
+    strap_rgb = np.asarray(strap_rgb, dtype=np.float32).reshape((3,) + (1,) * inside.ndim)
+    if gain is None:
+        premult, strap = colours * inside, strap_rgb * strap_a
+    else:
+        premult, strap = colours * gain, strap_rgb * gain
+        premult *= inside
+        strap *= strap_a
+    premult += strap
+    premult_lo = np.clip(lowres(premult).T, 0.0, 255.0)
+    local[by, bx] = np.clip(np.rint(region * (1.0 - alpha_lo[:, None]) + premult_lo), 0, 255).astype(np.uint8)
+    out.paste(Image.fromarray(local, mode="RGB"), box[:2])
