@@ -21,6 +21,7 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -45,10 +46,12 @@ def load_faces(lfw: Path, count: int) -> list[tuple[Image.Image, np.ndarray]]:
     return [(Image.open(lfw / face["photo"]).convert("RGB"), np.asarray(face["landmarks"], float)) for face in faces]
 
 
-def timed(function, *args, **kwargs) -> tuple[float, float]:
-    cpu, wall = time.process_time(), time.perf_counter()
+def timed(function, *args, **kwargs) -> tuple[float, float, int]:
+    """CPU and wall seconds of one call, and the page faults it took (fresh memory: a large part of the cost)."""
+    faults, cpu, wall = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time(), time.perf_counter()
     function(*args, **kwargs)
-    return time.process_time() - cpu, time.perf_counter() - wall
+    return (time.process_time() - cpu, time.perf_counter() - wall,
+            resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 
 
 def largest_difference(image, landmarks, style: str, seed: int) -> int:
@@ -67,7 +70,7 @@ def measure(faces: list, styles: list[str], rounds: int, alternate: str = "photo
     records = []
     for r in range(rounds):
         for style in styles:
-            spent = {f"{name}_{clock}": 0.0 for name in implementations for clock in ("cpu", "wall")}
+            spent = {f"{name}_{clock}": 0.0 for name in implementations for clock in ("cpu", "wall", "faults")}
             if alternate == "photo":
                 turns = [(name, k) for k in range(len(faces))
                          for name in (("old", "new") if (r + k) % 2 == 0 else ("new", "old"))]
@@ -76,9 +79,10 @@ def measure(faces: list, styles: list[str], rounds: int, alternate: str = "photo
                          for k in range(len(faces))]
             for name, k in turns:
                 image, landmarks = faces[k]
-                cpu, wall = timed(implementations[name], image, landmarks, style, seed=k)
+                cpu, wall, faults = timed(implementations[name], image, landmarks, style, seed=k)
                 spent[f"{name}_cpu"] += cpu
                 spent[f"{name}_wall"] += wall
+                spent[f"{name}_faults"] += faults
             records.append({"round": r, "style": style, **spent})
         log(f"round {r + 1}/{rounds}: old {sum(x['old_cpu'] for x in records if x['round'] == r):.2f} s, "
             f"new {sum(x['new_cpu'] for x in records if x['round'] == r):.2f} s of CPU")
@@ -100,6 +104,8 @@ def summarise(records: pd.DataFrame, drawings_per_round: dict[str, int]) -> pd.D
             "old ms (wall)": 1e3 * part["old_wall"].sum() / n,
             "new ms (wall)": 1e3 * part["new_wall"].sum() / n,
             "ratio (wall)": part["old_wall"].sum() / part["new_wall"].sum(),
+            "old page faults": part["old_faults"].sum() / n,
+            "new page faults": part["new_faults"].sum() / n,
         })
     return pd.DataFrame(rows)
 

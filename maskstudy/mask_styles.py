@@ -67,7 +67,8 @@ class MaskCanvas:
 def _bicubic_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pillow's bicubic weights for resampling a line of ``in_size`` samples to ``out_size`` (``precompute_coeffs``
     in Pillow's ``libImaging/Resample.c``: Keys' cubic, a = -0.5): output ``i`` is the sum over taps ``t`` of
-    ``weights[t, i] * line[first[i] + t]``, weights 0 past the line's end. Read-only arrays (cached)."""
+    ``weights[t, i] * line[first[i] + t]``, weights 0 past the line's end. Read-only arrays (cached), the
+    weights rounded to float32."""
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = 2.0 * filterscale
@@ -81,7 +82,7 @@ def _bicubic_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarra
                        np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
     weights[np.arange(taps)[:, None] >= count] = 0.0
     total = weights.sum(axis=0)
-    weights = np.divide(weights, total, out=weights, where=total != 0.0)
+    weights = np.divide(weights, total, out=weights, where=total != 0.0).astype(np.float32)
     first.flags.writeable = weights.flags.writeable = False
     return first, weights
 
@@ -89,8 +90,9 @@ def _bicubic_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarra
 def _resize_at(g: np.ndarray, size: tuple[int, int], rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """``Image.fromarray(g, "F").resize((w, h), Image.BICUBIC)`` evaluated at the pixels ``(rows, cols)`` only.
 
-    Pillow resamples horizontally, then vertically, summing in double precision; so here: its horizontal pass
-    over the whole (small) grid, then the vertical sums at the pixels, with its weights and in its order.
+    Pillow resamples horizontally, then vertically; so here: its horizontal pass over the whole (small) grid,
+    then the vertical sums at the pixels with its weights, in float32 (Pillow sums in double: the values can
+    differ in the last bits).
     """
     h, w = size
     gh = g.shape[0]
@@ -100,12 +102,14 @@ def _resize_at(g: np.ndarray, size: tuple[int, int], rows: np.ndarray, cols: np.
     padded[:gh] = line
     flat = padded.reshape(-1)
     at = first[rows] * w + cols
-    out = np.zeros(at.shape, dtype=np.float64)
+    out = None
     for t, weight in enumerate(weights):
         weight = weight[rows]
         if weight.any():
-            out += weight * np.take(flat[t * w:], at)
-    return out.astype(np.float32)
+            term = np.take(flat[t * w:], at)
+            term *= weight
+            out = term if out is None else np.add(out, term, out=out)
+    return out
 
 
 StyleResult = tuple[np.ndarray, tuple[float, float, float]]
@@ -126,29 +130,35 @@ def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(rng.uniform(low, high))
 
 
-def _per_channel(colour, like: np.ndarray) -> np.ndarray:
-    """``colour`` (3 values, float32) shaped to broadcast channel-first against ``like``."""
-    return np.asarray(colour, dtype=np.float32).reshape((3,) + (1,) * like.ndim)
+@dataclass
+class Paint:
+    """A mask colour as a per-pixel mix of a few colours: ``rgb = sum_k weights[k] * colours[k]``.
+
+    Each weight is a fraction (0..1) of ``shade`` at every pixel, so the weights add up to ``shade``. The built-in
+    styles paint (:data:`PAINTERS`), so that :func:`maskstudy.masks.draw_mask` averages a weight or two per image
+    pixel instead of three colour channels; their functions in :data:`MASK_STYLES` return :meth:`rgb`.
+    """
+
+    colours: np.ndarray  # (K, 3) float32, 0..255
+    weights: list[np.ndarray]  # K arrays of the canvas's shape
+    shade: np.ndarray  # their sum
+
+    def rgb(self) -> np.ndarray:
+        """The colour, ``(..., 3)`` (stored channel-first)."""
+        total = None
+        for colour, weight in zip(self.colours, self.weights):
+            term = colour.reshape((3,) + (1,) * weight.ndim) * weight
+            total = term if total is None else np.add(total, term, out=total)
+        return np.moveaxis(total, 0, -1)
 
 
-def _paint(rgb, shade: np.ndarray) -> np.ndarray:
-    """``rgb * shade`` as ``(..., 3)``, stored channel-first (a view of a ``(3, ...)`` array)."""
-    return np.moveaxis(_per_channel(rgb, shade) * shade, 0, -1)
+def _paint(colours, weights, shade: np.ndarray) -> Paint:
+    return Paint(np.asarray(colours, dtype=np.float32).reshape(-1, 3), list(weights), shade)
 
 
-def _hem(rgb: np.ndarray, edge: np.ndarray, colour, shade: np.ndarray) -> np.ndarray:
-    """``rgb * (1 - edge) + colour * shade * edge``: a band in ``colour`` along the outline."""
-    mixed = np.moveaxis(rgb, -1, 0) * (1 - edge)
-    band = _per_channel(colour, shade) * shade
-    band *= edge
-    return np.moveaxis(_accumulate(mixed, band), 0, -1)
-
-
-def _accumulate(total: np.ndarray, term: np.ndarray) -> np.ndarray:
-    """``total + term``, in place where that keeps the dtype numpy's ``+`` would give."""
-    if np.result_type(total, term) == total.dtype:
-        return np.add(total, term, out=total)
-    return total + term
+def _hem(shade: np.ndarray, edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weights of the body colour and of a band along the outline: ``shade * (1 - edge)``, ``shade * edge``."""
+    return shade * (1 - edge), shade * edge
 
 
 def _bump(x: np.ndarray, centre, width, height=1.0) -> np.ndarray:
@@ -172,7 +182,8 @@ def _cheek_shade(canvas: MaskCanvas, strength: float) -> np.ndarray:
     return np.subtract(1.0, x, out=x).astype(np.float32, copy=False)
 
 
-def _surgical_blue(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+def _paint_surgical_blue(canvas: MaskCanvas, rng: np.random.Generator) -> tuple[Paint, tuple]:
+    """A light-blue surgical mask: three bowed pleats, a nose wire, a darker bound edge."""
     base = _jitter(rng, (150, 196, 226))
     edge_col = base * np.array([0.76, 0.82, 0.88])  # the bound edge: a slightly darker blue
     shade = _cheek_shade(canvas, 0.22) * (0.9 + 0.1 * canvas.depth)
@@ -200,11 +211,11 @@ def _surgical_blue(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
     wire = _bump(d, 0.09 * f.iod, max(0.6, 0.025 * f.iod))
     dip = _bump(d, 0.14 * f.iod, max(0.6, 0.03 * f.iod))
     shade += near * (0.07 * wire - 0.06 * dip)
-    rgb = _paint(base, shade)
-    return _hem(rgb, canvas.edge, edge_col, shade), (232.0, 236.0, 240.0)
+    return _paint([base, edge_col], _hem(shade, canvas.edge), shade), (232.0, 236.0, 240.0)
 
 
-def _n95_white(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+def _paint_n95_white(canvas: MaskCanvas, rng: np.random.Generator) -> tuple[Paint, tuple]:
+    """A white N95 cup: shaded towards the rim, a vertical centre seam, a darker rim."""
     base = _jitter(rng, (238, 236, 230), amount=0.006, bright=0.025, warm=0.02)
     f = canvas.frame
     # cup shading: brightest a little left of centre at nose level, darker towards the rim
@@ -220,13 +231,13 @@ def _n95_white(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
     d = (canvas.a - seam_a) * f.iod
     sig = max(0.5, 0.018 * f.iod)
     shade = shade - 0.16 * _bump(d, 0.0, sig) + 0.05 * _bump(d, -2.2 * sig, sig)
-    rgb = _paint(base, shade)
     edge_col = np.asarray(base, np.float32) * 0.86
-    rgb = _hem(rgb, canvas.edge, edge_col, shade)
-    return rgb, (245.0, 243.0, 238.0) if rng.random() < 0.5 else (226.0, 214.0, 170.0)
+    paint = _paint([base, edge_col], _hem(shade, canvas.edge), shade)
+    return paint, (245.0, 243.0, 238.0) if rng.random() < 0.5 else (226.0, 214.0, 170.0)
 
 
-def _black_cloth(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+def _paint_black_cloth(canvas: MaskCanvas, rng: np.random.Generator) -> tuple[Paint, tuple]:
+    """A black cloth mask: a fine weave, smooth blotches, a soft fold highlight across the nose."""
     base = _jitter(rng, (34, 34, 38), amount=0.04, bright=0.12, warm=0.05)
     shade = _cheek_shade(canvas, 0.30) * (0.80 + 0.20 * canvas.depth)
     # subtle weave: fine cross-hatch in the face frame plus smooth blotches
@@ -239,8 +250,7 @@ def _black_cloth(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
     f = canvas.frame
     nb = f.nose_b + _uniform(rng, -0.03, 0.03)
     shade = shade + 0.25 * np.exp(-(((canvas.b - nb) / 0.10) ** 2) - (canvas.a / 0.5) ** 2)
-    rgb = _paint(base, shade)
-    return rgb, (22.0, 22.0, 24.0)
+    return _paint([base], [shade], shade), (22.0, 22.0, 24.0)
 
 
 _CLOTH_PAIRS = [
@@ -274,7 +284,8 @@ def _stripe(x: np.ndarray, cell: float, aa: float) -> np.ndarray:
     return np.clip(t, 0, 1, out=t)
 
 
-def _patterned_cloth(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+def _paint_patterned_cloth(canvas: MaskCanvas, rng: np.random.Generator) -> tuple[Paint, tuple]:
+    """A cloth mask in two colours, polka dots or gingham checks, with a stitched hem."""
     ground, figure = _CLOTH_PAIRS[int(rng.integers(len(_CLOTH_PAIRS)))]
     if rng.random() < 0.5:
         ground, figure = figure, ground
@@ -308,19 +319,17 @@ def _patterned_cloth(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResul
         m = _stripe(p, cell, aa)
         m *= 0.5
         m += 0.5 * _stripe(q, cell, aa)
-    rgb = _per_channel(ground, m) * (1 - m)  # channel-first
-    rgb += _per_channel(figure, m) * m
     shade = _cheek_shade(canvas, 0.25) * (0.85 + 0.15 * canvas.depth)
     shade += 0.02 * canvas.lowres_noise(rng, 0.10 * f.iod)
-    rgb *= shade
-    rgb = np.moveaxis(rgb, 0, -1)
-    # a stitched hem in the ground colour, a bit darker
-    rgb = _hem(rgb, canvas.edge, np.asarray(ground, np.float32) * 0.75, shade)
+    cloth, hem = _hem(shade, canvas.edge)  # a stitched hem in the ground colour, a bit darker
+    figured = cloth * m
+    cloth -= figured
     strap = tuple(float(v) for v in np.asarray(ground) * 0.9)
-    return rgb, strap
+    colours = [ground, figure, np.asarray(ground, np.float32) * 0.75]
+    return _paint(colours, [cloth, figured, hem], shade), strap
 
 
-def _kn95_flaps(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+def _paint_kn95_flaps(canvas: MaskCanvas, rng: np.random.Generator) -> tuple[Paint, tuple]:
     """A fold-flat KN95: pale grey, a sharp vertical centre seam, and two horizontal flap seams with
     welded dots at the sides (drawn on :data:`STYLE_SHAPES`' pointed, taller outline)."""
     base = _jitter(rng, (222, 222, 218), amount=0.008, bright=0.03)
@@ -337,11 +346,10 @@ def _kn95_flaps(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
     side = np.abs(canvas.a) > 0.8  # welded dot rows near the ear loops
     dots = (np.sin(canvas.q / max(1.0, 0.05 * f.iod)) > 0.6) & side
     shade[dots] -= 0.06
-    rgb = _paint(base, shade)
-    return rgb, (236.0, 236.0, 232.0)
+    return _paint([base], [shade], shade), (236.0, 236.0, 232.0)
 
 
-def _below_nose(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+def _paint_below_nose(canvas: MaskCanvas, rng: np.random.Generator) -> tuple[Paint, tuple]:
     """A pale-green surgical mask pulled down below the nose (the nose stays visible), one soft pleat."""
     base = _jitter(rng, (168, 214, 196))
     f = canvas.frame
@@ -351,24 +359,40 @@ def _below_nose(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
     for pleat_b in (1.05 + _uniform(rng, -0.04, 0.04), 1.35 + _uniform(rng, -0.04, 0.04)):
         dd = (canvas.b - pleat_b) * px_per_b
         shade = shade - 0.16 * _bump(dd, 0.0, sig) + 0.06 * _bump(dd, -1.5 * sig, sig)
-    rgb = _paint(base, shade)
-    rgb = _hem(rgb, canvas.edge, np.asarray(base, np.float32) * 0.8, shade)
-    return rgb, (236.0, 240.0, 238.0)
+    colours = [base, np.asarray(base, np.float32) * 0.8]
+    return _paint(colours, _hem(shade, canvas.edge), shade), (236.0, 240.0, 238.0)
+
+
+PAINTERS: dict[str, Callable[[MaskCanvas, np.random.Generator], tuple[Paint, tuple]]] = {
+    "surgical_blue": _paint_surgical_blue,
+    "n95_white": _paint_n95_white,
+    "black_cloth": _paint_black_cloth,
+    "patterned_cloth": _paint_patterned_cloth,
+    "kn95_flaps": _paint_kn95_flaps,
+    "below_nose": _paint_below_nose,
+}
+"""The built-in styles as :class:`Paint`: name -> ``painter(canvas, rng) -> (paint, strap_rgb)``."""
+
+
+def _style(painter: Callable[[MaskCanvas, np.random.Generator], tuple[Paint, tuple]]):
+    def style(canvas: MaskCanvas, rng: np.random.Generator) -> StyleResult:
+        paint, strap_rgb = painter(canvas, rng)
+        return paint.rgb(), strap_rgb
+
+    style.__name__ = style.__qualname__ = painter.__name__.replace("_paint", "", 1)
+    style.__doc__ = painter.__doc__
+    return style
 
 
 MASK_STYLES: dict[str, Callable[[MaskCanvas, np.random.Generator], StyleResult]] = {
-    "surgical_blue": _surgical_blue,
-    "n95_white": _n95_white,
-    "black_cloth": _black_cloth,
-    "patterned_cloth": _patterned_cloth,
-    "kn95_flaps": _kn95_flaps,
-    "below_nose": _below_nose,
+    name: _style(painter) for name, painter in PAINTERS.items()
 }
 """Registry of mask styles: name -> ``style(canvas, rng) -> (rgb, strap_rgb)``.
 
-A style colours the supersampled :class:`MaskCanvas` (``rgb``: ``(H, W, 3)`` floats in 0..255;
-only pixels inside the outline are used) and names the colour of its ear straps. New styles can be
-registered by adding to this dict (and to :data:`STYLE_SHAPES` when their cut differs).
+A style colours the supersampled :class:`MaskCanvas` (``rgb``: the canvas's shape plus a last axis of 3,
+floats in 0..255; only pixels inside the outline are used) and names the colour of its ear straps. New styles can
+be registered by adding to this dict (and to :data:`STYLE_SHAPES` when their cut differs). A built-in style that
+is still in place is drawn through its painter (:data:`PAINTERS`), with the same pixels.
 """
 
 STYLE_SHAPES: dict[str, MaskShape] = {

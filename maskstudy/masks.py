@@ -24,6 +24,8 @@ positions, pattern colours) come from the ``seed``; the same seed gives the same
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -46,10 +48,12 @@ from .mask_geometry import (
 )
 from .mask_styles import (
     MASK_STYLES,
+    PAINTERS,
     STYLE_SHAPES,
     TRAINING_STYLES,
     UNSEEN_STYLES,
     MaskCanvas,
+    Paint,
     StyleResult,
     choose_style,
     shape_of,
@@ -81,6 +85,8 @@ __all__ = [
     "shape_of",
     "strap_segments",
 ]
+
+_BUILT_IN = dict(MASK_STYLES)  # draw_mask paints these through PAINTERS unless MASK_STYLES[name] is replaced
 
 SUPERSAMPLE = 3
 """Supersampling factor (per axis) for drawing and for :func:`mask_alpha` coverage."""
@@ -231,11 +237,15 @@ def draw_mask(
         return out
     s = _supersample(box)
     canvas, strap_a, blocks = _style_canvas(frame, poly, straps, strap_w, box, s)
-    rgb, strap_rgb = MASK_STYLES[style](canvas, rng)
-    rgb = np.clip(np.asarray(rgb, dtype=np.float32), 0.0, 255.0)
-    if rgb.shape != canvas.shape + (3,):
-        raise ValueError(f"style {style!r} returned shape {rgb.shape}, expected {canvas.shape + (3,)}")
-    _composite(out, box, blocks, canvas, rgb, strap_rgb, strap_a, relight)
+    function = MASK_STYLES[style]
+    if function is _BUILT_IN.get(style):
+        colour, strap_rgb = PAINTERS[style](canvas, rng)
+    else:
+        colour, strap_rgb = function(canvas, rng)
+        colour = np.asarray(colour, dtype=np.float32)
+        if colour.shape != canvas.shape + (3,):
+            raise ValueError(f"style {style!r} returned shape {colour.shape}, expected {canvas.shape + (3,)}")
+    _composite(out, box, blocks, canvas, colour, strap_rgb, strap_a, relight)
     return out
 
 
@@ -268,36 +278,35 @@ def _style_canvas(frame: MaskFrame, poly: np.ndarray, straps: list[np.ndarray], 
     depth_px = _blur_near(fill_im, max(1.0, 0.12 * frame.iod * s), lo - 2, hi + 2)
 
     # image pixels with any supersampled pixel of mask or strap
-    fill, strap = np.asarray(fill_im), np.asarray(strap_im)
-    touched = (fill | strap).reshape(ch // s, s, cw).max(axis=1).reshape(ch // s, cw // s, s).max(axis=2)
-    by, bx = np.nonzero(touched)
+    fill, strap = np.asarray(fill_im).reshape(-1), np.asarray(strap_im).reshape(-1)
+    by, bx = np.nonzero(_any_in_blocks((fill | strap).reshape(ch, cw), s))
     sub = np.arange(s)[:, None]
     rows = (by * s + sub)[:, None, :]  # (s, 1, N)
     cols = (bx * s + sub)[None, :, :]  # (1, s, N)
     index = rows * cw + cols
 
-    def take(pixels: np.ndarray) -> np.ndarray:
-        return np.take(pixels.reshape(-1), index).astype(np.float32)
-
-    inside = take(fill) / 255.0
-    strap_a = take(strap) / 255.0 * (1.0 - inside)
-    edge = take(edge_px) / 255.0
-    depth = np.clip((take(depth_px) / 255.0 - 0.5) * 2.0, 0.0, 1.0)
+    filled = np.take(fill, index)
+    inside = _unit(filled)
+    strap_a = _unit(np.take(strap, index) & ~filled)  # strap * (1 - inside): fill and straps are 0 or 255
+    edge = _unit(np.take(edge_px.reshape(-1), index))
+    depth = _unit(np.take(depth_px.reshape(-1), index))
+    depth -= 0.5
+    depth *= 2.0
+    np.clip(depth, 0.0, 1.0, out=depth)
 
     # face-frame coordinates of the pixel centres: each an x part plus a y part, as MaskFrame.to_frame sums them
     xs = x0 + (np.arange(cw, dtype=np.float64) + 0.5) / s
     ys = y0 + (np.arange(ch, dtype=np.float64) + 0.5) / s
     dx, dy = xs - frame.origin[0], ys - frame.origin[1]
     inv = np.linalg.inv(np.stack([frame.axis_a, frame.axis_b], axis=1))
+    factors = {"a": inv[0], "b": inv[1], "p": frame.unit_u, "q": frame.unit_v}
 
-    def coordinate(kx, ky) -> np.ndarray:
-        return ((kx * dx)[cols] + (ky * dy)[rows]).astype(np.float32)
+    def coordinate(name: str) -> np.ndarray:
+        kx, ky = factors[name]
+        return np.add((kx * dx)[cols], (ky * dy)[rows]).astype(np.float32)
 
-    canvas = MaskCanvas(
-        a=coordinate(inv[0, 0], inv[0, 1]),
-        b=coordinate(inv[1, 0], inv[1, 1]),
-        p=coordinate(frame.unit_u[0], frame.unit_u[1]),
-        q=coordinate(frame.unit_v[0], frame.unit_v[1]),
+    canvas = _PixelCanvas(
+        coordinate,
         inside=inside,
         edge=edge,
         depth=depth,
@@ -308,6 +317,43 @@ def _style_canvas(frame: MaskFrame, poly: np.ndarray, straps: list[np.ndarray], 
         region=(ch, cw),
     )
     return canvas, strap_a, (by, bx)
+
+
+class _PixelCanvas(MaskCanvas):
+    """A :class:`MaskCanvas` of selected pixels whose face-frame coordinates are computed when first read (most
+    styles read two of the four)."""
+
+    def __init__(self, coordinate, **fields):
+        super().__init__(a=None, b=None, p=None, q=None, **fields)
+        for name in ("a", "b", "p", "q"):
+            delattr(self, name)
+        self._coordinate = coordinate
+
+    def __getattr__(self, name: str):
+        if name in ("a", "b", "p", "q") and "_coordinate" in self.__dict__:
+            value = self._coordinate(name)
+            setattr(self, name, value)
+            return value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.inside.shape
+
+
+def _unit(grey: np.ndarray) -> np.ndarray:
+    """Grey levels as float32 0..1 (as ``np.asarray(image, np.float32) / 255``)."""
+    out = grey.astype(np.float32)
+    out /= 255.0
+    return out
+
+
+def _any_in_blocks(pixels: np.ndarray, s: int) -> np.ndarray:
+    """Whether each ``s`` x ``s`` block of the integer array ``pixels`` has a non-zero pixel."""
+    h, w = pixels.shape[0] // s, pixels.shape[1] // s
+    rows = pixels.reshape(h, s, w * s)
+    rows = functools.reduce(np.bitwise_or, [rows[:, j] for j in range(s)]).reshape(h, w, s)
+    return functools.reduce(np.bitwise_or, [rows[..., i] for i in range(s)])
 
 
 def _blur_near(im: Image.Image, radius: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -329,34 +375,79 @@ def _blur_near(im: Image.Image, radius: float, lo: np.ndarray, hi: np.ndarray) -
     return out
 
 
-def _composite(out: Image.Image, box, blocks, canvas: MaskCanvas, rgb: np.ndarray, strap_rgb, strap_a: np.ndarray,
-               relight: bool) -> None:
-    """Blend the supersampled mask (``rgb`` inside the outline) and straps onto ``out`` (in place) at the image
-    pixels ``blocks`` of ``box``, relit by the photo's light under the mask when ``relight``."""
+def _composite(out: Image.Image, box, blocks, canvas: MaskCanvas, colour: Paint | np.ndarray, strap_rgb,
+               strap_a: np.ndarray, relight: bool) -> None:
+    """Blend the supersampled mask (``colour`` inside the outline, clipped to 0..255) and straps onto ``out`` (in
+    place) at the image pixels ``blocks`` of ``box``, relit by the photo's light under the mask when ``relight``.
+
+    Per image pixel this is the mean over its supersampled pixels of ``colour * inside + strap * strap_a`` (each
+    times the gain), blended with coverage ``inside + strap_a``; inside and strap_a are 0 or 1, never both 1.
+    """
     s, inside = canvas.scale, canvas.inside
     by, bx = blocks
     n = len(by)
     local = np.array(out.crop(box))
-    region = local[by, bx].astype(np.float32)  # (N, 3)
+    pixels = local.reshape(-1, 3)
+    at = by * (box[2] - box[0]) + bx
+    region = pixels[at].astype(np.float32)  # (N, 3)
 
     def lowres(x: np.ndarray) -> np.ndarray:  # mean over each image pixel's s x s supersampled pixels
         return x.reshape(*x.shape[:-3], s * s, n).mean(axis=-2)
 
+    inside_lo = lowres(inside)
     gain = None
     if relight:
-        light = _light_field(region, lowres(inside), lowres(canvas.a), lowres(canvas.b))
+        # face-frame coordinates of the image pixels' centres (the mean of their supersampled pixels')
+        x = box[0] + bx + 0.5 - canvas.frame.origin[0]
+        y = box[1] + by + 0.5 - canvas.frame.origin[1]
+        inv = np.linalg.inv(np.stack([canvas.frame.axis_a, canvas.frame.axis_b], axis=1))
+        a_lo, b_lo = (inv[k, 0] * x + inv[k, 1] * y for k in (0, 1))
+        light = _light_field(region, inside_lo, a_lo.astype(np.float32), b_lo.astype(np.float32))
         if light is not None:
             gain = light(canvas.a)
-    alpha_lo = lowres(inside + strap_a)  # 0 or 1 per supersampled pixel: fill and strap strokes are binary
-    colours = np.moveaxis(rgb, -1, 0)  # channel-first
-    strap_rgb = np.asarray(strap_rgb, dtype=np.float32).reshape((3,) + (1,) * inside.ndim)
-    if gain is None:
-        premult, strap = colours * inside, strap_rgb * strap_a
-    else:
-        premult, strap = colours * gain, strap_rgb * gain
-        premult *= inside
-        strap *= strap_a
-    premult += strap
-    premult_lo = np.clip(lowres(premult).T, 0.0, 255.0)
-    local[by, bx] = np.clip(np.rint(region * (1.0 - alpha_lo[:, None]) + premult_lo), 0, 255).astype(np.uint8)
+    alpha_lo = inside_lo + lowres(strap_a)  # coverage: inside and strap_a are 0 or 1, never both 1
+    outside = np.flatnonzero(inside.reshape(-1) == 0.0)
+    if isinstance(colour, Paint) and float(colour.shade.min()) < 0.0:
+        colour = colour.rgb()
+    if isinstance(colour, Paint):
+        premult_lo = _mixed_lowres(colour, gain, inside, outside, lowres, s * s)
+        strap = strap_a if gain is None else strap_a * gain
+        premult_lo += lowres(strap)[:, None] * np.asarray(strap_rgb, dtype=np.float32)
+    else:  # the colour inside, the strap's on the strap, 0 elsewhere; then relit
+        colours = np.ascontiguousarray(np.clip(np.moveaxis(colour, -1, 0), 0.0, 255.0))
+        strap_rgb = np.asarray(strap_rgb, dtype=np.float32)[:, None]
+        colours.reshape(3, -1)[:, outside] = strap_rgb * strap_a.reshape(-1)[outside]
+        if gain is not None:
+            colours *= gain
+        premult_lo = lowres(colours).T
+    np.clip(premult_lo, 0.0, 255.0, out=premult_lo)
+    pixels[at] = np.clip(np.rint(region * (1.0 - alpha_lo[:, None]) + premult_lo), 0, 255).astype(np.uint8)
     out.paste(Image.fromarray(local, mode="RGB"), box[:2])
+
+
+def _mixed_lowres(paint: Paint, gain: np.ndarray | None, inside: np.ndarray, outside: np.ndarray, lowres,
+                  per_block: int) -> np.ndarray:
+    """Mean of ``clip(paint.rgb(), 0, 255) * gain * inside`` over each image pixel, ``(N, 3)``, from the weights.
+
+    Where no channel can leave 0..255 (the shade is at most 255 / the brightest colour), the mean of the mix is the
+    mix of the weights' means; the few other pixels are mixed and clipped one by one.
+    """
+    n = inside.shape[-1]
+    over = np.flatnonzero(paint.shade.reshape(-1) > 255.0 / max(float(paint.colours.max()), 1e-6))
+    over = over[inside.reshape(-1)[over] != 0.0]
+    total = np.zeros((n, 3), dtype=np.float32)
+    for colour, weight in zip(paint.colours, paint.weights):
+        weight = weight * gain if gain is not None else weight.copy()
+        flat = weight.reshape(-1)
+        flat[outside] = 0.0
+        flat[over] = 0.0
+        total += lowres(weight)[:, None] * colour
+    if over.size:
+        mix = sum(weight.reshape(-1)[over][:, None] * colour for colour, weight in zip(paint.colours, paint.weights))
+        np.clip(mix, 0.0, 255.0, out=mix)
+        if gain is not None:
+            mix *= gain.reshape(-1)[over][:, None]
+        block = over % n
+        for c in range(3):
+            total[:, c] += np.bincount(block, weights=mix[:, c], minlength=n).astype(np.float32) / per_block
+    return total
