@@ -25,6 +25,7 @@ positions, pattern colours) come from the ``seed``; the same seed gives the same
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -129,6 +130,42 @@ def _to_canvas(points: np.ndarray, box, s: int) -> list[tuple[float, float]]:
     return [tuple(p) for p in pts.tolist()]
 
 
+def _stroke(im: Image.Image, points: list[tuple[float, float]], width: int) -> None:
+    """``ImageDraw.Draw(im).line(points, fill=255, width=width, joint="curve")``, with less Python per joint.
+
+    The same calls into PIL's drawing core, with the same arguments, as ``ImageDraw.line`` makes (Pillow 10 to
+    13; ``tests/test_masks.py`` checks the pixels): the segments, then at each bend a pie slice that rounds the
+    joint and, for wide lines, two short strokes that fill the gaps beside it.
+    """
+    core = ImageDraw.Draw(im).draw
+    ink = core.draw_ink(255)
+    core.draw_lines(points, ink, width)
+    if width <= 4:
+        return
+    half = width / 2
+    for i in range(1, len(points) - 1):
+        (xa, ya), (x, y), (xb, yb) = points[i - 1], points[i], points[i + 1]
+        a0 = math.degrees(math.atan2(x - xa, ya - y)) % 360
+        a1 = math.degrees(math.atan2(xb - x, y - yb)) % 360
+        if a0 == a1:
+            continue
+        flipped = (a1 > a0 and a1 - 180 > a0) or (a1 < a0 and a1 + 180 > a0)
+        start, end = (a1 + 90, a0 + 90) if flipped else (a0 - 90, a1 - 90)
+        core.draw_pieslice([(x - half + 1, y - half + 1), (x + half - 1, y + half - 1)], start - 90, end - 90, ink, 1)
+        if width > 8:
+            turn = 90 if flipped else -90
+            core.draw_lines([_off(x, y, half - 1, a0 + turn), (x, y), _off(x, y, half - 1, a1 + turn)], ink, 3)
+
+
+def _off(x: float, y: float, distance: float, angle: float) -> tuple[float, ...]:
+    """The point ``distance`` from ``(x, y)`` towards ``angle`` (degrees, 0 = up), rounded towards ``(x, y)``
+    (``coord_at_angle`` in ``ImageDraw.line``)."""
+    angle -= 90
+    return tuple(p + (math.floor(d) if d > 0 else math.ceil(d))
+                 for p, d in ((x, distance * math.cos(math.radians(angle))),
+                              (y, distance * math.sin(math.radians(angle)))))
+
+
 def _fill_polygon(points: np.ndarray, box, s: int) -> np.ndarray:
     """Binary (0/1 float) fill of a polygon on the supersampled local canvas."""
     w, h = (box[2] - box[0]) * s, (box[3] - box[1]) * s
@@ -189,15 +226,19 @@ def _light_field(region: np.ndarray, inside: np.ndarray, a: np.ndarray, b: np.nd
     c1 = float(np.clip(c1, -0.6 * c0, 0.6 * c0))
     level = float(np.clip((c0 / _LIGHT_REF) ** 0.2, 0.8, 1.05))
 
-    def gain(aa: np.ndarray) -> np.ndarray:  # level * clip(clip((c0 + c1 * clip(aa)) / c0) ** 0.6), in place
-        rel = np.clip(aa, -1.2, 1.2)
-        rel *= c1
-        rel += c0
-        rel /= c0
-        np.clip(rel, 0.35, 1.65, out=rel)
+    # level * clip(clip((c0 + c1 * clip(a, -1.2, 1.2)) / c0, 0.35, 1.65) ** 0.6, 0.6, 1.25) in four passes: the
+    # clips act on a monotonic function of a, so they fold into one clip of its linear part, as does the level
+    # (as level ** (1 / 0.6) inside the power)
+    scale = level ** (1 / 0.6)
+    ends = sorted(1.0 + c1 / c0 * end for end in (-1.2, 1.2))
+    low = max(ends[0], 0.35, 0.6 ** (1 / 0.6)) * scale
+    high = min(ends[1], 1.65, 1.25 ** (1 / 0.6)) * scale
+
+    def gain(aa: np.ndarray) -> np.ndarray:
+        rel = aa * (c1 / c0 * scale)
+        rel += scale
+        np.clip(rel, low, high, out=rel)
         rel **= 0.6
-        np.clip(rel, 0.6, 1.25, out=rel)
-        rel *= level
         return rel.astype(np.float32, copy=False)
 
     return gain
@@ -236,7 +277,7 @@ def draw_mask(
     if box is None:
         return out
     s = _supersample(box)
-    canvas, strap_a, blocks = _style_canvas(frame, poly, straps, strap_w, box, s)
+    canvas, strap_a, blocks, centres = _style_canvas(frame, poly, straps, strap_w, box, s)
     function = MASK_STYLES[style]
     if function is _BUILT_IN.get(style):
         colour, strap_rgb = PAINTERS[style](canvas, rng)
@@ -245,18 +286,18 @@ def draw_mask(
         colour = np.asarray(colour, dtype=np.float32)
         if colour.shape != canvas.shape + (3,):
             raise ValueError(f"style {style!r} returned shape {colour.shape}, expected {canvas.shape + (3,)}")
-    _composite(out, box, blocks, canvas, colour, strap_rgb, strap_a, relight)
+    _composite(out, box, blocks, centres, canvas, colour, strap_rgb, strap_a, relight)
     return out
 
 
 def _style_canvas(frame: MaskFrame, poly: np.ndarray, straps: list[np.ndarray], strap_w: float, box, s: int):
     """The supersampled region ``box`` around outline ``poly``, reduced to the pixels drawing can change.
 
-    The outline is filled, the ear straps (``strap_w`` image px wide) stroked, and the soft rim band and
-    interior depth blurred, on the whole region as PIL rasterises them; of those, and of the face-frame
-    coordinates, only the supersampled pixels of image pixels touched by the mask or a strap are kept (all
-    others stay as they are), as ``(s, s, N)`` arrays. Returns the :class:`MaskCanvas`, the straps' coverage
-    outside the mask and the ``(rows, columns)`` of the ``N`` image pixels in ``box``.
+    The outline is filled and the ear straps (``strap_w`` image px wide) stroked on the whole region as PIL
+    rasterises them; only the supersampled pixels of image pixels they touch are kept (all others stay as they
+    are), as ``(s, s, N)`` arrays. The soft rim band, the interior depth and the face-frame coordinates are
+    computed there when a style first reads them. Returns the :class:`MaskCanvas`, the straps' coverage outside
+    the mask, the ``(rows, columns)`` of the ``N`` image pixels in ``box`` and their centres' ``(a, b)``.
     """
     x0, y0, x1, y1 = box
     ch, cw = (y1 - y0) * s, (x1 - x0) * s
@@ -264,18 +305,8 @@ def _style_canvas(frame: MaskFrame, poly: np.ndarray, straps: list[np.ndarray], 
     fill_im = Image.new("L", (cw, ch), 0)
     ImageDraw.Draw(fill_im).polygon(pts, fill=255)
     strap_im = Image.new("L", (cw, ch), 0)
-    sd = ImageDraw.Draw(strap_im)
     for seg in straps:
-        sd.line(_to_canvas(seg, box, s), fill=255, width=max(1, int(round(strap_w * s))), joint="curve")
-    # soft rim band and interior depth from blurred versions of the outline / fill
-    edge_w = max(1.0, 0.05 * frame.iod) * s
-    outline_im = Image.new("L", (cw, ch), 0)
-    line_w = max(1, int(round(edge_w)))
-    ImageDraw.Draw(outline_im).line(pts + [pts[0]], fill=255, width=line_w, joint="curve")
-    xy = np.asarray(pts)
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    edge_px = _blur_near(outline_im, max(0.5, 0.3 * edge_w), lo - (line_w / 2 + 2), hi + (line_w / 2 + 2))
-    depth_px = _blur_near(fill_im, max(1.0, 0.12 * frame.iod * s), lo - 2, hi + 2)
+        _stroke(strap_im, _to_canvas(seg, box, s), max(1, int(round(strap_w * s))))
 
     # image pixels with any supersampled pixel of mask or strap
     fill, strap = np.asarray(fill_im).reshape(-1), np.asarray(strap_im).reshape(-1)
@@ -284,54 +315,68 @@ def _style_canvas(frame: MaskFrame, poly: np.ndarray, straps: list[np.ndarray], 
     rows = (by * s + sub)[:, None, :]  # (s, 1, N)
     cols = (bx * s + sub)[None, :, :]  # (1, s, N)
     index = rows * cw + cols
-
     filled = np.take(fill, index)
     inside = _unit(filled)
     strap_a = _unit(np.take(strap, index) & ~filled)  # strap * (1 - inside): fill and straps are 0 or 255
-    edge = _unit(np.take(edge_px.reshape(-1), index))
-    depth = _unit(np.take(depth_px.reshape(-1), index))
-    depth -= 0.5
-    depth *= 2.0
-    np.clip(depth, 0.0, 1.0, out=depth)
+
+    xy = np.asarray(pts)
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+
+    def edge() -> np.ndarray:  # a soft band along the outline: the stroked outline, blurred
+        edge_w = max(1.0, 0.05 * frame.iod) * s
+        outline_im = Image.new("L", (cw, ch), 0)
+        line_w = max(1, int(round(edge_w)))
+        _stroke(outline_im, pts + [pts[0]], line_w)
+        blurred = _blur_near(outline_im, max(0.5, 0.3 * edge_w), lo - (line_w / 2 + 2), hi + (line_w / 2 + 2))
+        return _unit(np.take(blurred.reshape(-1), index))
+
+    def depth() -> np.ndarray:  # 0 at the outline rising to 1 inside: the fill, blurred
+        blurred = _blur_near(fill_im, max(1.0, 0.12 * frame.iod * s), lo - 2, hi + 2)
+        depth = _unit(np.take(blurred.reshape(-1), index))
+        depth -= 0.5
+        depth *= 2.0
+        return np.clip(depth, 0.0, 1.0, out=depth)
 
     # face-frame coordinates of the pixel centres: each an x part plus a y part, as MaskFrame.to_frame sums them
     xs = x0 + (np.arange(cw, dtype=np.float64) + 0.5) / s
     ys = y0 + (np.arange(ch, dtype=np.float64) + 0.5) / s
     dx, dy = xs - frame.origin[0], ys - frame.origin[1]
     inv = np.linalg.inv(np.stack([frame.axis_a, frame.axis_b], axis=1))
-    factors = {"a": inv[0], "b": inv[1], "p": frame.unit_u, "q": frame.unit_v}
 
-    def coordinate(name: str) -> np.ndarray:
-        kx, ky = factors[name]
-        return np.add((kx * dx)[cols], (ky * dy)[rows]).astype(np.float32)
+    def coordinate(kx: float, ky: float):  # summed in float64, stored as float32
+        return lambda: np.add((kx * dx)[cols], (ky * dy)[rows], out=np.empty(index.shape, np.float32),
+                              casting="same_kind")
 
     canvas = _PixelCanvas(
-        coordinate,
+        {"a": coordinate(*inv[0]), "b": coordinate(*inv[1]), "p": coordinate(*frame.unit_u),
+         "q": coordinate(*frame.unit_v), "edge": edge, "depth": depth},
         inside=inside,
-        edge=edge,
-        depth=depth,
         frame=frame,
         scale=s,
         rows=rows,
         cols=cols,
         region=(ch, cw),
     )
-    return canvas, strap_a, (by, bx)
+    # and of the image pixels' centres (the mean of their supersampled pixels' coordinates)
+    x, y = box[0] + bx + 0.5 - frame.origin[0], box[1] + by + 0.5 - frame.origin[1]
+    centres = tuple((inv[k, 0] * x + inv[k, 1] * y).astype(np.float32) for k in (0, 1))
+    return canvas, strap_a, (by, bx), centres
 
 
 class _PixelCanvas(MaskCanvas):
-    """A :class:`MaskCanvas` of selected pixels whose face-frame coordinates are computed when first read (most
-    styles read two of the four)."""
+    """A :class:`MaskCanvas` of selected pixels whose fields other than ``inside`` are computed when a style
+    first reads them (by the functions in ``lazy``): styles read only some of them."""
 
-    def __init__(self, coordinate, **fields):
-        super().__init__(a=None, b=None, p=None, q=None, **fields)
-        for name in ("a", "b", "p", "q"):
+    def __init__(self, lazy: dict, **fields):
+        super().__init__(**dict.fromkeys(lazy), **fields)
+        for name in lazy:
             delattr(self, name)
-        self._coordinate = coordinate
+        self._lazy = lazy
 
     def __getattr__(self, name: str):
-        if name in ("a", "b", "p", "q") and "_coordinate" in self.__dict__:
-            value = self._coordinate(name)
+        lazy = self.__dict__.get("_lazy", {})
+        if name in lazy:
+            value = lazy[name]()
             setattr(self, name, value)
             return value
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -343,9 +388,7 @@ class _PixelCanvas(MaskCanvas):
 
 def _unit(grey: np.ndarray) -> np.ndarray:
     """Grey levels as float32 0..1 (as ``np.asarray(image, np.float32) / 255``)."""
-    out = grey.astype(np.float32)
-    out /= 255.0
-    return out
+    return np.divide(grey, np.float32(255.0), dtype=np.float32)
 
 
 def _any_in_blocks(pixels: np.ndarray, s: int) -> np.ndarray:
@@ -360,13 +403,14 @@ def _blur_near(im: Image.Image, radius: float, lo: np.ndarray, hi: np.ndarray) -
     """``np.asarray(im.filter(ImageFilter.GaussianBlur(radius)))`` for an image that is 0 outside the box
     ``lo`` .. ``hi`` (x, y), blurring only a crop around that box.
 
-    PIL's Gaussian blur is three box blurs along each axis (Pillow's ``libImaging/BoxBlur.c``) of radius below
-    ``radius + 1``, each reading one pixel beyond its radius, with the image's edge pixels repeated. So nothing
-    spreads farther than ``3 * (radius + 2)`` from the box, and a crop that keeps more zeros than that around it,
-    or ends at the image's edge, gives the same numbers, all others stay 0.
+    PIL's Gaussian blur is three box blurs along each axis (Pillow's ``libImaging/BoxBlur.c``; box radius
+    after Gwosdek et al., "Theoretical foundations of Gaussian convolution by extended box filtering", SSVM
+    2011), each reading ``int(box radius) + 1 <= floor((sqrt(4 radius^2 + 1) - 1) / 2) + 1`` pixels to a side,
+    with the image's edge pixels repeated. So nothing spreads farther than three times that from the box, and a
+    crop that keeps more zeros than that around it, or ends at the image's edge, gives the same numbers.
     """
     w, h = im.size
-    reach = 3 * (int(np.ceil(radius)) + 3)
+    reach = 3 * (int(np.floor((np.sqrt(4.0 * radius * radius + 1.0) - 1.0) / 2.0 + 1e-3)) + 1) + 1
     x0, y0 = (max(0, int(np.floor(v)) - reach) for v in lo)
     x1, y1 = min(w, int(np.ceil(hi[0])) + reach + 1), min(h, int(np.ceil(hi[1])) + reach + 1)
     out = np.zeros((h, w), dtype=np.uint8)
@@ -375,10 +419,11 @@ def _blur_near(im: Image.Image, radius: float, lo: np.ndarray, hi: np.ndarray) -
     return out
 
 
-def _composite(out: Image.Image, box, blocks, canvas: MaskCanvas, colour: Paint | np.ndarray, strap_rgb,
+def _composite(out: Image.Image, box, blocks, centres, canvas: MaskCanvas, colour: Paint | np.ndarray, strap_rgb,
                strap_a: np.ndarray, relight: bool) -> None:
     """Blend the supersampled mask (``colour`` inside the outline, clipped to 0..255) and straps onto ``out`` (in
-    place) at the image pixels ``blocks`` of ``box``, relit by the photo's light under the mask when ``relight``.
+    place) at the image pixels ``blocks`` of ``box``, relit by the photo's light under the mask when ``relight``
+    (fitted at ``centres``, the image pixels' face-frame ``(a, b)``).
 
     Per image pixel this is the mean over its supersampled pixels of ``colour * inside + strap * strap_a`` (each
     times the gain), blended with coverage ``inside + strap_a``; inside and strap_a are 0 or 1, never both 1.
@@ -387,9 +432,8 @@ def _composite(out: Image.Image, box, blocks, canvas: MaskCanvas, colour: Paint 
     by, bx = blocks
     n = len(by)
     local = np.array(out.crop(box))
-    pixels = local.reshape(-1, 3)
-    at = by * (box[2] - box[0]) + bx
-    region = pixels[at].astype(np.float32)  # (N, 3)
+    at = ((by * (box[2] - box[0]) + bx) * 3)[:, None] + np.arange(3)  # the N pixels' channels in `local`
+    region = np.take(local, at).astype(np.float32)  # (N, 3)
 
     def lowres(x: np.ndarray) -> np.ndarray:  # mean over each image pixel's s x s supersampled pixels
         return x.reshape(*x.shape[:-3], s * s, n).mean(axis=-2)
@@ -397,12 +441,7 @@ def _composite(out: Image.Image, box, blocks, canvas: MaskCanvas, colour: Paint 
     inside_lo = lowres(inside)
     gain = None
     if relight:
-        # face-frame coordinates of the image pixels' centres (the mean of their supersampled pixels')
-        x = box[0] + bx + 0.5 - canvas.frame.origin[0]
-        y = box[1] + by + 0.5 - canvas.frame.origin[1]
-        inv = np.linalg.inv(np.stack([canvas.frame.axis_a, canvas.frame.axis_b], axis=1))
-        a_lo, b_lo = (inv[k, 0] * x + inv[k, 1] * y for k in (0, 1))
-        light = _light_field(region, inside_lo, a_lo.astype(np.float32), b_lo.astype(np.float32))
+        light = _light_field(region, inside_lo, *centres)
         if light is not None:
             gain = light(canvas.a)
     alpha_lo = inside_lo + lowres(strap_a)  # coverage: inside and strap_a are 0 or 1, never both 1
@@ -421,7 +460,7 @@ def _composite(out: Image.Image, box, blocks, canvas: MaskCanvas, colour: Paint 
             colours *= gain
         premult_lo = lowres(colours).T
     np.clip(premult_lo, 0.0, 255.0, out=premult_lo)
-    pixels[at] = np.clip(np.rint(region * (1.0 - alpha_lo[:, None]) + premult_lo), 0, 255).astype(np.uint8)
+    local.reshape(-1)[at] = np.clip(np.rint(region * (1.0 - alpha_lo[:, None]) + premult_lo), 0, 255).astype(np.uint8)
     out.paste(Image.fromarray(local, mode="RGB"), box[:2])
 
 

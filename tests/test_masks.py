@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from maskstudy import masks
 from maskstudy.masks import (
@@ -22,6 +22,7 @@ from maskstudy.masks import (
 from tests import masks_reference
 
 STYLES = sorted(MASK_STYLES)
+MASK_STYLES_BUILT_IN = dict(MASK_STYLES)
 
 # ArcFace 112x112 template: left eye, right eye, nose tip, left / right mouth corner (x, y)
 TEMPLATE = np.array(
@@ -300,3 +301,61 @@ def test_drawing_matches_reference_on_lfw(style, lfw_root):
         image = Image.open(lfw_root / face["photo"]).convert("RGB")
         found[face["photo"]] = largest_difference(image, np.asarray(face["landmarks"]), style, seed)
     assert max(found.values()) <= 1, {k: v for k, v in found.items() if v > 1}
+
+
+def test_geometry_matches_reference_bitwise():
+    rng = np.random.default_rng(0)
+    shapes = [masks.DEFAULT_SHAPE, *masks.STYLE_SHAPES.values()]
+    for _ in range(200):
+        lm = transform(TEMPLATE, rng.uniform(-60, 60), rng.uniform(0.1, 6.0), rng.uniform(-100, 300, 2))
+        lm = lm + rng.normal(0.0, 4.0, lm.shape)
+        for shape in shapes:
+            old_shape = masks_reference.MaskShape(**vars(shape))
+            assert np.array_equal(mask_polygon(lm, shape), masks_reference.mask_polygon(lm, old_shape))
+            for new, old in zip(masks.strap_segments(lm, shape), masks_reference.strap_segments(lm, old_shape)):
+                assert np.array_equal(new, old)
+
+
+@pytest.mark.parametrize("width", [1, 4, 5, 6, 8, 9, 12])
+def test_stroke_draws_what_imagedraw_line_draws(width):
+    rng = np.random.default_rng(width)
+    for k in range(40):
+        n = int(rng.integers(2, 30))
+        if k % 2:
+            t = np.linspace(0.0, rng.uniform(1.0, 6.3), n)
+            xy = np.stack([60 + 45 * np.cos(t), 60 + 35 * np.sin(t)], axis=1)
+        else:
+            xy = rng.uniform(-10, 130, (n, 2))
+        points = [tuple(p) for p in xy.tolist()]
+        expected = Image.new("L", (120, 120))
+        ImageDraw.Draw(expected).line(points, fill=255, width=width, joint="curve")
+        drawn = Image.new("L", (120, 120))
+        masks._stroke(drawn, points, width)
+        assert np.array_equal(np.asarray(drawn), np.asarray(expected))
+
+
+@pytest.mark.parametrize("radius", [0.5, 1.8, 4.0, 14.4, 40.0])
+def test_blur_near_is_the_whole_blur(radius):
+    rng = np.random.default_rng(int(radius * 10))
+    for x0, y0, x1, y1 in [(30, 20, 60, 50), (0, 0, 25, 30), (100, 60, 140, 90), (-5, 40, 20, 95)]:
+        pixels = np.zeros((90, 140), dtype=np.uint8)
+        box = pixels[max(0, y0):y1, max(0, x0):x1]
+        box[...] = rng.integers(0, 256, box.shape) * (rng.random(box.shape) < 0.3)
+        im = Image.fromarray(pixels, mode="L")
+        whole = np.asarray(im.filter(ImageFilter.GaussianBlur(radius)))
+        assert np.array_equal(masks._blur_near(im, radius, np.array([x0, y0]), np.array([x1, y1])), whole)
+
+
+def test_a_replaced_style_is_drawn_through_its_function(monkeypatch):
+    img = noise_image(300, 300, seed=21)
+    lm = transform(TEMPLATE)
+    painted = np.asarray(draw_mask(img, lm, "n95_white", seed=3), dtype=int)
+    calls = []
+
+    def replacement(canvas, rng):
+        calls.append(canvas.shape)
+        return MASK_STYLES_BUILT_IN["n95_white"](canvas, rng)
+
+    monkeypatch.setitem(MASK_STYLES, "n95_white", replacement)
+    through_rgb = np.asarray(draw_mask(img, lm, "n95_white", seed=3), dtype=int)
+    assert calls and np.abs(through_rgb - painted).max() <= 1
