@@ -53,13 +53,20 @@ class MaskCanvas:
         """Smooth seeded noise (mean 0, std ~``sigma``) with features about ``cell_px`` image px: a grid of
         normal draws spanning the region, upsampled bicubically (PIL) to its pixels."""
         h, w = self.region or self.shape
-        gh = max(2, int(np.ceil(h / (cell_px * self.scale))) + 1)
-        gw = max(2, int(np.ceil(w / (cell_px * self.scale))) + 1)
-        g = rng.normal(0.0, sigma, size=(gh, gw)).astype(np.float32)
+        g = noise_grid(rng, (h, w), cell_px * self.scale, sigma)
         im = Image.fromarray(g, mode="F").resize((w, h), Image.BICUBIC)
         if self.rows is None:
             return np.asarray(im, dtype=np.float32)
         return np.take(np.asarray(im, dtype=np.float32).reshape(-1), self.rows * w + self.cols)
+
+
+def noise_grid(rng: np.random.Generator, size: tuple[int, int], cell: float, sigma: float = 1.0) -> np.ndarray:
+    """The normal draws behind :meth:`MaskCanvas.lowres_noise`: a float32 grid spanning ``size`` (H, W) pixels
+    with one draw per ``cell`` pixels, one more on each axis."""
+    h, w = size
+    gh = max(2, int(np.ceil(h / cell)) + 1)
+    gw = max(2, int(np.ceil(w / cell)) + 1)
+    return rng.normal(0.0, sigma, size=(gh, gw)).astype(np.float32)
 
 
 StyleResult = tuple[np.ndarray, tuple[float, float, float]]

@@ -57,6 +57,7 @@ from .mask_styles import (
     Paint,
     StyleResult,
     choose_style,
+    noise_grid,
     shape_of,
 )
 
@@ -347,9 +348,13 @@ def _style_canvas(frame: MaskFrame, poly: np.ndarray, straps: list[np.ndarray], 
         return lambda: np.add((kx * dx)[cols], (ky * dy)[rows], out=np.empty(index.shape, np.float32),
                               casting="same_kind")
 
+    # the supersampled rows and columns that can be inside the outline (PIL fills within a pixel of it)
+    window = (max(0, int(np.floor(lo[1])) - 1), min(ch, int(np.ceil(hi[1])) + 2),
+              max(0, int(np.floor(lo[0])) - 1), min(cw, int(np.ceil(hi[0])) + 2))
     canvas = _PixelCanvas(
         {"a": coordinate(*inv[0]), "b": coordinate(*inv[1]), "p": coordinate(*frame.unit_u),
          "q": coordinate(*frame.unit_v), "edge": edge, "depth": depth},
+        window,
         inside=inside,
         frame=frame,
         scale=s,
@@ -365,13 +370,31 @@ def _style_canvas(frame: MaskFrame, poly: np.ndarray, straps: list[np.ndarray], 
 
 class _PixelCanvas(MaskCanvas):
     """A :class:`MaskCanvas` of selected pixels whose fields other than ``inside`` are computed when a style
-    first reads them (by the functions in ``lazy``): styles read only some of them."""
+    first reads them (by the functions in ``lazy``): styles read only some of them. ``window`` (first row, end
+    row, first column, end column of the region) bounds the pixels inside the outline, the only ones whose
+    colour is used."""
 
-    def __init__(self, lazy: dict, **fields):
+    def __init__(self, lazy: dict, window: tuple[int, int, int, int], **fields):
         super().__init__(**dict.fromkeys(lazy), **fields)
         for name in lazy:
             delattr(self, name)
         self._lazy = lazy
+        self._window = window
+
+    def lowres_noise(self, rng: np.random.Generator, cell_px: float, sigma: float = 1.0):
+        """:meth:`MaskCanvas.lowres_noise` (the same draws), resampled only in the window: a resize of the part
+        of the grid over it (to float32 rounding of the box, the same numbers); pixels outside get border
+        values, unused."""
+        h, w = self.region
+        g = noise_grid(rng, (h, w), cell_px * self.scale, sigma)
+        r0, r1, c0, c1 = self._window
+        if r1 <= r0 or c1 <= c0:
+            return np.zeros(self.shape, dtype=np.float32)
+        gh, gw = g.shape
+        box = (c0 * gw / w, r0 * gh / h, c1 * gw / w, r1 * gh / h)
+        im = Image.fromarray(g, mode="F").resize((c1 - c0, r1 - r0), Image.BICUBIC, box=box)
+        at = np.clip(self.rows - r0, 0, r1 - r0 - 1) * (c1 - c0) + np.clip(self.cols - c0, 0, c1 - c0 - 1)
+        return np.take(np.asarray(im, dtype=np.float32).reshape(-1), at)
 
     def __getattr__(self, name: str):
         lazy = self.__dict__.get("_lazy", {})
@@ -432,8 +455,9 @@ def _composite(out: Image.Image, box, blocks, centres, canvas: MaskCanvas, colou
     by, bx = blocks
     n = len(by)
     local = np.array(out.crop(box))
-    at = ((by * (box[2] - box[0]) + bx) * 3)[:, None] + np.arange(3)  # the N pixels' channels in `local`
-    region = np.take(local, at).astype(np.float32)  # (N, 3)
+    pixels = local.reshape(-1, 3)
+    at = by * (box[2] - box[0]) + bx
+    region = np.take(pixels, at, axis=0).astype(np.float32)  # (N, 3)
 
     def lowres(x: np.ndarray) -> np.ndarray:  # mean over each image pixel's s x s supersampled pixels
         return x.reshape(*x.shape[:-3], s * s, n).mean(axis=-2)
@@ -460,7 +484,9 @@ def _composite(out: Image.Image, box, blocks, centres, canvas: MaskCanvas, colou
             colours *= gain
         premult_lo = lowres(colours).T
     np.clip(premult_lo, 0.0, 255.0, out=premult_lo)
-    local.reshape(-1)[at] = np.clip(np.rint(region * (1.0 - alpha_lo[:, None]) + premult_lo), 0, 255).astype(np.uint8)
+    new = np.clip(np.rint(region * (1.0 - alpha_lo[:, None]) + premult_lo), 0, 255).astype(np.uint8)
+    whole = np.dtype((np.void, 3))  # an RGB pixel as one item: a much faster scatter than pixels[at] = new
+    np.put(pixels.view(whole).reshape(-1), at, new.view(whole).reshape(-1))
     out.paste(Image.fromarray(local, mode="RGB"), box[:2])
 
 
