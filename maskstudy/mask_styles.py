@@ -4,14 +4,15 @@ A style is a function ``style(canvas, rng) -> (rgb, strap_rgb)`` over a :class:`
 coordinates (:mod:`maskstudy.mask_geometry`) make pleats, seams and patterns turn with the face. Small
 variations (colour jitter, pleat positions, pattern colours) come from ``rng``.
 
-Styles compute pixel by pixel (the canvas holds only the pixels that are drawn, see :class:`MaskCanvas`), and
-keep their colours channel-first in memory (:func:`_paint`), so that numpy's inner loops run over pixels rather
-than over three channels.
+Styles compute pixel by pixel (the canvas holds only the pixels that are drawn, see :class:`MaskCanvas`). The
+built-in ones are painters (:data:`PAINTERS`): they return a :class:`Paint`, a per-pixel mix of a few colours,
+which :func:`maskstudy.masks.draw_mask` averages without forming the three colour channels.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -124,7 +125,7 @@ def _bump(x: np.ndarray, centre, width, height=1.0) -> np.ndarray:
     if width != 1.0:
         t *= 1.0 / width
     np.square(t, out=t)
-    np.subtract(np.log(height), t, out=t)
+    np.subtract(math.log(height), t, out=t)
     return np.exp(t, out=t)
 
 

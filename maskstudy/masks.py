@@ -20,6 +20,14 @@ supersampling (less for very large faces) and box-filters it down, so edges are 
 coordinates of its pixels (so pleats, seams and patterns turn with the face); ear straps are drawn
 from the mask's side corners outward towards the face edge. Small variations (colour jitter, pleat
 positions, pattern colours) come from the ``seed``; the same seed gives the same pixels.
+
+Only the supersampled pixels of image pixels that the mask or a strap touches are computed (about half the
+region), and only what the style reads of them (:class:`_PixelCanvas`); the blurs behind the rim band and the
+depth run on crops that give PIL's numbers (:func:`_blur_near`), and the built-in styles hand over a mix of a
+few colours (:class:`~maskstudy.mask_styles.Paint`) whose weights are averaged instead of three channels. The
+pixels are those of the straightforward drawing (whole region, three channels) within one grey level: sums in
+another order, and float32 where that drawing drifted into float64, round differently (``tests/test_masks.py``
+compares with a frozen copy of it).
 """
 
 from __future__ import annotations
@@ -454,6 +462,8 @@ def _composite(out: Image.Image, box, blocks, centres, canvas: MaskCanvas, colou
     s, inside = canvas.scale, canvas.inside
     by, bx = blocks
     n = len(by)
+    if n == 0:  # the box's margin reaches into the photo, the mask and straps do not
+        return
     local = np.array(out.crop(box))
     pixels = local.reshape(-1, 3)
     at = by * (box[2] - box[0]) + bx

@@ -23,6 +23,7 @@ from tests import masks_reference
 
 STYLES = sorted(MASK_STYLES)
 MASK_STYLES_BUILT_IN = dict(MASK_STYLES)
+MASK_STYLES_PAINTERS = dict(masks.PAINTERS)
 
 # ArcFace 112x112 template: left eye, right eye, nose tip, left / right mouth corner (x, y)
 TEMPLATE = np.array(
@@ -359,3 +360,29 @@ def test_a_replaced_style_is_drawn_through_its_function(monkeypatch):
     monkeypatch.setitem(MASK_STYLES, "n95_white", replacement)
     through_rgb = np.asarray(draw_mask(img, lm, "n95_white", seed=3), dtype=int)
     assert calls and np.abs(through_rgb - painted).max() <= 1
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_a_generator_seed_advances_as_before(style):
+    # the last one's box (with the straps' margin) overlaps the photo, but the mask and straps touch no pixel
+    for lm in (TEMPLATE, TEMPLATE + [0.0, 30.0], TEMPLATE + [106.0, 0.0]):
+        img = noise_image(112, 112, seed=5)
+        new_rng, old_rng = np.random.default_rng(11), np.random.default_rng(11)
+        new = np.asarray(draw_mask(img, lm, style, seed=new_rng), dtype=int)
+        old = np.asarray(masks_reference.draw_mask(img, lm, style, seed=old_rng), dtype=int)
+        assert np.abs(new - old).max() <= 1
+        assert new_rng.random() == old_rng.random()
+
+
+def test_a_paint_that_turns_negative_is_drawn_through_its_colour(monkeypatch):
+    def darker(canvas, rng):
+        paint, strap = MASK_STYLES_PAINTERS["black_cloth"](canvas, rng)
+        paint.shade -= 0.9  # the paint's only weight is its shade; some of it drops below 0
+        return paint, strap
+
+    img, lm = noise_image(300, 300, seed=22), transform(TEMPLATE)
+    monkeypatch.setitem(masks.PAINTERS, "black_cloth", darker)
+    painted = np.asarray(draw_mask(img, lm, "black_cloth", seed=4), dtype=int)
+    monkeypatch.setitem(MASK_STYLES, "black_cloth", lambda canvas, rng: (lambda p, s: (p.rgb(), s))(*darker(canvas, rng)))
+    through_rgb = np.asarray(draw_mask(img, lm, "black_cloth", seed=4), dtype=int)
+    assert np.array_equal(painted, through_rgb)
