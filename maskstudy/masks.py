@@ -478,14 +478,18 @@ def _composite(out: Image.Image, box, blocks, centres, canvas: MaskCanvas, colou
         light = _light_field(region, inside_lo, *centres)
         if light is not None:
             gain = light(canvas.a)
-    alpha_lo = inside_lo + lowres(strap_a)  # coverage: inside and strap_a are 0 or 1, never both 1
+    # coverage: inside and strap_a are 0 or 1, never both 1; the straps cover few pixels, summed one by one
+    strapped = np.flatnonzero(strap_a.reshape(-1))
+    strap_block = strapped % n
+    alpha_lo = inside_lo + np.bincount(strap_block, minlength=n).astype(np.float32) / (s * s)
     outside = np.flatnonzero(inside.reshape(-1) == 0.0)
     if isinstance(colour, Paint) and float(colour.shade.min()) < 0.0:
         colour = colour.rgb()
     if isinstance(colour, Paint):
         premult_lo = _mixed_lowres(colour, gain, inside, outside, lowres, s * s)
-        strap = strap_a if gain is None else strap_a * gain
-        premult_lo += lowres(strap)[:, None] * np.asarray(strap_rgb, dtype=np.float32)
+        strap = None if gain is None else gain.reshape(-1)[strapped]
+        strap_lo = np.bincount(strap_block, weights=strap, minlength=n).astype(np.float32) / (s * s)
+        premult_lo += strap_lo[:, None] * np.asarray(strap_rgb, dtype=np.float32)
     else:  # the colour inside, the strap's on the strap, 0 elsewhere; then relit
         colours = np.ascontiguousarray(np.clip(np.moveaxis(colour, -1, 0), 0.0, 255.0))
         strap_rgb = np.asarray(strap_rgb, dtype=np.float32)[:, None]
