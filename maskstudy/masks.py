@@ -222,16 +222,17 @@ def _light_field(region: np.ndarray, inside: np.ndarray, a: np.ndarray, b: np.nd
     mask little while side light and dim photos show on it.
     """
     sel = (inside > 0.5) & (b < 1.0) & (np.abs(a) < 0.9)
-    if int(sel.sum()) < 12:
+    if np.count_nonzero(sel) < 12:
         return None
-    px = region[sel]
-    y = px[..., 0] * 0.299 + px[..., 1] * 0.587 + px[..., 2] * 0.114
+    px = region[:, sel]  # channel-first
+    y = px[0] * 0.299 + px[1] * 0.587 + px[2] * 0.114
     av, yv = a[sel].astype(np.float64), y.astype(np.float64)
     if np.ptp(av) < 0.3:
         return None
-    design = np.stack([np.ones_like(av), av], axis=1)
-    (c0, c1), *_ = np.linalg.lstsq(design, yv, rcond=None)
-    c0 = max(float(c0), 8.0)
+    # the least-squares line y = c0 + c1 * a
+    da = av - av.mean()
+    c1 = float(da @ (yv - yv.mean()) / (da @ da))
+    c0 = max(float(yv.mean() - c1 * av.mean()), 8.0)
     c1 = float(np.clip(c1, -0.6 * c0, 0.6 * c0))
     level = float(np.clip((c0 / _LIGHT_REF) ** 0.2, 0.8, 1.05))
 
@@ -319,7 +320,7 @@ def _style_canvas(frame: MaskFrame, poly: np.ndarray, straps: list[np.ndarray], 
 
     # image pixels with any supersampled pixel of mask or strap
     fill, strap = np.asarray(fill_im).reshape(-1), np.asarray(strap_im).reshape(-1)
-    by, bx = np.nonzero(_any_in_blocks((fill | strap).reshape(ch, cw), s))
+    by, bx = np.nonzero(_any_in_blocks((fill | strap).reshape(ch, cw), s) != 0)
     sub = np.arange(s)[:, None]
     rows = (by * s + sub)[:, None, :]  # (s, 1, N)
     cols = (bx * s + sub)[None, :, :]  # (1, s, N)
@@ -467,7 +468,7 @@ def _composite(out: Image.Image, box, blocks, centres, canvas: MaskCanvas, colou
     local = np.array(out.crop(box))
     pixels = local.reshape(-1, 3)
     at = by * (box[2] - box[0]) + bx
-    region = np.take(pixels, at, axis=0).astype(np.float32)  # (N, 3)
+    region = np.take(pixels, at, axis=0).T.astype(np.float32)  # (3, N): channel-first, like all below
 
     def lowres(x: np.ndarray) -> np.ndarray:  # mean over each image pixel's s x s supersampled pixels
         return x.reshape(*x.shape[:-3], s * s, n).mean(axis=-2)
@@ -479,7 +480,7 @@ def _composite(out: Image.Image, box, blocks, centres, canvas: MaskCanvas, colou
         if light is not None:
             gain = light(canvas.a)
     # coverage: inside and strap_a are 0 or 1, never both 1; the straps cover few pixels, summed one by one
-    strapped = np.flatnonzero(strap_a.reshape(-1))
+    strapped = np.flatnonzero(strap_a.reshape(-1) != 0.0)
     strap_block = strapped % n
     alpha_lo = inside_lo + np.bincount(strap_block, minlength=n).astype(np.float32) / (s * s)
     outside = np.flatnonzero(inside.reshape(-1) == 0.0)
@@ -489,16 +490,18 @@ def _composite(out: Image.Image, box, blocks, centres, canvas: MaskCanvas, colou
         premult_lo = _mixed_lowres(colour, gain, inside, outside, lowres, s * s)
         strap = None if gain is None else gain.reshape(-1)[strapped]
         strap_lo = np.bincount(strap_block, weights=strap, minlength=n).astype(np.float32) / (s * s)
-        premult_lo += strap_lo[:, None] * np.asarray(strap_rgb, dtype=np.float32)
+        premult_lo += np.asarray(strap_rgb, dtype=np.float32)[:, None] * strap_lo
     else:  # the colour inside, the strap's on the strap, 0 elsewhere; then relit
         colours = np.ascontiguousarray(np.clip(np.moveaxis(colour, -1, 0), 0.0, 255.0))
         strap_rgb = np.asarray(strap_rgb, dtype=np.float32)[:, None]
         colours.reshape(3, -1)[:, outside] = strap_rgb * strap_a.reshape(-1)[outside]
         if gain is not None:
             colours *= gain
-        premult_lo = lowres(colours).T
+        premult_lo = lowres(colours)
     np.clip(premult_lo, 0.0, 255.0, out=premult_lo)
-    new = np.clip(np.rint(region * (1.0 - alpha_lo[:, None]) + premult_lo), 0, 255).astype(np.uint8)
+    region *= 1.0 - alpha_lo
+    region += premult_lo
+    new = np.clip(np.rint(region, out=region), 0, 255).astype(np.uint8).T.copy()  # (N, 3)
     whole = np.dtype((np.void, 3))  # an RGB pixel as one item: a much faster scatter than pixels[at] = new
     np.put(pixels.view(whole).reshape(-1), at, new.view(whole).reshape(-1))
     out.paste(Image.fromarray(local, mode="RGB"), box[:2])
@@ -506,7 +509,7 @@ def _composite(out: Image.Image, box, blocks, centres, canvas: MaskCanvas, colou
 
 def _mixed_lowres(paint: Paint, gain: np.ndarray | None, inside: np.ndarray, outside: np.ndarray, lowres,
                   per_block: int) -> np.ndarray:
-    """Mean of ``clip(paint.rgb(), 0, 255) * gain * inside`` over each image pixel, ``(N, 3)``, from the weights.
+    """Mean of ``clip(paint.rgb(), 0, 255) * gain * inside`` over each image pixel, ``(3, N)``, from the weights.
 
     Where no channel can leave 0..255 (the shade is at most 255 / the brightest colour), the mean of the mix is the
     mix of the weights' means; the few other pixels are mixed and clipped one by one.
@@ -514,19 +517,20 @@ def _mixed_lowres(paint: Paint, gain: np.ndarray | None, inside: np.ndarray, out
     n = inside.shape[-1]
     over = np.flatnonzero(paint.shade.reshape(-1) > 255.0 / max(float(paint.colours.max()), 1e-6))
     over = over[inside.reshape(-1)[over] != 0.0]
-    total = np.zeros((n, 3), dtype=np.float32)
-    for colour, weight in zip(paint.colours, paint.weights):
+    means = np.empty((len(paint.weights), n), dtype=np.float32)
+    for k, weight in enumerate(paint.weights):
         weight = weight * gain if gain is not None else weight.copy()
         flat = weight.reshape(-1)
         flat[outside] = 0.0
         flat[over] = 0.0
-        total += lowres(weight)[:, None] * colour
+        means[k] = lowres(weight)
+    total = paint.colours.T @ means  # (3, N)
     if over.size:
-        mix = sum(weight.reshape(-1)[over][:, None] * colour for colour, weight in zip(paint.colours, paint.weights))
+        mix = sum(colour[:, None] * weight.reshape(-1)[over] for colour, weight in zip(paint.colours, paint.weights))
         np.clip(mix, 0.0, 255.0, out=mix)
         if gain is not None:
-            mix *= gain.reshape(-1)[over][:, None]
+            mix *= gain.reshape(-1)[over]
         block = over % n
         for c in range(3):
-            total[:, c] += np.bincount(block, weights=mix[:, c], minlength=n).astype(np.float32) / per_block
+            total[c] += np.bincount(block, weights=mix[c], minlength=n).astype(np.float32) / per_block
     return total
