@@ -391,9 +391,9 @@ class _PixelCanvas(MaskCanvas):
         self._window = window
 
     def lowres_noise(self, rng: np.random.Generator, cell_px: float, sigma: float = 1.0):
-        """:meth:`MaskCanvas.lowres_noise` (the same draws), resampled only in the window: a resize of the part
-        of the grid over it (to float32 rounding of the box, the same numbers); pixels outside get border
-        values, unused."""
+        """:meth:`MaskCanvas.lowres_noise` (the same draws), resampled only over the window: PIL resizes the part
+        of the grid under it (the same numbers, but for the box's corners passing through float32); pixels
+        outside the window get its border values, which are never used."""
         h, w = self.region
         g = noise_grid(rng, (h, w), cell_px * self.scale, sigma)
         r0, r1, c0, c1 = self._window
