@@ -378,11 +378,16 @@ def test_a_paint_that_turns_negative_is_drawn_through_its_colour(monkeypatch):
     def darker(canvas, rng):
         paint, strap = MASK_STYLES_PAINTERS["black_cloth"](canvas, rng)
         paint.shade -= 0.9  # the paint's only weight is its shade; some of it drops below 0
+        assert paint.shade.min() < 0.0 < paint.shade.max()
         return paint, strap
+
+    def darker_rgb(canvas, rng):
+        paint, strap = darker(canvas, rng)
+        return paint.rgb(), strap
 
     img, lm = noise_image(300, 300, seed=22), transform(TEMPLATE)
     monkeypatch.setitem(masks.PAINTERS, "black_cloth", darker)
     painted = np.asarray(draw_mask(img, lm, "black_cloth", seed=4), dtype=int)
-    monkeypatch.setitem(MASK_STYLES, "black_cloth", lambda canvas, rng: (lambda p, s: (p.rgb(), s))(*darker(canvas, rng)))
+    monkeypatch.setitem(MASK_STYLES, "black_cloth", darker_rgb)
     through_rgb = np.asarray(draw_mask(img, lm, "black_cloth", seed=4), dtype=int)
     assert np.array_equal(painted, through_rgb)
