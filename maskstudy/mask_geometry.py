@@ -20,6 +20,7 @@ curve reaches :data:`CHIN_DEPTH` eye-mouth distances below the mouth line.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -115,14 +116,14 @@ def face_frame(landmarks) -> MaskFrame:
         v = -v
     # Regularise the eye-mouth axis: positive length along v, bounded shear and length.
     down = float(np.dot(w, v))
-    down = float(np.clip(down, 0.6 * iod, 2.0 * iod))
-    side = float(np.clip(np.dot(w, u), -0.5 * down, 0.5 * down))
+    down = min(max(down, 0.6 * iod), 2.0 * iod)
+    side = min(max(float(np.dot(w, u)), -0.5 * down), 0.5 * down)
     w = side * u + down * v
     axis_a = iod * u
     m = np.stack([axis_a, w], axis=1)
     na, nb = np.linalg.solve(m, nose - origin)
-    nose_b = float(np.clip(nb, 0.3, 0.75))
-    nose_a = float(np.clip(na, -0.3, 0.3))
+    nose_b = min(max(float(nb), 0.3), 0.75)
+    nose_a = min(max(float(na), -0.3), 0.3)
     return MaskFrame(
         origin=origin,
         axis_a=axis_a,
@@ -144,25 +145,36 @@ def top_edge_b(frame: MaskFrame, a, shape: MaskShape = DEFAULT_SHAPE):
     peak = 0.6 * frame.nose_a
     w = shape.half_width
     a = np.clip(np.asarray(a), -w, w)
-    t = np.where(a >= peak, (a - peak) / (w - peak), (peak - a) / (w + peak))
+    # (a - peak) / (w - peak) right of the peak, (peak - a) / (w + peak) left of it
+    t = np.abs(a - peak)
+    t /= np.where(a >= peak, w - peak, w + peak).astype(t.dtype, copy=False)
     return b_top + (b_side - b_top) * (0.55 * t + 0.45 * t**2)
+
+
+@lru_cache(maxsize=32)
+def _fixed_outline(shape: MaskShape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The parts of the outline that do not depend on the face: ``a`` along the top edge, and ``a``, ``b`` of
+    the chin, a superellipse from the right end of the mouth line round to the left (read-only, cached)."""
+    a_top = np.linspace(-shape.half_width, shape.half_width, 41)
+    th = np.linspace(0.0, np.pi, 49)[1:-1]
+    c, s = np.cos(th), np.sin(th)
+    k = shape.chin_exponent
+    a_c = shape.half_width_mouth * np.sign(c) * np.abs(c) ** (2.0 / k)
+    b_c = 1.0 + shape.chin_depth * np.abs(s) ** (2.0 / k)
+    for array in (a_top, a_c, b_c):
+        array.flags.writeable = False
+    return a_top, a_c, b_c
 
 
 def _outline_frame(frame: MaskFrame, shape: MaskShape = DEFAULT_SHAPE) -> np.ndarray:
     """The mask outline as ``(K, 2)`` frame coordinates ``(a, b)``, clockwise in the image."""
     b_side = shape.side_top_frac * frame.nose_b
     w_top, w_mouth = shape.half_width, shape.half_width_mouth
-    a_top = np.linspace(-w_top, w_top, 41)
+    a_top, a_c, b_c = _fixed_outline(shape)
     b_top_edge = top_edge_b(frame, a_top, shape)
     # right side: from the upper corner down to the mouth line
     b_r = np.linspace(b_side, 1.0, 8)[1:]
     a_r = w_top + (w_mouth - w_top) * (b_r - b_side) / (1.0 - b_side)
-    # chin: superellipse from the right end of the mouth line round to the left
-    th = np.linspace(0.0, np.pi, 49)[1:-1]
-    c, s = np.cos(th), np.sin(th)
-    k = shape.chin_exponent
-    a_c = w_mouth * np.sign(c) * np.abs(c) ** (2.0 / k)
-    b_c = 1.0 + shape.chin_depth * np.abs(s) ** (2.0 / k)
     # left side: back up to the upper-left corner
     b_l = b_r[::-1]
     a_l = -a_r[::-1]
@@ -178,7 +190,11 @@ def mask_polygon(landmarks, shape: MaskShape = DEFAULT_SHAPE) -> np.ndarray:
     face; the first vertex is the upper-left corner and the outline runs along the top edge first.
     Coordinates may fall outside the image. ``shape``: the cut (default: the surgical outline).
     """
-    frame = face_frame(landmarks)
+    return frame_polygon(face_frame(landmarks), shape)
+
+
+def frame_polygon(frame: MaskFrame, shape: MaskShape = DEFAULT_SHAPE) -> np.ndarray:
+    """:func:`mask_polygon` from an already built :class:`MaskFrame`."""
     ab = _outline_frame(frame, shape)
     return frame.to_image(ab[:, 0], ab[:, 1])
 
@@ -190,7 +206,16 @@ def strap_segments(landmarks, shape: MaskShape = DEFAULT_SHAPE) -> list[np.ndarr
     edge (:data:`STRAP_REACH` inter-ocular distances from the centre line), converging towards the
     ear, which sits roughly at the level of the nose.
     """
-    frame = face_frame(landmarks)
+    return frame_straps(face_frame(landmarks), shape)
+
+
+_STRAP_T = np.linspace(0.0, 1.0, 12)
+_STRAP_BOW = 0.04 * np.sin(np.pi * _STRAP_T)  # straps sag a little
+_STRAP_T.flags.writeable = _STRAP_BOW.flags.writeable = False
+
+
+def frame_straps(frame: MaskFrame, shape: MaskShape = DEFAULT_SHAPE) -> list[np.ndarray]:
+    """:func:`strap_segments` from an already built :class:`MaskFrame`."""
     b_side = shape.side_top_frac * frame.nose_b
     ear_b = 0.75 * frame.nose_b
     segs = []
@@ -199,9 +224,8 @@ def strap_segments(landmarks, shape: MaskShape = DEFAULT_SHAPE) -> list[np.ndarr
             (shape.half_width, b_side, ear_b - 0.02),  # upper: slightly upward, to the ear
             (shape.half_width_mouth * 0.97, 0.98, ear_b + 0.30),  # lower: up and out, to below the ear
         ):
-            t = np.linspace(0.0, 1.0, 12)
+            t = _STRAP_T
             a = sgn * (a0 - 0.02 + (STRAP_REACH - a0 + 0.02) * t)
-            bow = 0.04 * np.sin(np.pi * t)  # straps sag a little
-            b = b0 + (b1 - b0) * t + bow
+            b = b0 + (b1 - b0) * t + _STRAP_BOW
             segs.append(frame.to_image(a, b))
     return segs

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from maskstudy import masks
 from maskstudy.masks import (
@@ -16,8 +19,11 @@ from maskstudy.masks import (
     mask_alpha,
     mask_polygon,
 )
+from tests import masks_reference
 
 STYLES = sorted(MASK_STYLES)
+MASK_STYLES_BUILT_IN = dict(MASK_STYLES)
+MASK_STYLES_PAINTERS = dict(masks.PAINTERS)
 
 # ArcFace 112x112 template: left eye, right eye, nose tip, left / right mouth corner (x, y)
 TEMPLATE = np.array(
@@ -233,3 +239,155 @@ def test_real_photo_smoke(lfw_root):
         diff = np.abs(np.asarray(out).astype(int) - np.asarray(img).astype(int)).sum(axis=2)
         assert window(diff, lm[2], 1).mean() > 0
         assert window(diff, lm[0], 3).max() == 0 and window(diff, lm[1], 3).max() == 0
+
+
+# --- the drawing reproduces the frozen reference (tests/masks_reference.py) within one grey level -----------------
+
+LANDMARKS_FIXTURE = Path(__file__).parent / "data" / "lfw_mask_landmarks.json"
+
+
+def face_at(centre, deg=0.0, scale=1.0):
+    """The template face turned by ``deg``, scaled, with its landmarks' centre at ``centre``."""
+    c = TEMPLATE.mean(axis=0)
+    return transform(TEMPLATE, deg, scale, np.asarray(centre, float) - c * scale)
+
+
+def edge_cases():
+    """Synthetic faces the LFW photos lack: (name, image, landmarks, draw_mask keywords)."""
+    return [
+        ("across_left_border", noise_image(160, 120, seed=11), face_at((8, 50), 10.0, 1.5), {}),
+        ("across_bottom_right", noise_image(140, 140, seed=12), face_at((125, 110), -15.0, 1.3), {}),
+        ("only_chin_inside", noise_image(112, 112, seed=13), face_at((56, -30)), {}),
+        ("tiny", noise_image(64, 48, seed=14), face_at((30, 22), 5.0, 0.15), {}),
+        ("large_rotated", noise_image(560, 540, seed=15), face_at((280, 250), 35.0, 4.0), {}),
+        ("grey_flat_light", grey_image(200, 200), face_at((100, 90), 0.0, 1.6), {}),
+        ("no_relight", noise_image(300, 300, seed=16), transform(TEMPLATE), {"relight": False}),
+    ]
+
+
+def largest_difference(image, landmarks, style, seed, **kwargs) -> int:
+    new = np.asarray(draw_mask(image, landmarks, style, seed=seed, **kwargs), dtype=np.int16)
+    old = np.asarray(masks_reference.draw_mask(image, landmarks, style, seed=seed, **kwargs), dtype=np.int16)
+    return int(np.abs(new - old).max())
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_drawing_matches_reference_on_edge_cases(style):
+    found = {name: largest_difference(img, lm, style, seed, **kw)
+             for seed, (name, img, lm, kw) in enumerate(edge_cases())}
+    assert max(found.values()) <= 1, found
+
+
+@pytest.mark.parametrize(("budget", "factor"), [(150_000, 2), (60_000, 1)])
+@pytest.mark.parametrize("style", STYLES)
+def test_drawing_matches_reference_with_lowered_supersampling(style, budget, factor, monkeypatch):
+    for module in (masks, masks_reference):  # a small pixel budget stands in for a huge face
+        monkeypatch.setattr(module, "_MAX_CANVAS_PIXELS", budget)
+    img, lm = noise_image(300, 300, seed=17), transform(TEMPLATE, deg=-10.0)
+    ref = masks_reference
+    straps = ref.strap_segments(lm)
+    box = ref._local_box(np.concatenate([ref.mask_polygon(lm), *straps]), 300, 300,
+                         pad=max(0.8, 0.045 * ref.face_frame(lm).iod) + 2.0)
+    assert ref._supersample(box) == factor
+    assert largest_difference(img, lm, style, seed=5) <= 1
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("style", STYLES)
+def test_drawing_matches_reference_on_lfw(style, lfw_root):
+    faces = json.loads(LANDMARKS_FIXTURE.read_text())["faces"]
+    assert len(faces) >= 30
+    found = {}
+    for seed, face in enumerate(faces):
+        image = Image.open(lfw_root / face["photo"]).convert("RGB")
+        found[face["photo"]] = largest_difference(image, np.asarray(face["landmarks"]), style, seed)
+    assert max(found.values()) <= 1, {k: v for k, v in found.items() if v > 1}
+
+
+def test_geometry_matches_reference_bitwise():
+    rng = np.random.default_rng(0)
+    shapes = [masks.DEFAULT_SHAPE, *masks.STYLE_SHAPES.values()]
+    for _ in range(200):
+        lm = transform(TEMPLATE, rng.uniform(-60, 60), rng.uniform(0.1, 6.0), rng.uniform(-100, 300, 2))
+        lm = lm + rng.normal(0.0, 4.0, lm.shape)
+        for shape in shapes:
+            old_shape = masks_reference.MaskShape(**vars(shape))
+            assert np.array_equal(mask_polygon(lm, shape), masks_reference.mask_polygon(lm, old_shape))
+            for new, old in zip(masks.strap_segments(lm, shape), masks_reference.strap_segments(lm, old_shape)):
+                assert np.array_equal(new, old)
+
+
+@pytest.mark.parametrize("width", [1, 4, 5, 6, 8, 9, 12])
+def test_stroke_draws_what_imagedraw_line_draws(width):
+    rng = np.random.default_rng(width)
+    for k in range(40):
+        n = int(rng.integers(2, 30))
+        if k % 2:
+            t = np.linspace(0.0, rng.uniform(1.0, 6.3), n)
+            xy = np.stack([60 + 45 * np.cos(t), 60 + 35 * np.sin(t)], axis=1)
+        else:
+            xy = rng.uniform(-10, 130, (n, 2))
+        points = [tuple(p) for p in xy.tolist()]
+        expected = Image.new("L", (120, 120))
+        ImageDraw.Draw(expected).line(points, fill=255, width=width, joint="curve")
+        drawn = Image.new("L", (120, 120))
+        masks._stroke(drawn, points, width)
+        assert np.array_equal(np.asarray(drawn), np.asarray(expected))
+
+
+@pytest.mark.parametrize("radius", [0.5, 1.8, 4.0, 14.4, 40.0])
+def test_blur_near_is_the_whole_blur(radius):
+    rng = np.random.default_rng(int(radius * 10))
+    for x0, y0, x1, y1 in [(30, 20, 60, 50), (0, 0, 25, 30), (100, 60, 140, 90), (-5, 40, 20, 95)]:
+        pixels = np.zeros((90, 140), dtype=np.uint8)
+        box = pixels[max(0, y0):y1, max(0, x0):x1]
+        box[...] = rng.integers(0, 256, box.shape) * (rng.random(box.shape) < 0.3)
+        im = Image.fromarray(pixels, mode="L")
+        whole = np.asarray(im.filter(ImageFilter.GaussianBlur(radius)))
+        assert np.array_equal(masks._blur_near(im, radius, np.array([x0, y0]), np.array([x1, y1])), whole)
+
+
+def test_a_replaced_style_is_drawn_through_its_function(monkeypatch):
+    img = noise_image(300, 300, seed=21)
+    lm = transform(TEMPLATE)
+    painted = np.asarray(draw_mask(img, lm, "n95_white", seed=3), dtype=int)
+    calls = []
+
+    def replacement(canvas, rng):
+        calls.append(canvas.shape)
+        return MASK_STYLES_BUILT_IN["n95_white"](canvas, rng)
+
+    monkeypatch.setitem(MASK_STYLES, "n95_white", replacement)
+    through_rgb = np.asarray(draw_mask(img, lm, "n95_white", seed=3), dtype=int)
+    assert calls and np.abs(through_rgb - painted).max() <= 1
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_a_generator_seed_advances_as_before(style):
+    # the last one's box (with the straps' margin) overlaps the photo, but the mask and straps touch no pixel
+    for lm in (TEMPLATE, TEMPLATE + [0.0, 30.0], TEMPLATE + [106.0, 0.0]):
+        img = noise_image(112, 112, seed=5)
+        new_rng, old_rng = np.random.default_rng(11), np.random.default_rng(11)
+        new = np.asarray(draw_mask(img, lm, style, seed=new_rng), dtype=int)
+        old = np.asarray(masks_reference.draw_mask(img, lm, style, seed=old_rng), dtype=int)
+        assert np.abs(new - old).max() <= 1
+        assert new_rng.random() == old_rng.random()
+
+
+def test_a_paint_that_turns_negative_is_drawn_through_its_colour(monkeypatch):
+    def darker(canvas, rng):
+        paint, strap = MASK_STYLES_PAINTERS["black_cloth"](canvas, rng)
+        paint.shade -= 0.9  # the paint's only weight is its shade; some of it drops below 0
+        assert paint.shade.min() < 0.0 < paint.shade.max()
+        return paint, strap
+
+    def darker_rgb(canvas, rng):
+        paint, strap = darker(canvas, rng)
+        return paint.rgb(), strap
+
+    img, lm = noise_image(300, 300, seed=22), transform(TEMPLATE)
+    monkeypatch.setitem(masks.PAINTERS, "black_cloth", darker)
+    painted = np.asarray(draw_mask(img, lm, "black_cloth", seed=4), dtype=int)
+    monkeypatch.setitem(MASK_STYLES, "black_cloth", darker_rgb)
+    through_rgb = np.asarray(draw_mask(img, lm, "black_cloth", seed=4), dtype=int)
+    assert np.array_equal(painted, through_rgb)
