@@ -19,7 +19,7 @@ import pickle
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,9 +27,6 @@ from torch import nn
 from .align import CROP_SIZE
 from .seeding import rng_state
 from .storage import atomic_path
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
 
 #: The ``format`` field of a checkpoint written by ``maskstudy.train``.
 CHECKPOINT_FORMAT = "maskstudy-checkpoint-v1"
@@ -142,15 +139,3 @@ def backbone_from_checkpoint(checkpoint: Mapping, path: str | os.PathLike = "che
                               f"width={config.get('width')}, input_size={config.get('input_size')}, "
                               f"embedding_size={config.get('embedding_size')}: {error}") from error
     return model
-
-
-def load_backbone(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """The trained backbone of a checkpoint (eval mode, on ``map_location``) and its
-    :class:`~maskstudy.train.TrainConfig`."""
-    from .train.config import TrainConfig  # the train package imports this module
-
-    checkpoint = load_checkpoint(path, map_location)
-    config = TrainConfig.from_checkpoint(checkpoint)
-    model = backbone_from_checkpoint(checkpoint, path)
-    device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
-    return model.to(device).eval(), config

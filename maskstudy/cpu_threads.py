@@ -208,11 +208,11 @@ def check_threads(measure=None, busy_interval: float = 0.5) -> ThreadCheck:
     """Pin torch to the available cores in this process (:func:`pin_torch_threads`), measure the fp32 matmul rate
     with one thread and with them, look for other busy processes (first, while this process is idle), and draw
     :func:`competition_warnings`. ``measure(seconds)`` gives the rate with torch's current threads (default
-    :func:`maskstudy.report.matmul_gflops`); ``busy_interval=0`` skips the process scan."""
+    :func:`matmul_gflops`); ``busy_interval=0`` skips the process scan."""
     import torch
 
     if measure is None:
-        from .report import matmul_gflops as measure
+        measure = matmul_gflops
     busy = busy_processes(busy_interval) if busy_interval > 0 else None
     cores = available_cores()
     threads = pin_torch_threads()
@@ -233,3 +233,19 @@ def check_threads(measure=None, busy_interval: float = 0.5) -> ThreadCheck:
                         busy_processes=busy, load_average=load)
     check.warnings = competition_warnings(gflops, single, threads, cores, busy)
     return check
+
+
+def matmul_gflops(seconds: float = 1.5, size: int = 1024) -> float:
+    """This machine's dense fp32 matmul rate in GFLOP/s (CPU, torch's threads), measured for ``seconds``: the
+    yardstick next to which a run's wall times can be read on another machine."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    count, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        a @ b
+        count += 1
+    return round(2 * size**3 * count / (time.perf_counter() - began) / 1e9, 1)

@@ -475,22 +475,6 @@ def write_index(run: Mapping[str, Any], run_dir: str | Path) -> Path:
     return storage.write_text(run_dir / "index.html", render_index(run, run_dir))
 
 
-def matmul_gflops(seconds: float = 1.5, size: int = 1024) -> float:
-    """This machine's dense fp32 matmul rate in GFLOP/s (CPU, torch's threads), measured for ``seconds``: the
-    yardstick next to which a run's wall times can be read on another machine."""
-    import time
-
-    import torch
-
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    count, began = 0, time.perf_counter()
-    while time.perf_counter() - began < seconds:
-        a @ b
-        count += 1
-    return round(2 * size**3 * count / (time.perf_counter() - began) / 1e9, 1)
-
-
 README_START = "<!-- results:start (written by `python -m maskstudy readme`; do not edit by hand) -->"
 README_END = "<!-- results:end -->"
 #: The README's results section stays within this many lines; the rest goes to ``docs/``.

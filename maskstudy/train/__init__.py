@@ -40,10 +40,10 @@ optimizer step), :mod:`.distill` (the optional distillation term from a pretrain
 """
 
 from ..align import CROP_SIZE
-from ..checkpoint import CHECKPOINT_FORMAT, load_backbone, load_checkpoint
+from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from ..seeding import derive_seed
 from .cli import build_parser, main
-from .config import LOG_COLUMNS, RUNTIME_KEYS, ConfigMismatchError, TrainConfig
+from .config import LOG_COLUMNS, RUNTIME_KEYS, ConfigMismatchError, TrainConfig, load_backbone
 from .data import EpochPlan, FaceCropDataset, augment_batch, epoch_order, epoch_plan, split_identities
 from .loop import TrainResult, train, train_or_restart
 from .optimization import learning_rate

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..checkpoint import backbone_from_checkpoint, load_checkpoint
 from ..config import training_defaults
 
 LOG_COLUMNS = ["epoch", "step", "loss", "train_acc", "lr", "val_acc", "images_per_s", "seconds"]
@@ -186,3 +189,12 @@ class TrainConfig:
 
 class ConfigMismatchError(ValueError):
     """``resume=True`` found a checkpoint trained with a different recipe or different identities."""
+
+
+def load_backbone(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
+    """The trained backbone of a checkpoint (eval mode, on ``map_location``) and its :class:`TrainConfig`."""
+    checkpoint = load_checkpoint(path, map_location)
+    config = TrainConfig.from_checkpoint(checkpoint)
+    model = backbone_from_checkpoint(checkpoint, path)
+    device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
+    return model.to(device).eval(), config
