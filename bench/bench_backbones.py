@@ -1,6 +1,6 @@
 """Benchmark: training and evaluation throughput of the study's backbones, against the machine's matmul rate.
 
-One run measures, on this machine and at a profile's sizes (``maskstudy.config``; default: the ``cpu`` profile on
+One run measures, on this machine and at a profile's sizes (``maskstudy.core.profiles``; default: the ``cpu`` profile on
 a CPU, ``gpu`` with CUDA):
 
 * the dense matmul rate (fp32 on the CPU, bf16 on CUDA), GFLOP/s;
@@ -41,11 +41,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskstudy import config as profiles
-from maskstudy import report, storage
+from maskstudy.core import profiles, storage
 from maskstudy.evaluate.embed import embed_crops
 from maskstudy.models import count_flops
 from maskstudy.models.attention import reference_backward
+from maskstudy.report import outputs
 from maskstudy.train.config import TrainConfig
 from maskstudy.train.data import EpochPlan
 from maskstudy.train.runtime import process_settings, resolve_runtime
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             row["train_overhead_vs_plain_cpu_time"] = plain["train_img_cpu_s"] / row["train_img_cpu_s"] - 1
             row["eval_overhead_vs_plain"] = plain["eval_img_s"] / row["eval_img_s"] - 1
             row["eval_overhead_vs_plain_cpu_time"] = plain["eval_img_cpu_s"] / row["eval_img_cpu_s"] - 1
-    result = {"device": report.device_description(), "machine": platform.machine(), "torch": torch.__version__,
+    result = {"device": outputs.device_description(), "machine": platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "profile": config["profile"],
               "matmul_dtype": str(dtype).replace("torch.", ""), "matmul_gflop_s": peak.wall_rate / 1e9,
               "matmul_gflop_cpu_s": peak.cpu_rate / 1e9,
@@ -301,12 +301,12 @@ def _markdown(result: dict) -> str:
             "FLOP rate / matmul rate (by wall clock, and by process CPU time). Overheads: plain's rate / the "
             "variant's - 1. Evaluation: crops/s of embed_crops (flip fusion: two forward passes per crop). "
             "Timings on a shared machine are noisy: compare rows of one run, not runs.\n\n")
-    text += report.to_markdown(table)
+    text += outputs.to_markdown(table)
     levers = [r for r in rows if r["setting"] != "default"]
     if levers:
         lever_table = pd.DataFrame(levers).reindex(columns=["variant", "setting", "train_img_s", "train_img_cpu_s",
                                                             "share_of_matmul", "eval_img_s", "eval_img_cpu_s"])
-        text += "\n\nSpeed-ups undone one at a time (same run):\n\n" + report.to_markdown(lever_table)
+        text += "\n\nSpeed-ups undone one at a time (same run):\n\n" + outputs.to_markdown(lever_table)
     return text + "\n"
 
 

@@ -6,7 +6,7 @@
 One run measures, on the same decoded photos and with the same torch threads:
 
 * ``facenet``: facenet-pytorch's ``MTCNN.detect`` called one photo at a time (the reference);
-* ``kit detection``: :class:`maskstudy.detect.FaceDetector` with the build's settings, in the build's batches;
+* ``kit detection``: :class:`maskstudy.faces.detect.FaceDetector` with the build's settings, in the build's batches;
 * ``aligned build``: ``build_aligned_dataset`` (read, hash, detect, align, mask, write), one detection a photo;
 * ``whole build``: that plus ``build_masked_variants`` as notebook 01 runs it (LFW photos: the masked photo in a
   training and an unseen style detected again; CelebA photos: the training style), so 2-3 detections a photo.
@@ -32,12 +32,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from maskstudy import report, storage
-from maskstudy.data import BuildSettings, build_aligned_dataset, file_seed, find_dataset
-from maskstudy.detect import Detection, FaceDetector, choose_face, load_image
-from maskstudy.masked_photos import build_masked_variants
-from maskstudy.masks import TRAINING_STYLES, choose_style, draw_mask
-from maskstudy.protocol import scan_identity_folders
+from maskstudy.core import storage
+from maskstudy.datasets.build import BuildSettings, build_aligned_dataset, file_seed, find_dataset
+from maskstudy.datasets.masked_photos import build_masked_variants
+from maskstudy.datasets.protocol import scan_identity_folders
+from maskstudy.faces.detect import Detection, FaceDetector, choose_face, load_image
+from maskstudy.faces.masks.drawing import TRAINING_STYLES, choose_style, draw_mask
+from maskstudy.report import outputs
 
 TARGETS = {"kit_detection_vs_facenet": 2.0, "aligned_build_vs_kit_detection": 0.8,
            "whole_build_vs_kit_detection": 0.8}
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         compared = compare_settings(sets, settings, args.batch_size, print)
 
     met = {key: bool(ratios[key] >= target) for key, target in TARGETS.items()}
-    summary = {"device": report.device_description(), "threads": torch.get_num_threads(),
+    summary = {"device": outputs.device_description(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "settings": settings.as_dict(), "batch_size": args.batch_size,
                "quick": args.quick, "speed": rows, "ratios": ratios, "targets": TARGETS, "targets_met": met,
                "compare": compared}
@@ -335,10 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     text = [f"# Detection benchmark\n\nDevice: {summary['device']}; torch {torch.__version__}; "
             f"{summary['threads']} intra-op threads; build batch {args.batch_size}; settings {settings.as_dict()}."
             " One run: only the ratios are comparable across machines.\n",
-            "## Speed\n", report.to_markdown(pd.DataFrame(rows)), "\n## Ratios\n", report.to_markdown(ratio_table)]
+            "## Speed\n", outputs.to_markdown(pd.DataFrame(rows)), "\n## Ratios\n", outputs.to_markdown(ratio_table)]
     if compared:
         text += ["\n## Same faces as facenet's MTCNN.detect (20 px, one pass)\n",
-                 report.to_markdown(pd.DataFrame(compared))]
+                 outputs.to_markdown(pd.DataFrame(compared))]
     storage.write_text(out / "bench_detection.md", "\n".join(text) + "\n")
     print("\n".join(f"{key}: {value:.2f}" + (f" (target >= {TARGETS[key]:g})" if key in TARGETS else "")
                     for key, value in ratios.items()))

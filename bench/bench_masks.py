@@ -1,4 +1,4 @@
-"""Benchmark: drawing the synthetic face masks (:func:`maskstudy.masks.draw_mask`) against the drawing before it was
+"""Benchmark: drawing the synthetic face masks (:func:`maskstudy.faces.masks.drawing.draw_mask`) against the drawing before it was
 made faster (the frozen copy in tests/masks_reference.py), in one run.
 
     python bench/bench_masks.py --out reports/bench     # the 40 LFW faces of the fixture x 6 styles, 5 rounds
@@ -37,9 +37,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from maskstudy import report, storage
-from maskstudy.data import find_dataset
-from maskstudy.masks import MASK_STYLES, draw_mask
+from maskstudy.core import storage
+from maskstudy.datasets.build import find_dataset
+from maskstudy.faces.masks.drawing import MASK_STYLES, draw_mask
+from maskstudy.report import outputs
 from tests import masks_reference
 
 FIXTURE = REPO / "tests" / "data" / "lfw_mask_landmarks.json"
@@ -135,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     table = summarise(records, {style: len(faces) for style in styles})
     table["largest difference (grey levels)"] = [differences.get(s, max(differences.values())) for s in table["style"]]
     text = (f"# Mask drawing benchmark\n\n{len(faces)} LFW faces x {len(styles)} styles, {args.rounds} interleaved "
-            f"rounds (turns: {args.alternate} by {args.alternate}), single-threaded; old = tests/masks_reference.py, new = maskstudy.masks.draw_mask. One run: "
-            "only the ratios are comparable across machines.\n\n" + report.to_markdown(table) + "\n")
+            f"rounds (turns: {args.alternate} by {args.alternate}), single-threaded; old = tests/masks_reference.py, new = maskstudy.faces.masks.drawing.draw_mask. One run: "
+            "only the ratios are comparable across machines.\n\n" + outputs.to_markdown(table) + "\n")
     print(text)
     if args.out:
         out = Path(args.out)

@@ -32,8 +32,8 @@ def main() -> None:
     args = parser.parse_args()
     import dlib
 
-    from maskstudy.align import ARCFACE_TEMPLATE_112, apply_transform, similarity_transform
-    from maskstudy.detect import FaceDetector, load_image
+    from maskstudy.faces.align import ARCFACE_TEMPLATE_112, apply_transform, similarity_transform
+    from maskstudy.faces.detect import FaceDetector, load_image
     from maskstudy.models.dlib_chip import CHIP_PADDING, CHIP_SIZE
     from maskstudy.teachers.dlib_resnet import SHAPE_MODEL, dlib_box, dlib_model_file
 

@@ -33,17 +33,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from maskstudy import report, storage
-from maskstudy.cleaning import clean_manifest
-from maskstudy.config import resolve_config, train_settings
-from maskstudy.data import BuildSettings, aligned_name, build_aligned_dataset, find_dataset
+from maskstudy.core import storage
+from maskstudy.core.profiles import resolve_config, train_settings
+from maskstudy.datasets.build import BuildSettings, aligned_name, build_aligned_dataset, find_dataset
+from maskstudy.datasets.cleaning import clean_manifest
+from maskstudy.datasets.identity_folders import scan_identity_folders
+from maskstudy.datasets.lfw_files import identity_folds, read_lfw_pairs, write_lfw_pairs
+from maskstudy.datasets.pairs import MASKED_UNMASKED, UNMASKED_UNMASKED, scenario_pairs
+from maskstudy.datasets.protocol import make_split
 from maskstudy.evaluate.verification import evaluate_pairs
-from maskstudy.experiment import load_network
-from maskstudy.identity_folders import scan_identity_folders
-from maskstudy.lfw_files import identity_folds, read_lfw_pairs, write_lfw_pairs
-from maskstudy.pairs import MASKED_UNMASKED, UNMASKED_UNMASKED, scenario_pairs
-from maskstudy.pipeline import parse_parameter
-from maskstudy.protocol import make_split
+from maskstudy.report import outputs
+from maskstudy.report.pipeline import parse_parameter
+from maskstudy.study.experiment import load_network
 from maskstudy.train import TrainConfig, train
 from maskstudy.train.data import TRAIN_LIST_COLUMNS
 
@@ -87,7 +88,7 @@ def pack(lfw: Path, celeba: Path, out: Path, lfw_folds: int, per_fold: int | Non
 
 def gpu_state(device: torch.device) -> dict:
     if device.type != "cuda":
-        return {"device": report.device_description()}
+        return {"device": outputs.device_description()}
     props = torch.cuda.get_device_properties(device)
     return {"device": props.name, "memory_gb": round(props.total_memory / 2**30, 1),
             "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda}
@@ -157,9 +158,9 @@ def markdown(summary: dict) -> str:
         f"{env['device']}; torch {env['torch']}; Python {env['python']}; profile `{summary['profile']}`; "
         f"{summary['lfw_pairs']} LFW pairs ({summary['lfw_folds']} folds), {summary['train_photos']} CelebA training "
         f"photos kept of {summary['celeba_photos']}, {summary['epochs']} epochs; whole check "
-        f"{report.format_duration(summary['seconds'])}.", "",
-        "## Build (detect, align, mask, write)", "", report.to_markdown(pd.DataFrame(summary["build"])), "",
-        "## Training and evaluation", "", report.to_markdown(pd.DataFrame(summary["variants"])), "",
+        f"{outputs.format_duration(summary['seconds'])}.", "",
+        "## Build (detect, align, mask, write)", "", outputs.to_markdown(pd.DataFrame(summary["build"])), "",
+        "## Training and evaluation", "", outputs.to_markdown(pd.DataFrame(summary["variants"])), "",
         "LFW accuracies: 10-fold protocol over the evaluated folds, with a bootstrap interval over pairs; "
         "`val_acc`: masked-unmasked pairs of held-out CelebA identities after the last epoch. A few epochs on a "
         "subset: these show that the networks learn, not what the full study would reach.", ""]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-#: Candidates: changes to the profile's defaults (maskstudy.config BASE, pretrained_*).
+#: Candidates: changes to the profile's defaults (maskstudy.core.profiles BASE, pretrained_*).
 CANDIDATES = [
     {},
     {"lr": 3e-4},
@@ -38,9 +38,9 @@ def main() -> None:
     parser.add_argument("--out", default="bench/tune_pretrained_track.md")
     parser.add_argument("--only", type=int, nargs="*", help="indices of CANDIDATES to run")
     args = parser.parse_args()
-    from maskstudy import pretrained_track as track
-    from maskstudy.config import resolve_config
-    from maskstudy.report import to_markdown
+    from maskstudy.core.profiles import resolve_config
+    from maskstudy.report.outputs import to_markdown
+    from maskstudy.study import pretrained_track as track
     from maskstudy.train.finetune import build_student, finetune
 
     config = resolve_config("cpu")

@@ -8,7 +8,7 @@ import sys
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .pipeline import PipelineError, RunFolderLockedError, parse_parameter, run_pipeline
+    from .report.pipeline import PipelineError, RunFolderLockedError, parse_parameter, run_pipeline
 
     try:
         overrides = dict(parse_parameter(p) for p in args.param)
@@ -24,8 +24,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _readme(args: argparse.Namespace) -> int:
-    from .data import project_root
-    from .report import update_readme
+    from .datasets.build import project_root
+    from .report.outputs import update_readme
 
     try:
         path = update_readme(project_root() / "README.md", args.run)

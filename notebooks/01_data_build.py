@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from maskstudy.pipeline import start_notebook
+from maskstudy.report.pipeline import start_notebook
 
 study = start_notebook("01_data_build", profile, run_dir, params)
 cfg = study.config
@@ -36,8 +36,8 @@ display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`,
 # %%
 from pathlib import Path
 
-from maskstudy import storage
-from maskstudy.data import DataNotFoundError, find_dataset
+from maskstudy.core import storage
+from maskstudy.datasets.build import DataNotFoundError, find_dataset
 
 lfw_root = find_dataset("lfw", cfg["lfw_root"])
 if lfw_root is None:
@@ -45,7 +45,7 @@ if lfw_root is None:
         raise DataNotFoundError(
             "LFW not found: set MASKSTUDY_LFW (or the lfw_root parameter) to a folder holding the identity "
             "folders and pairs.txt, or allow the download with download_lfw=True")
-    from maskstudy.download import fetch_lfw
+    from maskstudy.datasets.download import fetch_lfw
     lfw_root = fetch_lfw(study.root / cfg["download_dir"])
 
 extra = cfg["extra_datasets"]
@@ -61,7 +61,13 @@ pd.DataFrame({"dataset": list(sources), "folder": list(sources.values())})
 # ## Protocol and split
 
 # %%
-from maskstudy.protocol import identity_folds, make_split, read_lfw_pairs, read_lfw_people, scan_identity_folders
+from maskstudy.datasets.protocol import (
+    identity_folds,
+    make_split,
+    read_lfw_pairs,
+    read_lfw_people,
+    scan_identity_folders,
+)
 
 lfw_pairs = read_lfw_pairs(lfw_root / "pairs.txt")
 people = read_lfw_people(lfw_root / "people.txt") if (lfw_root / "people.txt").is_file() else None
@@ -105,7 +111,7 @@ split_table
 # %%
 import time
 
-from maskstudy.data import BuildSettings, build_aligned_dataset
+from maskstudy.datasets.build import BuildSettings, build_aligned_dataset
 
 settings = BuildSettings.from_config(cfg)
 eval_images = split.eval_images
@@ -145,7 +151,7 @@ if len(notes):
     display(Markdown(f"{len(notes)} images needed a conversion on load:"), notes.head(20))
 
 # %%
-from maskstudy.detect import STATUSES
+from maskstudy.faces.detect import STATUSES
 
 fig, ax = plt.subplots(figsize=(8, 1.4 + 0.5 * len(status)))
 status.drop(columns="total").rename(columns=STATUSES).plot.barh(stacked=True, ax=ax, colormap="tab10", legend=False)
@@ -160,7 +166,7 @@ study.save_figure(fig, "01_detection_status")
 plt.show()
 
 # %%
-from maskstudy.figures import detection_grid, image_grid
+from maskstudy.report.figures import detection_grid, image_grid
 
 shown = []
 for name in sources:
@@ -202,7 +208,7 @@ if cfg["save_masked_photos"] and len(ok):
 # eye-weighted landmarks, and a twin is drawn in a mask style the models **never see in training**.
 
 # %%
-from maskstudy.masked_photos import build_masked_variants, detection_summary
+from maskstudy.datasets.masked_photos import build_masked_variants, detection_summary
 
 detector = settings.detector()  # one MTCNN for both builds, with the profile's detection settings
 if cfg["masked_variants"]:
@@ -224,8 +230,8 @@ if cfg["masked_variants"]:
             masked_detection)
     sample = variants[variants["unseen_style"] != ""].sample(min(6, len(variants)), random_state=cfg["seed"])
     root = study.data_dir / "lfw" / "aligned"
-    from maskstudy.masked_photos import variant_name
-    from maskstudy.study import variant_titles
+    from maskstudy.datasets.masked_photos import variant_name
+    from maskstudy.study.design import variant_titles
 
     images, titles = [], []
     for row in sample.to_dict("records"):

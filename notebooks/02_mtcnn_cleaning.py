@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from maskstudy.pipeline import start_notebook
+from maskstudy.report.pipeline import start_notebook
 
 study = start_notebook("02_mtcnn_cleaning", profile, run_dir, params)
 cfg = study.config
@@ -33,10 +33,10 @@ display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`,
 # %%
 import json
 
-from maskstudy import storage
-from maskstudy.cleaning import clean_manifest, cleaning_summary
-from maskstudy.data import read_manifest
-from maskstudy.protocol import Split
+from maskstudy.core import storage
+from maskstudy.datasets.build import read_manifest
+from maskstudy.datasets.cleaning import clean_manifest, cleaning_summary
+from maskstudy.datasets.protocol import Split
 
 sources_file = study.data_dir / "sources.json"
 if not sources_file.is_file():
@@ -84,7 +84,7 @@ display(Markdown(f"Spearman correlation of the deviation rate with |yaw|: **{cor
 # ## Kept frontal faces and removed side faces
 
 # %%
-from maskstudy.figures import detection_grid, image_grid
+from maskstudy.report.figures import detection_grid, image_grid
 
 kept = detected[detected["keep"]].sample(min(12, int(detected["keep"].sum())), random_state=cfg["seed"])
 side = cleaned[cleaned["drop_reason"] == "side_face"].sort_values("deviation_rate", ascending=False).head(12)
@@ -125,7 +125,7 @@ style_table
 # generated in identity-disjoint folds from the images that cleaning kept (for validation during training).
 
 # %%
-from maskstudy.pairs import (
+from maskstudy.datasets.pairs import (
     SCENARIOS,
     VARIANT_SCENARIOS,
     generate_pairs,

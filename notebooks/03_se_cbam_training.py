@@ -19,7 +19,7 @@
 # **leave-one-style-out** run (the plain network trained without one mask style's twins, tested on that style) and,
 # when the profile asks for it, the plain network under other margin losses.
 #
-# Every model meets the same tests (`maskstudy.testsets`): LFW View 2 in the basic scenarios (masks aligned with the
+# Every model meets the same tests (`maskstudy.study.testsets`): LFW View 2 in the basic scenarios (masks aligned with the
 # clean photo's landmarks), the same pairs with the masked photo **detected by itself** and with **mask styles never
 # seen in training**, the false non-match rate at a **fixed threshold**, masked **identification** (per probe, per
 # identity, with distractors), and **MFR2**'s real masks from the photos. Intervals come from a bootstrap over
@@ -39,16 +39,15 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from maskstudy.pipeline import start_notebook
+from maskstudy.report.pipeline import start_notebook
 
 study = start_notebook("03_se_cbam_training", profile, run_dir, params)
 cfg = study.config
 display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`, data folder `{study.data_dir}`"))
 
 # %%
-from maskstudy import experiment
-from maskstudy import study as design
-from maskstudy.protocol import Split
+from maskstudy.datasets.protocol import Split
+from maskstudy.study import design, experiment
 
 train_csv = study.data_dir / "split" / "train_clean.csv"
 pairs_dir = study.data_dir / "lfw" / "pairs"
@@ -162,7 +161,7 @@ import time
 reference = design.pretrained_model(cfg) if teacher is not None else None
 reference_seconds = float("nan")
 if reference:
-    from maskstudy.teachers.reference import evaluate_teacher
+    from maskstudy.study.reference import evaluate_teacher
 
     started = time.perf_counter()
     evaluated[reference] = evaluate_teacher(teacher, tests, study.data_dir, mfr2_source=mfr2_source,
@@ -203,7 +202,7 @@ display(verification[verification["seed"] == main_seed].pivot(index="run", colum
 # its standard deviation: the yardstick every model difference below is judged against.
 
 # %%
-from maskstudy import comparisons
+from maskstudy.study import comparisons
 
 long = comparisons.accuracy_long(verification, mfr2_table if len(mfr2_table) else None)
 spread = comparisons.seed_summary(long, design.SEEDED_KINDS)
@@ -312,8 +311,8 @@ display(Markdown("**False non-match rate at a fixed threshold** (FMR target on u
         fnmr[fnmr["kind"] == design.RunKind.ATTENTION].groupby(["model", "scenario", "fmr_target"])["fnmr"].mean().unstack("fmr_target").round(4))
 
 # %%
-from maskstudy.data import read_manifest
-from maskstudy.pairs import masked_images
+from maskstudy.datasets.build import read_manifest
+from maskstudy.datasets.pairs import masked_images
 
 loso = pd.DataFrame()
 leave_out = [r for r in runs.values() if r.kind == design.RunKind.LEAVE_OUT]
@@ -363,8 +362,8 @@ else:
 # `maskstudy/train/finetune.py`), never on LFW's test folds or MFR2. No flip at test time (dlib's protocol).
 
 # %%
-from maskstudy import pretrained_track as track
 from maskstudy.models.dlib_resnet import WEIGHTS_HINT, weights_available
+from maskstudy.study import pretrained_track as track
 
 track_results, track_history, track_timing = {}, pd.DataFrame(), pd.DataFrame()
 track_ready = track.enabled(cfg) and weights_available()

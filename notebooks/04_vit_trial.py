@@ -27,17 +27,17 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from maskstudy.pipeline import start_notebook
+from maskstudy.report.pipeline import start_notebook
 
 study = start_notebook("04_vit_trial", profile, run_dir, params)
 cfg = study.config
 display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`, data folder `{study.data_dir}`"))
 
 # %%
-from maskstudy import experiment, storage
-from maskstudy import study as design
-from maskstudy.config import train_settings, transformer_settings
-from maskstudy.protocol import Split
+from maskstudy.core import storage
+from maskstudy.core.profiles import train_settings, transformer_settings
+from maskstudy.datasets.protocol import Split
+from maskstudy.study import design, experiment
 
 train_csv = study.data_dir / "split" / "train_clean.csv"
 summary_03 = study.tables / "03_seed_summary.csv"

@@ -33,17 +33,16 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from maskstudy.pipeline import start_notebook
+from maskstudy.report.pipeline import start_notebook
 
 study = start_notebook("05_gradcam_analysis", profile, run_dir, params)
 cfg = study.config
 display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`, data folder `{study.data_dir}`"))
 
 # %%
-from maskstudy import study as design
-from maskstudy.data import read_manifest
+from maskstudy.datasets.build import read_manifest
+from maskstudy.datasets.protocol import Split
 from maskstudy.evaluate import bootstrap_ci
-from maskstudy.experiment import load_network
 from maskstudy.explain import (
     CONTROL_RANKINGS,
     attention_on_regions,
@@ -65,9 +64,10 @@ from maskstudy.explain import (
     receptive_grid,
     visible_face_region,
 )
+from maskstudy.faces.preprocess import load_crops
 from maskstudy.models.iresnet import feature_map_size
-from maskstudy.preprocess import load_crops
-from maskstudy.protocol import Split
+from maskstudy.study import design
+from maskstudy.study.experiment import load_network
 
 CROP = 112
 method = cfg["cam_method"]
@@ -83,7 +83,7 @@ for name, seed in design.explained_networks(cfg):
         notes.append(f"{design.run_name(name, seed, cfg)} (no checkpoint)")
         continue
     networks[(name, seed)] = load_network(path)
-from maskstudy import pretrained_track as track
+from maskstudy.study import pretrained_track as track
 
 # the pretrained track (notebook 03's last section): dlib's network fine-tuned plain, with SE and with CBAM, over seeds;
 # explained at its 17x17 stage (the eye band is about 3 cells tall there)
@@ -231,7 +231,7 @@ if len(side):
 # aligned with the study's MTCNN + ArcFace-template alignment; the reference is a no-mask photo of the same person.
 
 # %%
-from maskstudy.data import find_dataset
+from maskstudy.datasets.build import find_dataset
 from maskstudy.evaluate import FaceRecognizer
 
 mfr2_root = find_dataset("mfr2", cfg["mfr2_root"])

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from maskstudy.pipeline import start_notebook
+from maskstudy.report.pipeline import start_notebook
 
 study = start_notebook("06_result_tables", profile, run_dir, params)
 cfg = study.config
@@ -28,10 +28,9 @@ display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`,
 # %%
 import json
 
-from maskstudy import answer, comparisons
-from maskstudy import study as design
-from maskstudy.figures import forest_plot
-from maskstudy.report import PUBLISHED_ANCHORS, read_results, write_summary
+from maskstudy.report.figures import forest_plot
+from maskstudy.report.outputs import PUBLISHED_ANCHORS, read_results, write_summary
+from maskstudy.study import answer, comparisons, design
 
 results = read_results(study.tables, answer.REQUIRED_TABLES, optional=answer.OPTIONAL_TABLES)
 split = json.loads((study.data_dir / "split" / "split.json").read_text())
@@ -216,7 +215,7 @@ display(Markdown("**Data-size curve**, CNN minus ViT on masked-unmasked pairs:")
 # face-restricted controls; the weight-randomisation check; and the verdict read from these tables.
 
 # %%
-from maskstudy.findings import cam_findings
+from maskstudy.study.findings import cam_findings
 
 attention = results["05_attention_regions"]
 display(attention[attention["input"] == "masked"],

@@ -45,7 +45,7 @@ def celeba_root() -> Path:
 @pytest.fixture(scope="session")
 def detector():
     """One MTCNN for the whole session (its weights ship inside facenet-pytorch)."""
-    from maskstudy.detect import FaceDetector
+    from maskstudy.faces.detect import FaceDetector
 
     return FaceDetector(device="cpu")
 
@@ -75,8 +75,8 @@ class TemplateDetector:
     def detect(self, images):
         import hashlib
 
-        from maskstudy.align import ARCFACE_TEMPLATE_112
-        from maskstudy.detect import Detection
+        from maskstudy.faces.align import ARCFACE_TEMPLATE_112
+        from maskstudy.faces.detect import Detection
 
         self.seen += len(images)
         found = []

@@ -1,8 +1,8 @@
 """A frozen copy of the mask drawing as of commit 5a82a59 (before it was made faster), the reference that
-``tests/test_masks.py`` and ``bench/bench_masks.py`` compare :func:`maskstudy.masks.draw_mask` with.
+``tests/test_masks.py`` and ``bench/bench_masks.py`` compare :func:`maskstudy.faces.masks.drawing.draw_mask` with.
 
-Geometry (:mod:`maskstudy.mask_geometry`), styles (:mod:`maskstudy.mask_styles`) and drawing
-(:mod:`maskstudy.masks`) are copied verbatim into one module; do not edit it to follow
+Geometry (:mod:`maskstudy.faces.masks.geometry`), styles (:mod:`maskstudy.faces.masks.styles`) and drawing
+(:mod:`maskstudy.faces.masks.drawing`) are copied verbatim into one module; do not edit it to follow
 later changes of the package: it is the old output the new drawing must reproduce.
 """
 

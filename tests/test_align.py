@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from maskstudy.align import ARCFACE_TEMPLATE_112, align_face, apply_transform, similarity_transform, template
+from maskstudy.faces.align import ARCFACE_TEMPLATE_112, align_face, apply_transform, similarity_transform, template
 
 
 def similarity(points, angle_deg, scale, shift):

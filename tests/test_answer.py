@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskstudy import answer, report
-from maskstudy import study as design
-from maskstudy.config import resolve_config
-from maskstudy.pairs import SCENARIOS, VARIANT_SCENARIOS
+from maskstudy.core.profiles import resolve_config
+from maskstudy.datasets.pairs import SCENARIOS, VARIANT_SCENARIOS
+from maskstudy.report import outputs
+from maskstudy.study import answer, design
 
 DETECTED, UNSEEN, BOTH = design.DETECTED, design.UNSEEN, design.BOTH_DETECTED
 TESTS = ["unmasked_unmasked", "masked_unmasked", "masked_masked", DETECTED, BOTH, UNSEEN, "mfr2"]
@@ -104,8 +104,8 @@ def run_folder(tmp_path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from maskstudy.figures import forest_plot
-    from maskstudy.pipeline import Study
+    from maskstudy.report.figures import forest_plot
+    from maskstudy.report.pipeline import Study
 
     config = resolve_config("cpu")
     results = synthetic_results()
@@ -118,13 +118,13 @@ def run_folder(tmp_path) -> Path:
     fig = forest_plot(answer.forest_rows(results, config))
     study.save_figure(fig, answer.FOREST_FIGURE, min_dpi=40)
     plt.close(fig)
-    report.write_summary(run_dir, answer.summarise(results, SPLIT, config))
+    outputs.write_summary(run_dir, answer.summarise(results, SPLIT, config))
     (run_dir / "01_data_build.html").write_text("<html></html>")
     run = {"profile": "cpu", "device": "CPU: x86_64", "matmul_gflops": 190.0, "started": "2026-12-06T03:00:00",
            "notebooks": [{"name": "01_data_build", "status": "ok", "seconds": 750, "html": "01_data_build.html",
                           "git_commit": "abc"},
                          {"name": "06_result_tables", "status": "ok", "seconds": 12, "git_commit": "abc"}]}
-    report.write_index(run, run_dir)
+    outputs.write_index(run, run_dir)
     return run_dir
 
 
@@ -227,13 +227,13 @@ def test_index_shows_the_answer_first_and_every_file_it_names_exists(run_folder)
 
 def test_readme_results_stay_within_budget_and_refresh_docs(run_folder, tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{report.README_START}\nold\n{report.README_END}\n\n## Next\n")
+    readme.write_text(f"# x\n\n{outputs.README_START}\nold\n{outputs.README_END}\n\n## Next\n")
     (run_folder / "bench").mkdir()
     (run_folder / "bench" / "detection.md").write_text("# Detection\n\n| path | images/s |\n|---|---|\n| kit | 40 |\n")
-    report.update_readme(readme, run_folder)
+    outputs.update_readme(readme, run_folder)
     text = readme.read_text()
-    section = text[text.index(report.README_START):text.index(report.README_END)].splitlines()[1:]
-    assert len(section) <= report.README_LINE_BUDGET
+    section = text[text.index(outputs.README_START):text.index(outputs.README_END)].splitlines()[1:]
+    assert len(section) <= outputs.README_LINE_BUDGET
     assert "**Question:**" in text and "- **Attention:**" in text and "](docs/results_differences.png)" in text
     assert "| from scratch (the seed's setup at cpu scale) | plain | 82.0 ± 0.4 |" in text
     assert "| | SE | " in text.replace("|  |", "| |")  # each track named once

@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from maskstudy.data import BuildSettings, build_aligned_dataset, read_manifest
-from maskstudy.protocol import scan_identity_folders
-from maskstudy.storage import append_json_lines, read_json_lines
+from maskstudy.core.storage import append_json_lines, read_json_lines
+from maskstudy.datasets.build import BuildSettings, build_aligned_dataset, read_manifest
+from maskstudy.datasets.protocol import scan_identity_folders
 from tests.conftest import REPO, TemplateDetector
 
 BATCH = 4
@@ -97,8 +97,8 @@ KILLED_BUILD = """
 import os, signal, sys
 from pathlib import Path
 
-from maskstudy.data import BuildSettings, build_aligned_dataset
-from maskstudy.protocol import scan_identity_folders
+from maskstudy.datasets.build import BuildSettings, build_aligned_dataset
+from maskstudy.datasets.protocol import scan_identity_folders
 from tests.conftest import TemplateDetector
 
 
@@ -144,7 +144,7 @@ def test_a_journal_line_cut_short_by_a_kill_is_skipped(tmp_path):
 
 
 def test_masked_variants_stopped_by_an_exception_keep_every_finished_photo(photos, tmp_path):
-    from maskstudy.masked_photos import build_masked_variants
+    from maskstudy.datasets.masked_photos import build_masked_variants
 
     manifest = build(photos, tmp_path / "data", TemplateDetector())
     kwargs = dict(unseen_styles=(), batch_size=BATCH, progress=False, log=lambda *_: None)

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskstudy import explain
+from maskstudy.faces.preprocess import to_input
 from maskstudy.models import build_backbone
 from maskstudy.models.iresnet import IResNet
-from maskstudy.preprocess import to_input
 
 torch.set_num_threads(1)
 

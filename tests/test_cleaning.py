@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskstudy.cleaning import (
+from maskstudy.datasets.cleaning import (
     boxes_from_manifest,
     clean_manifest,
     cleaning_summary,

@@ -7,10 +7,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from maskstudy.align import ARCFACE_TEMPLATE_112
-from maskstudy.data import BuildSettings, DataNotFoundError, build_aligned_dataset, find_dataset, row_landmarks
-from maskstudy.masks import MASK_STYLES
-from maskstudy.protocol import scan_identity_folders
+from maskstudy.datasets.build import (
+    BuildSettings,
+    DataNotFoundError,
+    build_aligned_dataset,
+    find_dataset,
+    row_landmarks,
+)
+from maskstudy.datasets.protocol import scan_identity_folders
+from maskstudy.faces.align import ARCFACE_TEMPLATE_112
+from maskstudy.faces.masks.drawing import MASK_STYLES
 from tests.conftest import CountingDetector, copy_lfw_photos
 
 

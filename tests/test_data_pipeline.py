@@ -8,12 +8,12 @@ import json
 import pandas as pd
 import pytest
 
-from maskstudy import data
-from maskstudy.config import resolve_config
-from maskstudy.data import BuildSettings, build_aligned_dataset
-from maskstudy.detect import FIRST_PASS_FACE_SIZE, FaceDetector
-from maskstudy.masked_photos import build_masked_variants, variant_name
-from maskstudy.protocol import scan_identity_folders
+from maskstudy.core.profiles import resolve_config
+from maskstudy.datasets import build as data
+from maskstudy.datasets.build import BuildSettings, build_aligned_dataset
+from maskstudy.datasets.masked_photos import build_masked_variants, variant_name
+from maskstudy.datasets.protocol import scan_identity_folders
+from maskstudy.faces.detect import FIRST_PASS_FACE_SIZE, FaceDetector
 from tests.conftest import CountingDetector, copy_lfw_photos
 
 

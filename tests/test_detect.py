@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskstudy.detect import choose_face, load_image
+from maskstudy.faces.detect import choose_face, load_image
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskstudy.detect import FaceDetector, area_resize, integral_image, load_image, pyramid_scales
+from maskstudy.faces.detect import FaceDetector, area_resize, integral_image, load_image, pyramid_scales
 
 
 @pytest.mark.parametrize("out", [(24, 24), (48, 48), (76, 55), (7, 30)])

@@ -94,7 +94,7 @@ def test_attention_starts_as_identity(attention):
 
 def test_chip_geometry_carries_template_points():
     """A dot at each ArcFace template point of a 112 crop lands where CROP_TO_CHIP puts it in the 150 chip."""
-    from maskstudy.align import ARCFACE_TEMPLATE_112, apply_transform
+    from maskstudy.faces.align import ARCFACE_TEMPLATE_112, apply_transform
 
     y, x = np.mgrid[0:112, 0:112]
     expected = apply_transform(CROP_TO_CHIP, ARCFACE_TEMPLATE_112)
@@ -117,9 +117,9 @@ def test_port_equals_dlib_on_real_chips(lfw_root, detector):
     pytest.importorskip("dlib", reason="dlib (the oracle) is part of the 'teacher' extra")
     from conftest import real_data_dir
 
-    from maskstudy.detect import load_image
+    from maskstudy.datasets.lfw_files import read_lfw_pairs
     from maskstudy.evaluate.metrics import kfold_accuracy
-    from maskstudy.lfw_files import read_lfw_pairs
+    from maskstudy.faces.detect import load_image
     from maskstudy.teachers.dlib_resnet import DlibResnetTeacher
 
     pairs = read_lfw_pairs(lfw_root / "pairs.txt")

@@ -1,4 +1,4 @@
-"""Tests for maskstudy.download against a local HTTP server (never the internet)."""
+"""Tests for maskstudy.datasets.download against a local HTTP server (never the internet)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from maskstudy import download
-from maskstudy.download import LFW_FILES, DownloadError, RemoteFile, fetch_lfw
+from maskstudy.datasets import download
+from maskstudy.datasets.download import LFW_FILES, DownloadError, RemoteFile, fetch_lfw
 from tests.conftest import QuietFiles, local_file_server
 
 IDENTITIES = {"Alice_Example": 3, "Bob_Sample": 2}

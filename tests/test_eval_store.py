@@ -12,7 +12,7 @@ from test_evaluate import MeanColour, write_crop
 
 from maskstudy.evaluate import verification
 from maskstudy.evaluate.store import EmbeddingStore, model_fingerprint
-from maskstudy.testsets import TestSets, evaluate_model
+from maskstudy.study.testsets import TestSets, evaluate_model
 
 
 @pytest.fixture

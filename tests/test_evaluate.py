@@ -31,8 +31,8 @@ from maskstudy.evaluate import (
     verify_command,
 )
 from maskstudy.evaluate.embed import EVAL_CHANNELS_LAST
+from maskstudy.faces.preprocess import to_input
 from maskstudy.models import build_backbone, fold_batchnorm
-from maskstudy.preprocess import to_input
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -376,7 +376,7 @@ def test_evaluate_pairs_and_scenarios_share_embeddings(tmp_path):
     np.testing.assert_allclose(result["scores"], np.where(plain["label"] == 1, 1.0, 0.0), atol=1e-6)
     assert result["correct"].all() and result["acc_ci"] == (1.0, 1.0)
 
-    from maskstudy.testsets import TestSets, evaluate_model
+    from maskstudy.study.testsets import TestSets, evaluate_model
 
     empty = pd.DataFrame(columns=["identity", "aligned", "masked"])
     tests = TestSets(pairs_dir, aligned, ["unmasked_unmasked", "masked_unmasked"], empty, empty[["identity", "aligned"]])
@@ -465,8 +465,8 @@ def test_from_checkpoint_refuses_arbitrary_pickles(tmp_path):
 
 @pytest.mark.realdata
 def test_face_recognizer_real_photos(tmp_path, lfw_root, detector):
-    from maskstudy.detect import load_image
-    from maskstudy.masks import draw_mask
+    from maskstudy.faces.detect import load_image
+    from maskstudy.faces.masks.drawing import draw_mask
 
     recognizer = FaceRecognizer.from_checkpoint(write_checkpoint(tmp_path / "ckpt.pt"), device="cpu",
                                                 detector=detector)

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from maskstudy import explain
-from maskstudy.align import template
+from maskstudy.faces.align import template
+from maskstudy.faces.preprocess import to_input
 from maskstudy.models import build_backbone
-from maskstudy.preprocess import to_input
 
 torch.set_num_threads(1)
 

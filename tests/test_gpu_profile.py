@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from maskstudy import experiment
-from maskstudy import pretrained_track as track
-from maskstudy import study as design
-from maskstudy.config import resolve_config, transformer_settings
+from maskstudy.core.profiles import resolve_config, transformer_settings
 from maskstudy.evaluate.embed import embed_crops
 from maskstudy.explain import cell_centres_2d, compute_grid_cams, grid_to_crop
+from maskstudy.faces.preprocess import load_crops
 from maskstudy.models.dlib_resnet import weights_available
-from maskstudy.preprocess import load_crops
+from maskstudy.study import design, experiment
+from maskstudy.study import pretrained_track as track
 from maskstudy.train.finetune import finetune
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]

@@ -21,15 +21,21 @@ import pytest
 import torch
 from PIL import Image
 
-from maskstudy import storage
-from maskstudy.cleaning import clean_manifest
-from maskstudy.config import resolve_config
-from maskstudy.data import TEXT_COLUMNS, BuildSettings, build_aligned_dataset, read_manifest, several_faces_note
-from maskstudy.detect import Detection, FaceDetector, load_image
+from maskstudy.core import storage
+from maskstudy.core.profiles import resolve_config
+from maskstudy.datasets.build import (
+    TEXT_COLUMNS,
+    BuildSettings,
+    build_aligned_dataset,
+    read_manifest,
+    several_faces_note,
+)
+from maskstudy.datasets.cleaning import clean_manifest
+from maskstudy.datasets.protocol import make_split, read_lfw_pairs, read_lfw_people, scan_identity_folders
 from maskstudy.evaluate import CHECKPOINT_FORMAT, FaceRecognizer, add_verify_arguments
+from maskstudy.faces.detect import Detection, FaceDetector, load_image
 from maskstudy.models import build_backbone
-from maskstudy.pipeline import RunFolderLockedError, parse_parameter, run_folder_lock, run_pipeline
-from maskstudy.protocol import make_split, read_lfw_pairs, read_lfw_people, scan_identity_folders
+from maskstudy.report.pipeline import RunFolderLockedError, parse_parameter, run_folder_lock, run_pipeline
 
 FACES = ["Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Abdullah_Gul/Abdullah_Gul_0001.jpg",
          "Adrien_Brody/Adrien_Brody_0001.jpg", "Aaron_Eckhart/Aaron_Eckhart_0001.jpg"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskstudy.losses import MARGIN_PRESETS, MarginHead, build_margin_head
+from maskstudy.train.losses import MARGIN_PRESETS, MarginHead, build_margin_head
 
 S = 64.0
 DEG = math.pi / 180

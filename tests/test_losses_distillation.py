@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskstudy.losses import DistillationLoss
+from maskstudy.train.losses import DistillationLoss
 
 
 def test_gradient_reaches_student_and_projection_not_teacher():

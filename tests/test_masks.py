@@ -1,4 +1,4 @@
-"""Tests for maskstudy.masks: geometry, coverage, determinism, robustness of the synthetic masks."""
+"""Tests for maskstudy.faces.masks.drawing: geometry, coverage, determinism, robustness of the synthetic masks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from maskstudy import masks
-from maskstudy.masks import (
+from maskstudy.faces.masks import drawing as masks
+from maskstudy.faces.masks.drawing import (
     MASK_STYLES,
     TRAINING_STYLES,
     UNSEEN_STYLES,
@@ -174,7 +174,7 @@ def test_unseen_styles_are_registered_and_disjoint_from_training():
 
 
 def test_unseen_outlines_differ_from_the_training_outline():
-    from maskstudy.masks import shape_of
+    from maskstudy.faces.masks.drawing import shape_of
 
     base = mask_alpha((112, 112), TEMPLATE) > 0.5
     for style in UNSEEN_STYLES:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskstudy.pairs import (
+from maskstudy.datasets.pairs import (
     SCENARIOS,
     generate_pairs,
     masked_name,

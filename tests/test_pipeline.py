@@ -15,8 +15,15 @@ import pandas as pd
 import pytest
 import tomllib
 
-from maskstudy.config import PROFILES, resolve_config
-from maskstudy.pipeline import PipelineError, notebooks, parse_parameter, read_notebook, run_pipeline, select_notebooks
+from maskstudy.core.profiles import PROFILES, resolve_config
+from maskstudy.report.pipeline import (
+    PipelineError,
+    notebooks,
+    parse_parameter,
+    read_notebook,
+    run_pipeline,
+    select_notebooks,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,7 +158,7 @@ def test_smoke_run_of_notebooks_01_02(smoke_run):
     for dataset, part in summary[summary["dataset"] != "all"].groupby("dataset"):
         assert part["count"].sum() == status.loc[dataset, "total"]
     pairs = pd.read_csv(run / "tables" / "02_pairs.csv")
-    from maskstudy.pairs import SCENARIOS, VARIANT_SCENARIOS, read_pair_folds
+    from maskstudy.datasets.pairs import SCENARIOS, VARIANT_SCENARIOS, read_pair_folds
 
     assert set(pairs[pairs["dataset"] == "lfw"]["scenario"]) == set(SCENARIOS) | set(VARIANT_SCENARIOS)
     for scenario in VARIANT_SCENARIOS:  # every crop a variant pair names exists
@@ -189,8 +196,8 @@ def test_failing_notebook_names_the_notebook_and_cell(smoke_run, tmp_path):
 
 @pytest.mark.slow
 def test_smoke_run_of_notebook_03_training(smoke_run):
-    from maskstudy import study as design
-    from maskstudy.pairs import SCENARIOS, VARIANT_SCENARIOS
+    from maskstudy.datasets.pairs import SCENARIOS, VARIANT_SCENARIOS
+    from maskstudy.study import design
 
     base, _ = smoke_run
     run = base / "run"
@@ -319,7 +326,7 @@ def test_notebook_06_fails_loudly_when_an_upstream_result_is_missing(smoke_run, 
 
 
 def test_read_results_names_missing_tables_and_their_notebooks(tmp_path):
-    from maskstudy.report import MissingResultError, read_results
+    from maskstudy.report.outputs import MissingResultError, read_results
 
     pd.DataFrame({"a": [1]}).to_csv(tmp_path / "03_verification.csv", index=False)
     found = read_results(tmp_path, ["03_verification"], optional=("03_margin_losses",))

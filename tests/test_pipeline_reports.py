@@ -12,9 +12,10 @@ import nbformat
 import pytest
 from tqdm import tqdm
 
-from maskstudy import cpu_threads, report
-from maskstudy.pipeline import Study, export_html, kernel_environment, results_html_path
-from maskstudy.progress_output import collapse_notebook_progress, collapse_progress, tidy_executed_notebook
+from maskstudy.core import cpu_threads
+from maskstudy.report import outputs
+from maskstudy.report.pipeline import Study, export_html, kernel_environment, results_html_path
+from maskstudy.report.progress import collapse_notebook_progress, collapse_progress, tidy_executed_notebook
 
 WARNING = "/data/x.py:3: UserWarning: a real warning the reader must see\n  warnings.warn(\n"
 
@@ -155,9 +156,9 @@ def test_index_lays_figures_out_in_reading_order_with_times_rate_and_warnings(tm
     _png(tmp_path / "figures" / "02_a.png")
     os.utime(tmp_path / "figures" / "02_a.png", (1e9, 1e9))  # saved later than 02_b: no order file, by time
     os.utime(tmp_path / "figures" / "02_b.png", (0.9e9, 0.9e9))
-    report.record_figure(report.figure_order_path(tmp_path, "02_mtcnn_cleaning"), "02_gone")  # no PNG: skipped
+    outputs.record_figure(outputs.figure_order_path(tmp_path, "02_mtcnn_cleaning"), "02_gone")  # no PNG: skipped
 
-    groups = report.figures_in_reading_order(tmp_path, ["01_data_build", "02_mtcnn_cleaning"])
+    groups = outputs.figures_in_reading_order(tmp_path, ["01_data_build", "02_mtcnn_cleaning"])
     assert [(g["notebook"], [f["name"] for f in g["figures"]]) for g in groups] == [
         ("01_data_build", ["01_zeta_first", "01_alpha_second", "01_mid_third"]),
         ("02_mtcnn_cleaning", ["02_b", "02_a"])]
@@ -170,7 +171,7 @@ def test_index_lays_figures_out_in_reading_order_with_times_rate_and_warnings(tm
                           "html": "01_data_build.html", "results_html": "01_data_build.results.html"},
                          {"name": "02_mtcnn_cleaning", "status": "ok", "seconds": 12.34, "matmul_gflops": 189.4,
                           "html": "02_mtcnn_cleaning.html", "results_html": "02_mtcnn_cleaning.results.html"}]}
-    page = report.render_index(run, tmp_path)
+    page = outputs.render_index(run, tmp_path)
     positions = [page.index(f"figures/{n}.png") for n in ("01_zeta_first", "01_alpha_second", "01_mid_third",
                                                            "02_b", "02_a")]
     assert positions == sorted(positions)
@@ -183,18 +184,18 @@ def test_index_lays_figures_out_in_reading_order_with_times_rate_and_warnings(tm
 
 
 def test_record_figure_keeps_first_place_and_rerun_starts_afresh(tmp_path):
-    order = report.figure_order_path(tmp_path, "05_gradcam_analysis")
+    order = outputs.figure_order_path(tmp_path, "05_gradcam_analysis")
     for name in ("05_b", "05_a", "05_b"):
-        report.record_figure(order, name, f"title of {name}")
+        outputs.record_figure(order, name, f"title of {name}")
     assert [e["name"] for e in json.loads(order.read_text())] == ["05_b", "05_a"]
     order.write_text("not json")
-    assert report._read_figure_order(order) == []
+    assert outputs._read_figure_order(order) == []
 
 
 @pytest.mark.parametrize("seconds,text", [(None, ""), ("x", ""), (5, "5.0 s"), (65.4, "1 min 05 s"),
                                           (3725, "1 h 02 min")])
 def test_format_duration(seconds, text):
-    assert report.format_duration(seconds) == text
+    assert outputs.format_duration(seconds) == text
 
 
 def test_available_cores_follows_affinity_and_quota(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from maskstudy.lfw_files import write_lfw_pairs
-from maskstudy.protocol import (
+from maskstudy.datasets.lfw_files import write_lfw_pairs
+from maskstudy.datasets.protocol import (
     PROTOCOL_EXTRA,
     PROTOCOL_LFW,
     Split,

@@ -12,12 +12,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from maskstudy import mfr2
-from maskstudy.data import BuildSettings, build_aligned_dataset
-from maskstudy.masked_photos import VARIANTS, build_masked_variants, detection_summary, landmark_error, variant_name
-from maskstudy.masks import TRAINING_STYLES, UNSEEN_STYLES
-from maskstudy.pairs import VARIANT_SCENARIOS, scenario_pairs, variant_scenario_pairs
-from maskstudy.protocol import scan_identity_folders
+from maskstudy.datasets import mfr2
+from maskstudy.datasets.build import BuildSettings, build_aligned_dataset
+from maskstudy.datasets.masked_photos import (
+    VARIANTS,
+    build_masked_variants,
+    detection_summary,
+    landmark_error,
+    variant_name,
+)
+from maskstudy.datasets.pairs import VARIANT_SCENARIOS, scenario_pairs, variant_scenario_pairs
+from maskstudy.datasets.protocol import scan_identity_folders
+from maskstudy.faces.masks.drawing import TRAINING_STYLES, UNSEEN_STYLES
 from tests.conftest import CountingDetector, copy_lfw_photos, real_data_dir
 
 

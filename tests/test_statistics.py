@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from maskstudy.statistics import (
+from maskstudy.evaluate.statistics import (
     cluster_bootstrap_ci,
     fnmr_at_fmr,
     holm_adjust,

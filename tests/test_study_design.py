@@ -1,4 +1,4 @@
-"""The study's design in one place (maskstudy.study), the comparison tables and the README's generated section."""
+"""The study's design in one place (maskstudy.study.design), the comparison tables and the README's generated section."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskstudy import comparisons
-from maskstudy import study as design
-from maskstudy.config import resolve_config
+from maskstudy.core.profiles import resolve_config
+from maskstudy.study import comparisons, design
 
 
 def test_training_runs_follow_the_profile():
@@ -88,7 +87,7 @@ def test_differences_are_holm_corrected_and_judged_over_seeds():
 
 
 def test_readme_results_section_is_rewritten_from_a_run(tmp_path):
-    from maskstudy.report import README_END, README_START, update_readme
+    from maskstudy.report.outputs import README_END, README_START, update_readme
 
     run = tmp_path / "reports" / "cpu"
     (run / "tables").mkdir(parents=True)
@@ -192,7 +191,7 @@ def test_tables_and_figures_show_their_tests_in_a_fixed_order():
 
 
 def test_variant_scenarios_and_titles():
-    from maskstudy import pairs
+    from maskstudy.datasets import pairs
 
     assert pairs.variant_scenario("masked_masked", "detected") == "masked_masked_detected"
     with pytest.raises(ValueError, match="no scenario for masked crops 'unseen' on 'masked_masked'"):
@@ -209,8 +208,8 @@ def test_variant_scenarios_and_titles():
 
 def _design_names() -> set[str]:
     """Every model, run, scenario and masked-crop variant name the design can produce for the shipped profiles."""
-    from maskstudy.config import PROFILES
-    from maskstudy.pairs import MASK_VARIANTS, SCENARIOS, VARIANT_SCENARIOS
+    from maskstudy.core.profiles import PROFILES
+    from maskstudy.datasets.pairs import MASK_VARIANTS, SCENARIOS, VARIANT_SCENARIOS
 
     names = set(SCENARIOS) | set(VARIANT_SCENARIOS) | set(MASK_VARIANTS) | set(design.TRANSFORMER_MODELS)
     names |= set(design.ATTENTION_NAMES) | set(design.ATTENTION_NAMES.values()) | {comparisons.MFR2}
@@ -244,8 +243,8 @@ def _string_literals(path):
 
 def test_notebooks_hold_no_model_or_scenario_name():
     """Issue 10: every model, run, scenario and crop-variant name reaches the notebooks from the design
-    (maskstudy.study, maskstudy.pairs); a quoted name, or an f-string starting with ``<name>_``, is a second source."""
-    from maskstudy.pipeline import notebooks
+    (maskstudy.study.design, maskstudy.datasets.pairs); a quoted name, or an f-string starting with ``<name>_``, is a second source."""
+    from maskstudy.report.pipeline import notebooks
 
     names = _design_names() - DATASET_NAMES
     assert {"plain", "se", "cbam", "vit", "hybrid", "plain_nomask", "masked_unmasked", "shared"} <= names
@@ -294,7 +293,7 @@ def test_seed_table_baseline_differences_and_leave_one_style_out():
 
 
 def test_training_lists_of_runs_and_missing_inputs(tmp_path):
-    from maskstudy import experiment
+    from maskstudy.study import experiment
 
     with pytest.raises(FileNotFoundError, match=r"train_clean.csv is missing: run notebooks 01 and 02 first"):
         experiment.require([tmp_path / "train_clean.csv"], "notebooks 01 and 02")
@@ -312,7 +311,7 @@ def test_training_lists_of_runs_and_missing_inputs(tmp_path):
 
 
 def test_findings_name_the_runs_of_the_design():
-    from maskstudy.findings import study_findings
+    from maskstudy.study.findings import study_findings
 
     results = {
         "01_split": pd.DataFrame({"train_images": [100]}),
@@ -362,7 +361,8 @@ def test_guided_students_follow_the_teacher_settings(tmp_path):
 
 
 def test_missing_teacher_extra_skips_with_install_hint(monkeypatch):
-    from maskstudy import experiment, teachers
+    from maskstudy import teachers
+    from maskstudy.study import experiment
     from maskstudy.teachers.base import TeacherUnavailableError
 
     def absent(name, **kw):

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from maskstudy.data import BOX_COLUMNS
-from maskstudy.detect import file_digest
-from maskstudy.download import DownloadError, RemoteFile
+from maskstudy.datasets.build import BOX_COLUMNS
+from maskstudy.datasets.download import DownloadError, RemoteFile
+from maskstudy.datasets.protocol import read_lfw_pairs
+from maskstudy.faces.detect import file_digest
 from maskstudy.models.registry import UnknownNameError
-from maskstudy.protocol import read_lfw_pairs
 from maskstudy.teachers import (
     Teacher,
     TeacherUnavailableError,

@@ -1,4 +1,4 @@
-"""A teacher as the reference row (maskstudy.teachers.reference): which photo and box stands for each crop of the
+"""A teacher as the reference row (maskstudy.study.reference): which photo and box stands for each crop of the
 tests, the tables computed exactly as evaluate_model's, coverage counts, and dlib on real photos."""
 
 from __future__ import annotations
@@ -12,14 +12,22 @@ import torch
 from PIL import Image
 from test_teachers_training import BOX, LANDMARKS, SEED, StandInTeacher, make_study_data
 
-from maskstudy import mfr2, storage, testsets  # testsets.TestSets: pytest would try to collect a bare TestSets
-from maskstudy.data import file_seed
-from maskstudy.detect import Detection, file_digest
+from maskstudy.core import storage
+from maskstudy.datasets import mfr2
+from maskstudy.datasets.build import file_seed
+from maskstudy.datasets.masked_photos import variant_name
+from maskstudy.datasets.pairs import (
+    SCENARIOS,
+    VARIANT_SCENARIOS,
+    scenario_pairs,
+    variant_scenario_pairs,
+    write_pair_folds,
+)
 from maskstudy.evaluate import embed_paths
-from maskstudy.masked_photos import variant_name
-from maskstudy.masks import draw_mask
-from maskstudy.pairs import SCENARIOS, VARIANT_SCENARIOS, scenario_pairs, variant_scenario_pairs, write_pair_folds
-from maskstudy.teachers.reference import (
+from maskstudy.faces.detect import Detection, file_digest
+from maskstudy.faces.masks.drawing import draw_mask
+from maskstudy.study import testsets  # testsets.TestSets: pytest would try to collect a bare TestSets
+from maskstudy.study.reference import (
     crops_of_tests,
     detected_boxes,
     evaluate_embeddings,
@@ -261,9 +269,9 @@ def test_dlib_reference_on_real_photos(lfw_root, detector, tmp_path):
     pytest.importorskip("dlib", reason="the optional 'teacher' extra is not installed (pip install -e .[teacher])")
     from conftest import copy_lfw_photos
 
-    from maskstudy.data import BuildSettings, build_aligned_dataset
-    from maskstudy.masked_photos import build_masked_variants
-    from maskstudy.protocol import scan_identity_folders
+    from maskstudy.datasets.build import BuildSettings, build_aligned_dataset
+    from maskstudy.datasets.masked_photos import build_masked_variants
+    from maskstudy.datasets.protocol import scan_identity_folders
     from maskstudy.teachers import build_teacher
 
     src = copy_lfw_photos(lfw_root, tmp_path / "src", names=("Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody"),

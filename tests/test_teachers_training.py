@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from maskstudy import storage
-from maskstudy.align import estimate_alignment, warp
-from maskstudy.data import BOX_COLUMNS, LANDMARK_COLUMNS, MANIFEST_COLUMNS, file_seed
-from maskstudy.detect import file_digest
-from maskstudy.masks import TRAINING_STYLES, UNSEEN_STYLES, choose_style, draw_mask
-from maskstudy.pairs import masked_name
+from maskstudy.core import storage
+from maskstudy.datasets.build import BOX_COLUMNS, LANDMARK_COLUMNS, MANIFEST_COLUMNS, file_seed
+from maskstudy.datasets.pairs import masked_name
+from maskstudy.faces.align import estimate_alignment, warp
+from maskstudy.faces.detect import file_digest
+from maskstudy.faces.masks.drawing import TRAINING_STYLES, UNSEEN_STYLES, choose_style, draw_mask
 from maskstudy.teachers import Teacher
 from maskstudy.teachers.training import (
     default_training_file,
@@ -69,8 +69,8 @@ def make_study_data(root: Path, n_people: int = 4, per_person: int = 3) -> dict:
     ``Person_3``'s photos are 130 px wide (the test detector finds no face on them); ``Person_0_0003`` is a
     fallback-aligned row (no face, the build's median landmarks).
     """
-    from maskstudy.masked_photos import COLUMNS as VARIANT_COLUMNS
-    from maskstudy.masked_photos import variant_name
+    from maskstudy.datasets.masked_photos import COLUMNS as VARIANT_COLUMNS
+    from maskstudy.datasets.masked_photos import variant_name
 
     src, data = root / "src", root / "data"
     out = data / "lfw"
@@ -184,8 +184,8 @@ def test_dlib_training_pass_on_real_lfw_photos(lfw_root, detector, tmp_path):
     pytest.importorskip("dlib", reason="the optional 'teacher' extra is not installed (pip install -e .[teacher])")
     from conftest import copy_lfw_photos
 
-    from maskstudy.data import BuildSettings, build_aligned_dataset
-    from maskstudy.protocol import scan_identity_folders
+    from maskstudy.datasets.build import BuildSettings, build_aligned_dataset
+    from maskstudy.datasets.protocol import scan_identity_folders
     from maskstudy.teachers import build_teacher
 
     src = copy_lfw_photos(lfw_root, tmp_path / "src", names=("Aaron_Peirsol", "Abdullah_Gul"), per_person=2)

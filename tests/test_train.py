@@ -79,7 +79,7 @@ def test_config_round_trip_and_unknown_keys():
 def test_train_config_defaults_are_the_base_profile_and_every_field_a_parameter():
     import dataclasses
 
-    from maskstudy.config import BASE, PROFILES, TRAIN_KEYS, resolve_config, train_settings
+    from maskstudy.core.profiles import BASE, PROFILES, TRAIN_KEYS, resolve_config, train_settings
 
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     assert sorted(TRAIN_KEYS.values()) == sorted(fields)  # one profile key per field, and back
@@ -103,7 +103,7 @@ def test_train_parameters_are_type_checked_like_their_fields():
     int too), so a wrong -p value stops the pipeline at its start."""
     import dataclasses
 
-    from maskstudy.config import TRAIN_KEYS, _allowed_types, resolve_config
+    from maskstudy.core.profiles import TRAIN_KEYS, _allowed_types, resolve_config
 
     names = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "None": type(None)}
     samples = {int: 3, float: 0.5, str: "x", bool: True, dict: {}, type(None): None, list: [1]}

@@ -79,7 +79,7 @@ def test_default_builds_nothing_and_reads_no_teacher(synthetic_faces, tmp_path, 
 
 
 def test_config_and_profile_keys():
-    from maskstudy.config import resolve_config, train_settings
+    from maskstudy.core.profiles import resolve_config, train_settings
 
     assert TrainConfig().distill_weight == 0.0 and TrainConfig().teacher_embeddings is None
     with pytest.raises(ValueError, match="distill_weight > 0 needs teacher_embeddings"):

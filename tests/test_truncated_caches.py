@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from test_teachers import CountingTeacher, _photos
 
-from maskstudy.data import BuildSettings, build_aligned_dataset, read_manifest
-from maskstudy.protocol import scan_identity_folders
+from maskstudy.datasets.build import BuildSettings, build_aligned_dataset, read_manifest
+from maskstudy.datasets.protocol import scan_identity_folders
 from tests.conftest import TemplateDetector, local_file_server
 
 CUTS = {"empty": 0, "one byte": 1, "half": 0.5, "all but the last 2 bytes": -2}
@@ -75,7 +75,7 @@ def teacher_embeddings(tmp_path, cut, request):
 
 @cache
 def teacher_boxes(tmp_path, cut, request):
-    from maskstudy.teachers.reference import detected_boxes
+    from maskstudy.study.reference import detected_boxes
 
     paths = sorted(request.getfixturevalue("synthetic_photos").glob("id[01]/img?.jpg"))
     boxes, found = detected_boxes(paths, TemplateDetector(), tmp_path / "cache", progress=False)
@@ -136,7 +136,7 @@ def data_build_journal(tmp_path, cut, request):
 
 @cache
 def masked_variants(tmp_path, cut, request):
-    from maskstudy.masked_photos import build_masked_variants
+    from maskstudy.datasets.masked_photos import build_masked_variants
 
     photos = request.getfixturevalue("synthetic_photos")
     manifest = build(photos, tmp_path / "data", TemplateDetector())
@@ -151,7 +151,7 @@ def masked_variants(tmp_path, cut, request):
 
 @cache
 def mfr2_photos(tmp_path, cut, request):
-    from maskstudy import mfr2
+    from maskstudy.datasets import mfr2
 
     root = tmp_path / "mfr2"
     labels = []
@@ -174,7 +174,7 @@ def mfr2_photos(tmp_path, cut, request):
 def facenet_weights(tmp_path, cut, request):
     import hashlib
 
-    from maskstudy.download import RemoteFile
+    from maskstudy.datasets.download import RemoteFile
     from maskstudy.teachers import TeacherUnavailableError
     from maskstudy.teachers.facenet import fetch_facenet_weights
 
@@ -208,7 +208,7 @@ def teacher_training_file(tmp_path, cut, request):
 
 @cache
 def training_checkpoint(tmp_path, cut, request):
-    from maskstudy.checkpoint import CheckpointError
+    from maskstudy.models.checkpoint import CheckpointError
     from maskstudy.train import TrainConfig, train
 
     csv, root, finished = request.getfixturevalue("trained_run")
@@ -224,8 +224,8 @@ def training_checkpoint(tmp_path, cut, request):
 
 @cache
 def previous_run_record(tmp_path, cut, request):
-    from maskstudy.pipeline import _previous_run
-    from maskstudy.storage import write_json
+    from maskstudy.core.storage import write_json
+    from maskstudy.report.pipeline import _previous_run
 
     write_json(tmp_path / "run.json", {"notebooks": {"01_data_build": {"status": "done"}}})
     assert _previous_run(tmp_path)

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from maskstudy.losses import build_margin_head
 from maskstudy.models import available_backbones, build_backbone, count_flops, count_parameters
 from maskstudy.models.iresnet import STAGE_LAYERS, IResNet
 from maskstudy.models.vit import (
@@ -21,6 +20,7 @@ from maskstudy.models.vit import (
     default_patch_size,
     scaled_embed_dim,
 )
+from maskstudy.train.losses import build_margin_head
 
 VIT_NAMES = sorted(VIT_VARIANTS)
 HYBRID_NAMES = sorted(HYBRID_VARIANTS)

@@ -130,7 +130,7 @@ BASE: dict[str, Any] = {
     # distill weight of the guided students: the margin loss's gradient on an embedding is ~s = 32 times the cosine
     # term's early on, so a weight of a few units lets the teacher matter without swamping the margin (untuned)
     "teacher_distill_weight": 4.0,
-    # the pretrained track (notebook 03, maskstudy.pretrained_track): dlib's ResNet-29 (teacher extra) fine-tuned on
+    # the pretrained track (notebook 03, maskstudy.study.pretrained_track): dlib's ResNet-29 (teacher extra) fine-tuned on
     # the training rows' clean crops and masked twins toward the frozen network's clean embedding; False = skip
     "pretrained_track": True,
     "pretrained_attention": ["none", "se", "cbam"],  # each over the study's seeds, inserted gated at identity

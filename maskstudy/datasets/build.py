@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import storage
-from .align import CROP_SIZE, estimate_alignment, warp
-from .cpu_threads import available_cores
-from .detect import FIRST_PASS_FACE_SIZE, PYRAMID_FACTOR, STATUSES, FaceDetector, file_digest, load_image
-from .masks import TRAINING_STYLES, choose_style, draw_mask
+from ..core import storage
+from ..core.cpu_threads import available_cores
+from ..faces.align import CROP_SIZE, estimate_alignment, warp
+from ..faces.detect import FIRST_PASS_FACE_SIZE, PYRAMID_FACTOR, STATUSES, FaceDetector, file_digest, load_image
+from ..faces.masks.drawing import TRAINING_STYLES, choose_style, draw_mask
 from .pairs import masked_name
 from .protocol import printable_name, skipped_files, unsafe_name_reason
 
@@ -90,7 +90,7 @@ def find_dataset(name: str, explicit: str | os.PathLike | None = None) -> Path |
 class BuildSettings:
     """Everything that changes a manifest row; a cached row is reused only under equal settings.
 
-    Detection (:class:`maskstudy.detect.FaceDetector`): MTCNN's pyramid reaches faces of ``min_face_size``
+    Detection (:class:`maskstudy.faces.detect.FaceDetector`): MTCNN's pyramid reaches faces of ``min_face_size``
     pixels in steps of ``pyramid_factor``; ``first_pass_face_size`` first searches only the levels for faces of
     at least that size, and the rest only in photos without such a face of probability ``min_prob``. LFW's faces
     are 79 px and more, in-the-wild CelebA's down to 16 px: with 36 px, 500 LFW photos keep their faces and
@@ -264,7 +264,7 @@ def _load_cache(manifest_path: Path, settings: BuildSettings) -> pd.DataFrame | 
 
 def _cached_manifest(manifest_path: Path, settings: BuildSettings) -> pd.DataFrame | None:
     """The saved manifest when it was made with ``settings``; a damaged one (or damaged settings file) costs a
-    redetection of its photos, with a warning (:func:`maskstudy.storage.read_csv_cache`)."""
+    redetection of its photos, with a warning (:func:`maskstudy.core.storage.read_csv_cache`)."""
     settings_path = manifest_path.with_suffix(".json")
     if not manifest_path.is_file() or not settings_path.is_file():
         return None
@@ -297,7 +297,7 @@ def _save_manifest(rows: Iterable[dict], manifest_path: Path, settings: BuildSet
 
 class _BuildJournal:
     """``manifest.journal``: the rows finished since the manifest was last saved, appended after every batch
-    (:func:`maskstudy.storage.append_json_lines`) below a first line naming the settings they were made with."""
+    (:func:`maskstudy.core.storage.append_json_lines`) below a first line naming the settings they were made with."""
 
     def __init__(self, manifest_path: Path, settings: BuildSettings):
         self.path = manifest_path.with_suffix(".journal")
@@ -406,7 +406,7 @@ def build_aligned_dataset(
     every protocol pair stays evaluable. Returns the manifest (one row per requested image, in order).
 
     Nothing is ever written outside ``<data_dir>/<name>``, and no source file is changed. Images that cannot be
-    used get a status and reason instead of stopping the build (see :data:`maskstudy.detect.STATUSES` and
+    used get a status and reason instead of stopping the build (see :data:`maskstudy.faces.detect.STATUSES` and
     :func:`skip_reasons`); with ``record_skipped_files`` the other entries of the requested identity folders
     (other extensions, ``*_mask.*`` twins, links that lead nowhere, ...) are appended as ``skipped`` /
     ``unreadable`` / ``bad_name`` rows, so that no file vanishes without a reason.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .data import BOX_COLUMNS, LANDMARK_COLUMNS  # the manifest's columns, defined with the manifest
+from .build import BOX_COLUMNS, LANDMARK_COLUMNS  # the manifest's columns, defined with the manifest
 
 # Reasons besides a failed status (which is reported as the status itself), in priority order.
 RULE_REASONS = ("low_prob", "side_face", "fallback_alignment", "ambiguous_face", "missing_landmarks")

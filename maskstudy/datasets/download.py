@@ -31,7 +31,7 @@ from pathlib import Path
 import pooch
 import requests
 
-from maskstudy.storage import write_json
+from maskstudy.core.storage import write_json
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..core.storage import write_text
 from .identity_folders import printable_name, unsafe_name_reason
-from .storage import write_text
 
 PAIR_COLUMNS = ["fold", "pair_index", "identity_a", "image_a", "identity_b", "image_b", "label"]
 PEOPLE_COLUMNS = ["fold", "identity", "n_images"]

@@ -1,15 +1,15 @@
 """Masked evaluation photos as a user meets them: masks the models never saw, and masks seen through a detector.
 
-The data build (:mod:`maskstudy.data`) aligns each masked twin with the *clean* photo's landmarks ("shared"
+The data build (:mod:`maskstudy.datasets.build`) aligns each masked twin with the *clean* photo's landmarks ("shared"
 alignment): an idealised test, since a recogniser given a masked photo must find the face itself, and MTCNN's
 nose and mouth landmarks are guesses under a mask. For every evaluation image this module writes, beside the
-twins of :mod:`maskstudy.data`, the crops of four more variants (suffixes of :data:`VARIANTS`):
+twins of :mod:`maskstudy.datasets.build`, the crops of four more variants (suffixes of :data:`VARIANTS`):
 
 * ``detected``: the full masked photo (training styles) detected and aligned by itself
-  (:func:`maskstudy.align.detect_and_align`: MTCNN, 5-point similarity, centre-crop fallback);
-* ``detected_eyes``: the same detection aligned with :data:`maskstudy.align.EYE_WEIGHTED` landmark weights
+  (:func:`maskstudy.faces.align.detect_and_align`: MTCNN, 5-point similarity, centre-crop fallback);
+* ``detected_eyes``: the same detection aligned with :data:`maskstudy.faces.align.EYE_WEIGHTED` landmark weights
   (stable when the lower landmarks are guessed under a mask);
-* ``unseen``: a twin in one of :data:`maskstudy.masks.UNSEEN_STYLES` (never used in training), shared alignment;
+* ``unseen``: a twin in one of :data:`maskstudy.faces.masks.drawing.UNSEEN_STYLES` (never used in training), shared alignment;
 * ``unseen_detected``: that unseen-style photo detected and aligned by itself.
 
 One row per image in ``<data_dir>/<dataset>/masked_variants.csv`` records the styles, whether MTCNN found the
@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import storage
-from .align import CROP_SIZE, EYE_WEIGHTED, align_detections, estimate_alignment, warp
-from .data import BUILD_WORKERS, LANDMARK_COLUMNS, file_seed, row_landmarks
-from .detect import load_image
-from .masks import TRAINING_STYLES, UNSEEN_STYLES, choose_style, draw_mask
+from ..core import storage
+from ..faces.align import CROP_SIZE, EYE_WEIGHTED, align_detections, estimate_alignment, warp
+from ..faces.detect import load_image
+from ..faces.masks.drawing import TRAINING_STYLES, UNSEEN_STYLES, choose_style, draw_mask
+from .build import BUILD_WORKERS, LANDMARK_COLUMNS, file_seed, row_landmarks
 from .pairs import MASK_VARIANTS
 
 #: Variant -> suffix of its crop name (``<stem><suffix>.jpg`` next to the aligned crops).

@@ -5,7 +5,7 @@ Layout (see ``../shared/data/mfr2/SOURCE.md``): ``<Name>/<Name>_NNNN.png`` photo
 without a header (``name i j`` or ``name1 i name2 j``, mixed), and ``mfr2_labels.txt`` (``Name, N, mask_type``).
 The set has no official folds: pairs are cut into 10 folds in file order (84-85 pairs each).
 
-Every photo goes through the path a user has (:func:`maskstudy.align.detect_and_align`: MTCNN on the photo itself,
+Every photo goes through the path a user has (:func:`maskstudy.faces.align.detect_and_align`: MTCNN on the photo itself,
 5-point alignment, centre-crop fallback), once, into ``<data_dir>/mfr2/aligned``; models are then evaluated on
 those crops with the LFW protocol's 10-fold accuracy, ROC AUC, accuracy per pair kind and the detector's
 face-found rate.
@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import storage
-from .align import CROP_SIZE, detect_and_align
-from .detect import file_digest, load_image
+from ..core import storage
+from ..faces.align import CROP_SIZE, detect_and_align
+from ..faces.detect import file_digest, load_image
 
 N_FOLDS = 10
 PAIR_KINDS = ("both_masked", "one_masked", "none_masked")

@@ -16,13 +16,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from .storage import write_csv, write_text
+from ..core.storage import write_csv, write_text
 
 #: The basic scenarios: no image masked, one image of each pair masked, both masked.
 UNMASKED_UNMASKED, MASKED_UNMASKED, MASKED_MASKED = "unmasked_unmasked", "masked_unmasked", "masked_masked"
 SCENARIOS = (UNMASKED_UNMASKED, MASKED_UNMASKED, MASKED_MASKED)
 MASK_SUFFIX = "_mask"
-#: Masked-crop variants (:mod:`maskstudy.masked_photos`) -> suffix of their crop names.
+#: Masked-crop variants (:mod:`maskstudy.datasets.masked_photos`) -> suffix of their crop names.
 MASK_VARIANTS = {
     "shared": "_mask",
     "detected": "_mask_det",

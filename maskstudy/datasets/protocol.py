@@ -1,7 +1,7 @@
 """The study's train/evaluation splits of LFW View 2 and identity-folder training sets.
 
-An image is named by its path relative to its dataset root, POSIX style (:mod:`maskstudy.identity_folders`);
-LFW's protocol files are read by :mod:`maskstudy.lfw_files`. Both are re-exported here, where the notebooks and
+An image is named by its path relative to its dataset root, POSIX style (:mod:`maskstudy.datasets.identity_folders`);
+LFW's protocol files are read by :mod:`maskstudy.datasets.lfw_files`. Both are re-exported here, where the notebooks and
 the data build have always imported them from.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..core.storage import write_csv, write_json
 from .identity_folders import (
     IMAGE_EXTENSIONS,
     SCAN_COLUMNS,
@@ -24,7 +25,6 @@ from .identity_folders import (
     unsafe_name_reason,
 )
 from .lfw_files import PAIR_COLUMNS, PEOPLE_COLUMNS, identity_folds, lfw_image, read_lfw_pairs, read_lfw_people
-from .storage import write_csv, write_json
 
 __all__ = [
     "IMAGE_EXTENSIONS", "PAIR_COLUMNS", "PEOPLE_COLUMNS", "PROTOCOL_EXTRA", "PROTOCOL_LFW", "SCAN_COLUMNS",

@@ -18,12 +18,16 @@ closed-set rank-1 identification of masked probes against an unmasked gallery.
 * :mod:`.verification` (:func:`evaluate_pairs`) and :mod:`.identification` (:func:`identification_rank1`).
 * :mod:`.recognizer`: :class:`FaceRecognizer` turns raw photos into embeddings (MTCNN detection, 5-point
   alignment onto the ArcFace 112x112 template, embedding) from a ``maskstudy-checkpoint-v1`` file
-  (:mod:`maskstudy.checkpoint`).
+  (:mod:`maskstudy.models.checkpoint`).
 * :mod:`.cli`: :func:`verify_command`, behind ``python -m maskstudy verify``.
+* :mod:`.store`: evaluation embeddings kept on disk; :mod:`.statistics`: cluster bootstrap, Holm's correction,
+  seed spread and fixed-threshold error rates, for every stage that compares numbers.
+
+Imports :mod:`maskstudy.core`, :mod:`maskstudy.faces`, :mod:`maskstudy.datasets` and :mod:`maskstudy.models`.
 """
 
-from ..align import CROP_SIZE, centre_crop
-from ..checkpoint import CHECKPOINT_FORMAT, CheckpointError, backbone_from_checkpoint, load_checkpoint
+from ..faces.align import CROP_SIZE, centre_crop
+from ..models.checkpoint import CHECKPOINT_FORMAT, CheckpointError, backbone_from_checkpoint, load_checkpoint
 from .cli import add_verify_arguments, read_any_pairs, run_verify, verify_command
 from .embed import compute_embeddings, embed_crops, embed_paths
 from .identification import identification_rank1

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..align import CROP_SIZE
-from ..checkpoint import CheckpointError
-from ..pairs import read_pair_folds, read_pairs
+from ..datasets.pairs import read_pair_folds, read_pairs
+from ..faces.align import CROP_SIZE
+from ..models.checkpoint import CheckpointError
 from .metrics import kfold_accuracy, roc_metrics
 from .recognizer import FaceRecognizer
 
@@ -163,7 +163,7 @@ def run_verify(args: argparse.Namespace) -> int:
         result = verify_command(args.checkpoint, args.pairs, args.root, batch_size=args.batch_size,
                                 device=args.device, progress=not getattr(args, "no_progress", False))
         if getattr(args, "output", None):
-            from ..storage import write_json
+            from ..core.storage import write_json
 
             write_json(args.output, {k: v for k, v in result.items() if k != "scores"})
     except (FileNotFoundError, ValueError, KeyError) as error:

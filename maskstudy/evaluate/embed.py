@@ -1,6 +1,6 @@
 """Embedding aligned crops: the one function that runs a backbone on crops, for training, evaluation and Grad-CAM.
 
-All model input goes through :func:`maskstudy.preprocess.load_crops` and :func:`maskstudy.preprocess.to_input`,
+All model input goes through :func:`maskstudy.faces.preprocess.load_crops` and :func:`maskstudy.faces.preprocess.to_input`,
 exactly as in training. What differs between the callers is explicit in the arguments of
 :func:`compute_embeddings`:
 
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..align import CROP_SIZE
+from ..faces.align import CROP_SIZE
+from ..faces.preprocess import check_crops, load_crops, to_input
 from ..models import eval_mode, fold_batchnorm, model_device
-from ..preprocess import check_crops, load_crops, to_input
 
 #: Device type -> whether evaluation (:func:`embed_crops`) feeds channels-last batches: on the CPU they measured
 #: 1.2-1.6x faster for every backbone here (oneDNN's convolutions work in NHWC; ``bench/bench_backbones.py``).
@@ -55,8 +55,8 @@ def compute_embeddings(
     """Embeddings of aligned face crops: ``(N, D)`` float32 on the CPU.
 
     ``crops``: uint8 RGB crops ``(N, H, W, 3)`` (array or tensor), or crop files (read ``batch_size`` at a
-    time with :func:`~maskstudy.preprocess.load_crops` at :data:`~maskstudy.preprocess.CROP_SIZE`). Each batch
-    becomes model input through :func:`~maskstudy.preprocess.to_input` (resized to ``input_size`` when needed).
+    time with :func:`~maskstudy.faces.preprocess.load_crops` at :data:`~maskstudy.faces.preprocess.CROP_SIZE`). Each batch
+    becomes model input through :func:`~maskstudy.faces.preprocess.to_input` (resized to ``input_size`` when needed).
 
     * ``flip``: the embedding is ``f(x) + f(hflip(x))`` (one forward pass over both), the flip fusion of
       ArcFace's evaluation (Deng et al., CVPR 2019); else ``f(x)``.

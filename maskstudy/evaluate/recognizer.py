@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..align import CROP_SIZE
-from ..checkpoint import backbone_from_checkpoint, load_checkpoint
+from ..faces.align import CROP_SIZE
+from ..models.checkpoint import backbone_from_checkpoint, load_checkpoint
 from .embed import embed_crops, progress_bar
 
 
@@ -34,7 +34,7 @@ def read_image(item, index: int):
     """Path / PIL image / uint8 HxWx3 array -> RGB PIL image; unreadable files raise ValueError."""
     from PIL import Image
 
-    from ..detect import load_image
+    from ..faces.detect import load_image
 
     if isinstance(item, (str, os.PathLike)):
         try:
@@ -54,7 +54,7 @@ def read_image(item, index: int):
 
 
 def _large_enough(image, index: int):
-    from ..detect import MIN_IMAGE_SIDE
+    from ..faces.detect import MIN_IMAGE_SIDE
 
     if min(image.size) < MIN_IMAGE_SIDE:
         raise ValueError(f"image {index} is too small: {image.size[0]}x{image.size[1]} px "
@@ -65,10 +65,10 @@ def _large_enough(image, index: int):
 class FaceRecognizer:
     """Raw photos -> identity embeddings with a trained backbone.
 
-    Pipeline per photo: load (:func:`maskstudy.detect.load_image` for paths: EXIF orientation, colour
-    conversions), detect with MTCNN (:class:`maskstudy.detect.FaceDetector`, batched, created on first use
+    Pipeline per photo: load (:func:`maskstudy.faces.detect.load_image` for paths: EXIF orientation, colour
+    conversions), detect with MTCNN (:class:`maskstudy.faces.detect.FaceDetector`, batched, created on first use
     unless given), align the chosen face's 5 landmarks onto the ArcFace 112x112 template
-    (:func:`maskstudy.align.align_face`), embed with flip fusion (:func:`embed_crops`). A photo without a
+    (:func:`maskstudy.faces.align.align_face`), embed with flip fusion (:func:`embed_crops`). A photo without a
     usable face is centre-cropped to a square and resized to 112 (the crop of a pre-aligned photo) and
     flagged in :attr:`EmbedResult.fallback`.
     """
@@ -98,15 +98,15 @@ class FaceRecognizer:
     @property
     def detector(self):
         if self._detector is None:
-            from ..detect import FaceDetector
+            from ..faces.detect import FaceDetector
 
             self._detector = FaceDetector(device=str(self.device))
         return self._detector
 
     def align(self, images: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Aligned 112x112 crops (N, 112, 112, 3) uint8 of raw photos, with ``face_found`` and ``fallback``
-        (see :func:`maskstudy.align.detect_and_align`)."""
-        from ..align import detect_and_align
+        (see :func:`maskstudy.faces.align.detect_and_align`)."""
+        from ..faces.align import detect_and_align
 
         pil = [read_image(item, i) for i, item in enumerate(images)]
         crops, found, fallback, _ = detect_and_align(pil, self.detector, CROP_SIZE)

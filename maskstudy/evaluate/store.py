@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import storage
+from ..core import storage
 
 STORE_VERSION = 1
 

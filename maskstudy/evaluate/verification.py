@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..statistics import cluster_bootstrap_ci
 from .embed import embed_paths
 from .metrics import bootstrap_ci, kfold_with_thresholds, roc_metrics
+from .statistics import cluster_bootstrap_ci
 
 
 def evaluate_pairs(model: nn.Module, input_size: int, pairs: pd.DataFrame, aligned_root: str | os.PathLike,
@@ -26,7 +26,7 @@ def evaluate_pairs(model: nn.Module, input_size: int, pairs: pd.DataFrame, align
     two embeddings. Returns ``pairs`` (count), ``accuracy`` (:func:`kfold_accuracy`), ``roc``
     (:func:`roc_metrics`), ``acc_ci`` (bootstrap interval of the accuracy: over pairs, or over whole
     ``clusters`` when given, e.g. each pair's first identity, see
-    :func:`maskstudy.statistics.cluster_bootstrap_ci`), and per pair ``scores``, ``labels``, ``folds``,
+    :func:`maskstudy.evaluate.statistics.cluster_bootstrap_ci`), and per pair ``scores``, ``labels``, ``folds``,
     ``correct`` and ``clusters`` (arrays, for paired bootstrap comparisons; ``clusters`` is one per pair when
     none are given).
     """

@@ -8,6 +8,8 @@ shares on raw maps, deletion/insertion faithfulness curves, a weight-randomisati
 * :mod:`.faithfulness`: :func:`deletion_insertion_curves` (RISE, Petsiuk et al. 2018) against
   :func:`control_rankings`; :func:`rank_correlation` (Adebayo et al. 2018); the older :func:`deletion_check`.
 * :mod:`.verdict`: :func:`mean_interval` (over seeds, else images) and :func:`attention_verdict`.
+
+Imports every stage up to :mod:`maskstudy.train`; the study imports it.
 """
 
 from .cams import (

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..evaluate.embed import compute_embeddings
+from ..faces.preprocess import check_crops, to_input
 from ..models.registry import eval_mode, lookup, model_device
-from ..preprocess import check_crops, to_input
 from .geometry import cell_centres, cell_centres_2d, grid_size, grid_to_crop, resize_centres
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..preprocess import check_crops
+from ..faces.preprocess import check_crops
 from .cams import _embed, _reference_embeddings
 from .geometry import eye_band_mask, visible_face_region
 

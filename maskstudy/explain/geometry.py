@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from ..align import CROP_SIZE, template
-from ..masks import mask_alpha
+from ..faces.align import CROP_SIZE, template
+from ..faces.masks.drawing import mask_alpha
 
 IR_STAGE_STRIDE = 2
 """Stride of each of the IR-ResNet's stage-opening convolutions (3x3 padding 1, shortcut 1x1 padding 0)."""
@@ -136,7 +136,7 @@ def _mask_region(size: int) -> np.ndarray:
 
 def mask_region(size: int = CROP_SIZE) -> np.ndarray:
     """Bool ``(size, size)``: the synthetic face mask on the aligned crop, i.e. the pixels the mask of
-    :mod:`maskstudy.masks` covers by more than half when drawn on the ArcFace template landmarks (nose,
+    :mod:`maskstudy.faces.masks.drawing` covers by more than half when drawn on the ArcFace template landmarks (nose,
     mouth, chin and the lower cheeks)."""
     return _mask_region(int(size)).copy()
 
@@ -146,7 +146,7 @@ def _eye_band(size: int) -> np.ndarray:
     points, d, eye_y = _template_geometry(size)
     top, bottom = eye_y - EYE_BAND_ABOVE * d, eye_y + EYE_BAND_BELOW * d
     left, right = points[0, 0] - EYE_BAND_SIDE * d, points[1, 0] + EYE_BAND_SIDE * d
-    centres = np.arange(size) + 0.5  # pixel i covers [i, i + 1), as in maskstudy.masks
+    centres = np.arange(size) + 0.5  # pixel i covers [i, i + 1), as in maskstudy.faces.masks.drawing
     rows = (centres >= top) & (centres <= bottom)
     cols = (centres >= left) & (centres <= right)
     band = rows[:, None] & cols[None, :] & ~_mask_region(size)

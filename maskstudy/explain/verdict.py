@@ -68,7 +68,7 @@ def attention_verdict(differences: pd.DataFrame, contrasts: pd.DataFrame, sanity
     weight-randomisation check? Reads notebook 05's tables ``05_attention_differences``,
     ``05_faithfulness_contrasts`` and ``05_randomization_check``; "holds" needs an eye-share difference above
     0, the mask-region share not above 0, and ``model``'s CAM beating every control. ``label`` names the models in
-    the sentence (e.g. :func:`maskstudy.study.model_label`)."""
+    the sentence (e.g. :func:`maskstudy.study.design.model_label`)."""
     eye = _row(differences, model=model, baseline=baseline, input="masked", measure="eye_share")
     mask = _row(differences, model=model, baseline=baseline, input="masked", measure="mask_share")
     name, base = label(model), label(baseline)

@@ -22,7 +22,7 @@ ARCFACE_TEMPLATE_112 = np.array(
 )
 
 #: Side of the aligned crops on disk, the size the ArcFace template is given for. Models with a smaller
-#: ``input_size`` get these crops resized by :func:`maskstudy.preprocess.to_input`, in training and evaluation.
+#: ``input_size`` get these crops resized by :func:`maskstudy.faces.preprocess.to_input`, in training and evaluation.
 CROP_SIZE = 112
 
 #: Index of each landmark in the 5-point convention (MTCNN order).

@@ -8,7 +8,7 @@ reason instead of an exception deep inside a batch. Detection runs in batches, o
 the R-Net / O-Net crops are area-resized from one integral image per photo (:func:`area_resize`, the same
 numbers) instead of one ``interpolate`` call per crop; photos of different sizes share the R-Net and O-Net
 batches (only P-Net runs per image size, nothing is padded); and an optional first pass searches only for faces
-of a data-appropriate size (see :class:`maskstudy.data.BuildSettings`).
+of a data-appropriate size (see :class:`maskstudy.datasets.build.BuildSettings`).
 """
 
 from __future__ import annotations

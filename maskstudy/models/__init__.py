@@ -1,7 +1,9 @@
 """Face-recognition backbones and their registry.
 
 ``build_backbone("ir50_se", width=1.0, input_size=112, embedding_size=512)`` builds any name in
-``available_backbones()``. Importing this package registers every backbone family.
+``available_backbones()``. Importing this package registers every backbone family. :mod:`.checkpoint` is the
+``maskstudy-checkpoint-v1`` format that training writes and evaluation reads. Imports :mod:`maskstudy.core` and
+:mod:`maskstudy.faces` only; a new backbone or attention block goes here, registered by name.
 """
 
 from . import dlib_resnet as _dlib_resnet  # noqa: F401  (registers dlib_resnet29*, dlib's pretrained network)

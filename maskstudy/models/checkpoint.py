@@ -4,7 +4,7 @@ A checkpoint (``<out_dir>/last.pt`` of :func:`maskstudy.train.train`) is a dict 
 (:data:`CHECKPOINT_FORMAT`), ``config`` (the :class:`~maskstudy.train.TrainConfig` dict plus ``num_classes``
 and ``class_names``), ``model`` and ``head`` (state dicts), ``optimizer``, ``scheduler`` (``{"step": ...}``;
 the LR is a function of the step), ``scaler`` (``None`` without fp16), ``rng`` (torch, numpy, python and CUDA
-states as tensors/lists, :func:`maskstudy.seeding.rng_state`), ``epoch`` (epochs completed), ``step``
+states as tensors/lists, :func:`maskstudy.core.seeding.rng_state`), ``epoch`` (epochs completed), ``step``
 (optimizer steps), ``history`` (the log rows), ``partial`` (``None``, or the progress inside an epoch stopped
 by ``max_steps``), ``world_size`` and ``torch_version``; a run with distillation adds ``distill`` (the training-only
 projection and its teacher's fingerprint, :mod:`maskstudy.train.distill`), which evaluation ignores. It is written atomically with ``torch.save``
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .align import CROP_SIZE
-from .seeding import rng_state
-from .storage import atomic_path
+from ..core.seeding import rng_state
+from ..core.storage import atomic_path
+from ..faces.align import CROP_SIZE
 
 #: The ``format`` field of a checkpoint written by ``maskstudy.train``.
 CHECKPOINT_FORMAT = "maskstudy-checkpoint-v1"
@@ -122,7 +122,7 @@ def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def backbone_from_checkpoint(checkpoint: Mapping, path: str | os.PathLike = "checkpoint") -> nn.Module:
     """Rebuild the backbone named in ``checkpoint["config"]`` and load its weights (strictly)."""
-    from .models import build_backbone
+    from . import build_backbone
 
     config = checkpoint["config"]
     model = build_backbone(

@@ -2,7 +2,7 @@
 
 dlib's recogniser expects a 150x150 chip cut by its own 5-point shape model (eye corners and nose base, padding
 0.25). The kit aligns every photo once, from MTCNN's five landmarks onto the ArcFace 112x112 template
-(:mod:`maskstudy.align`): clean photos, masked twins (with the clean photo's landmarks or detected on the masked
+(:mod:`maskstudy.faces.align`): clean photos, masked twins (with the clean photo's landmarks or detected on the masked
 photo) and MFR2 alike. :class:`ChipFromCrop` maps such a crop onto dlib's chip geometry with one fixed
 similarity, so the pretrained network needs no second alignment and no dlib at run time.
 

@@ -18,7 +18,7 @@ Where a port usually goes wrong, each settled against dlib itself (``tests/test_
 
 ``affine`` layers are dlib's frozen BatchNorm (a per-channel scale and shift).
 
-:class:`DlibResNet` takes the kit's input (aligned 112x112 ArcFace crops in [-1, 1], :mod:`maskstudy.preprocess`)
+:class:`DlibResNet` takes the kit's input (aligned 112x112 ArcFace crops in [-1, 1], :mod:`maskstudy.faces.preprocess`)
 and first cuts dlib's chip geometry out of them (:class:`ChipFromCrop`, :mod:`maskstudy.models.dlib_chip`), so
 that every test crop of the study goes through the same alignment as every other model; ``geometry="chip"``
 takes dlib's own 150x150 chips instead (for the exactness test).

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .data import BOX_COLUMNS, row_landmarks
-from .detect import load_image
+from ..datasets.build import BOX_COLUMNS, row_landmarks
+from ..faces.detect import load_image
 
 
 def _grid(n: int, ncols: int, size: float, suptitle: str | None):
@@ -84,7 +84,7 @@ def detection_grid(rows, roots: Mapping[str, str | Path], ncols: int = 6, size: 
 def forest_plot(rows: pd.DataFrame, title: str = "Differences between models on the tests that carry the answer"):
     """One panel per track, the comparisons grouped by test (in the rows' order, each test a bold heading): the
     difference in accuracy points with its 95 % interval, filled when Holm's correction separates it from 0, its
-    Holm-adjusted p at the right; the legend sits below the panels. ``rows``: :func:`maskstudy.answer.forest_rows`."""
+    Holm-adjusted p at the right; the legend sits below the panels. ``rows``: :func:`maskstudy.study.answer.forest_rows`."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 

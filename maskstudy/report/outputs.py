@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import storage
+from ..core import storage
 
 #: Packages whose versions every run records.
 RECORDED_PACKAGES = ("maskstudy", "torch", "torchvision", "facenet-pytorch", "timm", "grad-cam", "numpy",
@@ -368,7 +368,7 @@ def _markdown_table_to_html(markdown: str) -> str:
 
 
 def write_summary(run_dir: str | Path, summary: Mapping[str, Any]) -> Path:
-    """Record the study summary ``index.html`` and the README show first (:func:`maskstudy.answer.summarise`:
+    """Record the study summary ``index.html`` and the README show first (:func:`maskstudy.study.answer.summarise`:
     question, verdicts, short warnings, key table and forest plot names, the findings grouped by question and
     every warning) as ``<run_dir>/summary.json``."""
     return storage.write_json(Path(run_dir) / "summary.json", dict(summary))

@@ -3,11 +3,11 @@
 The notebooks are stored as Jupytext ``py:percent`` text (``notebooks/NN_*.py``: one source, diffed and linted like
 code). ``python -m maskstudy run --profile cpu`` converts each to ``.ipynb`` in ``reports/<profile>/``, executes it
 there with papermill (working directory: the repository root), collapses the progress-bar redraws the kernel
-streamed into one final line per loop (:mod:`maskstudy.progress_output`), exports it to self-contained HTML, with
+streamed into one final line per loop (:mod:`maskstudy.report.progress`), exports it to self-contained HTML, with
 and without the code, and writes ``index.html`` + ``run.json`` with the run's metadata. It stops at the first
 failing notebook and says which cell failed.
 
-The kernel gets as many OpenMP/MKL threads as this process may use cores (:mod:`maskstudy.cpu_threads`), and the
+The kernel gets as many OpenMP/MKL threads as this process may use cores (:mod:`maskstudy.core.cpu_threads`), and the
 run starts by checking whether other busy processes share those cores (warnings in the log, ``run.json`` and
 ``index.html``).
 """
@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cpu_threads, report, storage
-from .config import resolve_config
-from .data import project_root
-from .progress_output import tidy_executed_notebook
+from ..core import cpu_threads, storage
+from ..core.profiles import resolve_config
+from ..datasets.build import project_root
+from . import outputs
+from .progress import tidy_executed_notebook
 
 KERNEL_NAME = "python3"
 
@@ -198,8 +199,8 @@ def run_pipeline(
 
     The run holds a lock on ``run_dir`` (:func:`run_folder_lock`): a second run on the same folder stops at once
     with :class:`RunFolderLockedError` naming the holder, so that no run loses the other's entries.
-    ``thread_check()`` returns the start's :class:`~maskstudy.cpu_threads.ThreadCheck` (default
-    :func:`~maskstudy.cpu_threads.check_threads`; tests inject one)."""
+    ``thread_check()`` returns the start's :class:`~maskstudy.core.cpu_threads.ThreadCheck` (default
+    :func:`~maskstudy.core.cpu_threads.check_threads`; tests inject one)."""
     root = project_root()
     config = resolve_config(profile, overrides)
     profile = config["profile"]
@@ -219,8 +220,8 @@ def _run_notebooks(selected: list[Path], config: dict[str, Any], run_dir: Path, 
     profile = config["profile"]
     previous = _previous_run(run_dir)
     record: dict[str, Any] = {
-        "profile": profile, "parameters": config, "git_commit": report.git_commit(root),
-        "device": report.device_description(), "packages": report.package_versions(), "started": _now(),
+        "profile": profile, "parameters": config, "git_commit": outputs.git_commit(root),
+        "device": outputs.device_description(), "packages": outputs.package_versions(), "started": _now(),
         "command": " ".join(sys.argv), "notebooks": previous.get("notebooks", []),
         "matmul_gflops": check.matmul_gflops, "cpu_threads": check.as_record(), "warnings": list(check.warnings),
     }
@@ -238,7 +239,7 @@ def _run_notebooks(selected: list[Path], config: dict[str, Any], run_dir: Path, 
                                  "git_commit": record["git_commit"], "matmul_gflops": check.matmul_gflops}
         record["notebooks"].append(entry)
         record["notebooks"].sort(key=lambda n: n["name"])
-        report.write_index(record, run_dir)
+        outputs.write_index(record, run_dir)
         log(f"--> {path.stem}")
         began = time.perf_counter()
         try:
@@ -259,9 +260,9 @@ def _run_notebooks(selected: list[Path], config: dict[str, Any], run_dir: Path, 
             tidy_executed_notebook(out_nb)  # one final line per progress bar instead of every redraw
             _, results_html = export_html(out_nb, out_html)
             entry["html"], entry["results_html"] = out_html.name, results_html.name
-        record["data_fingerprint"] = report.data_fingerprint(root / config["data_dir"])
+        record["data_fingerprint"] = outputs.data_fingerprint(root / config["data_dir"])
         record["ended"] = _now()
-        report.write_index(record, run_dir)
+        outputs.write_index(record, run_dir)
         if entry["status"] == "failed":
             raise PipelineError(f"{out_nb.name} failed in cell {entry.get('failed_cell')}: {entry['error']}\n"
                                 f"See {out_html if out_html.exists() else out_nb} for the traceback.")
@@ -309,16 +310,16 @@ class Study:
     @property
     def figure_order_file(self) -> Path:
         """The notebook's figures in the order it saved them, with their titles: how ``index.html`` lays them out."""
-        return report.figure_order_path(self.run_dir, self.name)
+        return outputs.figure_order_path(self.run_dir, self.name)
 
     def save_figure(self, fig, name: str, min_dpi: int = 0) -> Path:
         """Save ``fig`` at the profile's ``figure_dpi`` (at least ``min_dpi``) and record it in reading order."""
-        png = report.save_figure(fig, self.figures, name, dpi=max(self.config.get("figure_dpi", 110), min_dpi))
-        report.record_figure(self.figure_order_file, name, report.figure_title(fig))
+        png = outputs.save_figure(fig, self.figures, name, dpi=max(self.config.get("figure_dpi", 110), min_dpi))
+        outputs.record_figure(self.figure_order_file, name, outputs.figure_title(fig))
         return png
 
     def save_table(self, frame, name: str) -> Path:
-        return report.save_table(frame, self.tables, name)
+        return outputs.save_table(frame, self.tables, name)
 
 
 def start_notebook(name: str, profile: str | None = None, run_dir: str | Path | None = None,
@@ -328,11 +329,11 @@ def start_notebook(name: str, profile: str | None = None, run_dir: str | Path | 
     Changes the working directory to the repository root, resolves the profile (``params`` from papermill
     already hold it; in JupyterLab they are empty and the profile's defaults apply), seeds the RNGs, creates the
     run folder and saves the parameters to ``<run_dir>/params/<name>.json``. Torch's intra-op threads are pinned to
-    the cores this process may use (``OMP_NUM_THREADS`` when set; :func:`maskstudy.cpu_threads.pin_torch_threads`).
+    the cores this process may use (``OMP_NUM_THREADS`` when set; :func:`maskstudy.core.cpu_threads.pin_torch_threads`).
     """
     import warnings
 
-    from .seeding import seed_everything  # torch: imported in the notebook's kernel only
+    from ..core.seeding import seed_everything  # torch: imported in the notebook's kernel only
 
     # libraries import tqdm.auto, which warns in kernels without ipywidgets; our bars are plain text on purpose
     warnings.filterwarnings("ignore", message="IProgress not found")

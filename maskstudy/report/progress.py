@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import storage
+from ..core import storage
 
 #: The time field that ends tqdm's default bar (``[00:14<00:00, 4.48step/s, loss=1.2]`` or ``[00:01, 12.3it/s]``):
 #: text glued after it in the same write (a warning printed mid-loop) is split onto its own line.
@@ -115,7 +115,7 @@ def collapse_notebook_progress(nb) -> int:
 
 def tidy_executed_notebook(path: str | Path) -> int:
     """Collapse the progress redraws of the executed notebook at ``path`` and rewrite it atomically
-    (:func:`maskstudy.storage.write_text`); returns :func:`collapse_notebook_progress`'s count."""
+    (:func:`maskstudy.core.storage.write_text`); returns :func:`collapse_notebook_progress`'s count."""
     import nbformat
 
     path = Path(path)

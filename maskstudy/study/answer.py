@@ -1,9 +1,9 @@
 """The study's answer on one screen, computed from the result tables: one verdict sentence per question of
-:data:`maskstudy.study.QUESTIONS` (both tracks side by side, each with its key interval), the compact key table,
+:data:`maskstudy.study.design.QUESTIONS` (both tracks side by side, each with its key interval), the compact key table,
 the rows of the forest plot and the warnings that limit the answer.
 
 Notebook 06 writes them into ``summary.json`` (:func:`summarise`); ``index.html`` and the README show them first,
-with the complete findings (:func:`maskstudy.findings.study_findings`) one click below.
+with the complete findings (:func:`maskstudy.study.findings.study_findings`) one click below.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import study as design
+from ..datasets.pairs import MASKED_UNMASKED, UNMASKED_UNMASKED
+from . import design
 from .comparisons import MFR2
 from .findings import study_findings
-from .pairs import MASKED_UNMASKED, UNMASKED_UNMASKED
 
 #: Result tables notebook 06 needs, and those a run may lack (a profile without MFR2, teacher or a track).
 REQUIRED_TABLES = ["01_split", "02_cleaning_summary", "03_verification", "03_identification", "03_differences",
@@ -43,7 +43,7 @@ MAX_SHORT_WARNINGS = 4
 
 
 def track_label(track: str, profile: str | None) -> str:
-    """The track's label in the key table and the forest plot (:data:`maskstudy.study.TRACK_LABELS`)."""
+    """The track's label in the key table and the forest plot (:data:`maskstudy.study.design.TRACK_LABELS`)."""
     return design.TRACK_LABELS[track].format(profile=profile or "this")
 
 
@@ -274,7 +274,7 @@ def cams_verdict(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any])
 
 def verdicts(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> list[dict[str, str]]:
     """One sentence per question the run can answer: ``{"question", "heading", "text"}`` in
-    :data:`maskstudy.study.QUESTIONS` order."""
+    :data:`maskstudy.study.design.QUESTIONS` order."""
     sentences = {"attention": attention_verdict(results), "detection": detection_verdict(results),
                  "unseen": unseen_verdict(results, config), "real_masks": real_masks_verdict(results),
                  "training": training_verdict(results, config), "pretrained": pretrained_verdict(results),
@@ -289,7 +289,7 @@ def verdicts(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> 
 
 
 def key_table(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> pd.DataFrame:
-    """Models of both tracks x the tests that carry the answer (:data:`maskstudy.study.KEY_TESTS`): verification
+    """Models of both tracks x the tests that carry the answer (:data:`maskstudy.study.design.KEY_TESTS`): verification
     accuracy %, mean ± sd over seeds (one run: the mean alone); columns track, model and one per test."""
     rows = []
     for track, (_, spread_name, _) in TRACK_TABLES.items():

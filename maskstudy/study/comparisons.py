@@ -1,7 +1,7 @@
 """Tables that compare the trained models: spread over seeds, differences with Holm-corrected tests, subsets.
 
-Inputs are what :func:`maskstudy.testsets.evaluate_model` returns per training run and the runs of
-:func:`maskstudy.study.training_runs`; outputs are plain DataFrames that notebooks save and plot.
+Inputs are what :func:`maskstudy.study.testsets.evaluate_model` returns per training run and the runs of
+:func:`maskstudy.study.design.training_runs`; outputs are plain DataFrames that notebooks save and plot.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .statistics import holm_adjust, paired_cluster_bootstrap, seed_difference, seed_spread
+from ..evaluate.statistics import holm_adjust, paired_cluster_bootstrap, seed_difference, seed_spread
 
 #: The name under which MFR2 appears beside the LFW scenarios.
 MFR2 = "mfr2"

@@ -2,7 +2,7 @@
 tests each table and figure shows in which order.
 
 Notebooks 03-06 take every model name, run name, seed, checkpoint folder and test list from here (scenario names
-come from :mod:`maskstudy.pairs`), so that removing ``se`` from ``attention_variants``, adding a block or a seed
+come from :mod:`maskstudy.datasets.pairs`), so that removing ``se`` from ``attention_variants``, adding a block or a seed
 runs through all of them without edits.
 """
 
@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .comparisons import MFR2
-from .config import TRANSFORMER_KEYS, train_settings
-from .pairs import (
+from ..core.profiles import TRANSFORMER_KEYS, train_settings
+from ..datasets.pairs import (
     MASK_VARIANTS,
     MASKED_MASKED,
     MASKED_UNMASKED,
@@ -24,6 +23,7 @@ from .pairs import (
     variant_scenario,
     variants_of,
 )
+from .comparisons import MFR2
 
 #: The attention block of the network without attention (``attention_variants`` in the profile).
 NO_ATTENTION = "none"
@@ -33,7 +33,7 @@ PLAIN = "plain"
 ATTENTION_NAMES = {NO_ATTENTION: PLAIN, "se": "se", "cbam": "cbam"}
 #: The transformer models notebook 04 trains beside the CNNs (one per family of :data:`config.TRANSFORMER_KEYS`).
 TRANSFORMER_MODELS = tuple(TRANSFORMER_KEYS)
-#: The pretrained track's models (:mod:`maskstudy.pretrained_track`): the pretrained network as it is (its reference
+#: The pretrained track's models (:mod:`maskstudy.study.pretrained_track`): the pretrained network as it is (its reference
 #: row), each attention block fine-tuned, and the cropping baseline (the plain fine-tune on the upper face only).
 TRACK_REFERENCE = "dlib_resnet29_pretrained"
 TRACK_MODELS = {NO_ATTENTION: "ft_plain", "se": "ft_se", "cbam": "ft_cbam"}
@@ -173,7 +173,7 @@ def checkpoint(outputs: str | Path, run: str) -> Path:
     return Path(outputs) / "checkpoints" / run / "last.pt"
 
 
-#: Masked-crop variants a twins run may train on (:data:`maskstudy.pairs.MASK_VARIANTS`).
+#: Masked-crop variants a twins run may train on (:data:`maskstudy.datasets.pairs.MASK_VARIANTS`).
 TWIN_VARIANTS = ("detected", "detected_eyes")
 #: The run of the plain network trained without masked twins (the seed study's baseline).
 NOMASK_RUN = f"{PLAIN}_nomask"
@@ -416,7 +416,7 @@ def without_style(rows, style: str):
 def with_masked_variant(rows, variant: str, data_dir):
     """Training rows whose masked twins are replaced by their ``variant`` crops (e.g. ``detected``: the masked
     photo detected and aligned by itself) where notebook 01 built them; other rows keep their shared twin."""
-    from .masked_photos import variant_name
+    from ..datasets.masked_photos import variant_name
 
     rows = rows.copy()
     data_dir = Path(data_dir)
@@ -431,13 +431,13 @@ def with_masked_variant(rows, variant: str, data_dir):
     return rows
 
 
-#: Readable label of each masked-crop variant (:data:`maskstudy.pairs.MASK_VARIANTS`) in figures.
+#: Readable label of each masked-crop variant (:data:`maskstudy.datasets.pairs.MASK_VARIANTS`) in figures.
 VARIANT_LABELS = {SHARED_TWINS: "shared", "detected": "detected", "detected_eyes": "detected, eye-weighted",
                   "unseen": "unseen", "unseen_detected": "unseen, detected"}
 
 
 def variant_titles(seen_style: str, unseen_style: str) -> dict[str, str]:
-    """Figure title of each masked-crop variant of one photo, in :data:`maskstudy.pairs.MASK_VARIANTS` order; the
+    """Figure title of each masked-crop variant of one photo, in :data:`maskstudy.datasets.pairs.MASK_VARIANTS` order; the
     shared twin and the unseen-style twin name their mask style."""
     styled = {SHARED_TWINS: seen_style, "unseen": unseen_style}
     return {v: f"{VARIANT_LABELS[v]} {styled[v]}" if v in styled else VARIANT_LABELS[v] for v in MASK_VARIANTS}

@@ -1,7 +1,7 @@
 """Training and evaluating networks with the profile's settings: the setup notebooks 03 and 04 share.
 
-A run folder's networks are trained into ``outputs/checkpoints/<run>/`` (:func:`maskstudy.study.checkpoint`) and
-meet the same tests (:class:`maskstudy.testsets.TestSets`) with the same evaluation settings (``fixed_fmr``,
+A run folder's networks are trained into ``outputs/checkpoints/<run>/`` (:func:`maskstudy.study.design.checkpoint`) and
+meet the same tests (:class:`maskstudy.study.testsets.TestSets`) with the same evaluation settings (``fixed_fmr``,
 ``eval_batch_size``, ``bootstrap_samples``, ``seed``), whichever notebook trains them.
 """
 
@@ -15,14 +15,14 @@ from typing import Any
 
 import pandas as pd
 
-from . import storage
-from . import study as design
-from .data import find_dataset, read_manifest
-from .evaluate import backbone_from_checkpoint, load_checkpoint
-from .models import count_flops, count_parameters
-from .protocol import Split
+from ..core import storage
+from ..datasets.build import find_dataset, read_manifest
+from ..datasets.protocol import Split
+from ..evaluate import backbone_from_checkpoint, load_checkpoint
+from ..models import count_flops, count_parameters
+from ..train import TrainConfig, TrainResult, train_or_restart
+from . import design
 from .testsets import ModelResults, TestSets, evaluate_model
-from .train import TrainConfig, TrainResult, train_or_restart
 
 
 def require(paths: Iterable[str | os.PathLike], run_first: str) -> None:
@@ -36,7 +36,7 @@ def require(paths: Iterable[str | os.PathLike], run_first: str) -> None:
 def train_network(settings: Mapping[str, Any], train_csv: str | os.PathLike, data_dir: str | os.PathLike,
                   out_dir: str | os.PathLike) -> TrainResult:
     """Train (or resume, or reuse) a network from its TrainConfig fields into ``out_dir`` (for a training run:
-    the folder of :func:`maskstudy.study.checkpoint`)."""
+    the folder of :func:`maskstudy.study.design.checkpoint`)."""
     return train_or_restart(TrainConfig.from_dict(dict(settings)), train_csv, data_dir, out_dir)
 
 
@@ -83,7 +83,7 @@ class Evaluation:
         return cls(tests, mfr2_source, config)
 
     def evaluate(self, model, input_size: int, **options: Any) -> ModelResults:
-        """:func:`maskstudy.testsets.evaluate_model` with the profile's settings (``options``: which tests)."""
+        """:func:`maskstudy.study.testsets.evaluate_model` with the profile's settings (``options``: which tests)."""
         c = self.config
         return evaluate_model(model, input_size, self.tests, fixed_fmr=c["fixed_fmr"], batch_size=c["eval_batch_size"],
                               n_boot=c["bootstrap_samples"], seed=c["seed"], **options)
@@ -96,8 +96,8 @@ class Evaluation:
 def load_teacher(config: Mapping[str, Any], detector=None):
     """The profile's pretrained teacher (``teacher``), or ``None``, with a sentence saying which, or why none: no
     teacher chosen, or its optional packages missing (the sentence says how to install them)."""
-    from .teachers import build_teacher
-    from .teachers.base import TeacherUnavailableError
+    from ..teachers import build_teacher
+    from ..teachers.base import TeacherUnavailableError
 
     name = config.get("teacher")
     if not name:
@@ -111,7 +111,7 @@ def load_teacher(config: Mapping[str, Any], detector=None):
 
 
 def study_detector(config: Mapping[str, Any]):
-    """The MTCNN of the study's data build (:class:`maskstudy.detect.FaceDetector` with the profile's settings)."""
-    from .data import BuildSettings
+    """The MTCNN of the study's data build (:class:`maskstudy.faces.detect.FaceDetector` with the profile's settings)."""
+    from ..datasets.build import BuildSettings
 
     return BuildSettings.from_config(config).detector()

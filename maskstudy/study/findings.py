@@ -2,7 +2,7 @@
 
 Every number in a sentence comes from a table; every claim about a difference follows its interval and the Holm
 correction, so the summary never says more than the evidence does. Tests and models are named by their display
-labels (:mod:`maskstudy.study`); the findings are grouped by the question they answer (:data:`study.QUESTIONS`).
+labels (:mod:`maskstudy.study.design`); the findings are grouped by the question they answer (:data:`study.QUESTIONS`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import study as design
+from ..datasets.pairs import MASKED_UNMASKED, UNMASKED_UNMASKED
+from . import design
 from .comparisons import MFR2
-from .pairs import MASKED_UNMASKED, UNMASKED_UNMASKED
 
 DETECTED, UNSEEN = design.DETECTED, design.UNSEEN
 DETECTED_EYES, BOTH_DETECTED = design.DETECTED_EYES, design.BOTH_DETECTED
@@ -32,9 +32,9 @@ def _pts(x: float) -> str:
 
 def study_findings(results: Mapping[str, pd.DataFrame], split: Mapping[str, Any],
                    config: Mapping[str, Any]) -> tuple[dict[str, list[str]], list[str]]:
-    """Findings grouped by question (:data:`maskstudy.study.QUESTIONS` keys, after :data:`maskstudy.study.SETUP`)
+    """Findings grouped by question (:data:`maskstudy.study.design.QUESTIONS` keys, after :data:`maskstudy.study.design.SETUP`)
     and warnings, from the tables of notebooks 01-05 (``results`` as read by
-    :func:`maskstudy.report.read_results`) and the split's description."""
+    :func:`maskstudy.report.outputs.read_results`) and the split's description."""
     groups: dict[str, list[str]] = {key: [] for key in (design.SETUP, *design.QUESTIONS)}
     warnings: list[str] = []
     setup = groups[design.SETUP]
@@ -224,7 +224,7 @@ def _teacher_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
 
 
 def track_findings(results: Mapping[str, pd.DataFrame]) -> dict[str, list[str]]:
-    """Sentences on the pretrained track (:mod:`maskstudy.pretrained_track`), by question: the fine-tuned models
+    """Sentences on the pretrained track (:mod:`maskstudy.study.pretrained_track`), by question: the fine-tuned models
     against the pretrained network (``pretrained``), attention among them, Holm over the track's family
     (``attention``), and the cropping baseline (``training``)."""
     out: dict[str, list[str]] = {"pretrained": [], "attention": [], "training": []}
@@ -291,7 +291,7 @@ def cam_findings(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any],
                        f"{100 * masked['eye_band_area_share'].iloc[0]:.1f} % of the crop).")
     pairs = cam_pairs(results, config)
     if pairs:
-        from .explain.verdict import attention_verdict
+        from ..explain.verdict import attention_verdict
 
         track = set(design.TRACK_MODELS.values())
         out += [("Pretrained track: " if model in track else "") + attention_verdict(

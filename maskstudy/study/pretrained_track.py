@@ -5,7 +5,7 @@ about 82 % on unmasked LFW. This track asks it of a recogniser in use (99 %): th
 (the reference row ``dlib_resnet29_pretrained``), fine-tuned on the study's training rows (clean crops and their
 masked twins, :mod:`maskstudy.train.finetune`) as ``ft_plain``, ``ft_se`` and ``ft_cbam`` over the study's seeds,
 and the cropping baseline ``ft_crop`` (upper face only, main seed). Every model meets every test of
-:mod:`maskstudy.testsets` on the kit's own crops (cut to dlib's chip geometry inside the model), through the
+:mod:`maskstudy.study.testsets` on the kit's own crops (cut to dlib's chip geometry inside the model), through the
 frozen stages' features computed once per crop.
 """
 
@@ -23,13 +23,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .study import TRACK_CROP_MODEL as CROP_MODEL
-from .study import TRACK_MODELS as MODELS
-from .study import TRACK_REFERENCE as REFERENCE
-from .train.finetune import FeatureStore, FinetuneConfig, FinetuneValidation, build_student, head_embeddings
+from ..train.finetune import FeatureStore, FinetuneConfig, FinetuneValidation, build_student, head_embeddings
+from .design import TRACK_CROP_MODEL as CROP_MODEL
+from .design import TRACK_MODELS as MODELS
+from .design import TRACK_REFERENCE as REFERENCE
 
 # The track's model names (the reference row, each attention block, the cropping baseline) are the design's
-# (:mod:`maskstudy.study`), with their display labels.
+# (:mod:`maskstudy.study.design`), with their display labels.
 MODEL_NAMES = (*MODELS.values(), CROP_MODEL)
 #: Run kinds (the ``kind`` column of the track's tables).
 FINETUNED, CROPPED, PRETRAINED = "finetuned", "cropped", "pretrained"
@@ -65,7 +65,7 @@ def finetune_config(config: Mapping[str, Any], attention: str = "none", seed: in
 def track_runs(config: Mapping[str, Any]) -> dict[str, TrackRun]:
     """Every model of the track by run name: the reference, each attention block over the study's seeds (main seed
     first), and the cropping baseline (main seed) when ``pretrained_crop_baseline``."""
-    from .study import seeds
+    from .design import seeds
 
     main = int(config["seed"])
     runs = {REFERENCE: TrackRun(REFERENCE, REFERENCE, main, PRETRAINED, None)}
@@ -93,7 +93,7 @@ def checkpoint(outputs: str | os.PathLike, run: str) -> Path:
 
 def load_run(path: str | os.PathLike):
     """The fine-tuned network of a track checkpoint (eval mode)."""
-    from .train.finetune import load_student
+    from ..train.finetune import load_student
 
     return load_student(path)[0]
 
@@ -127,7 +127,7 @@ def training_rows(train_csv: str | os.PathLike, data_dir: str | os.PathLike, twi
     """The study's cleaned training rows that have a masked twin, the twin replaced by its ``twins`` variant
     (``detected``: the masked photo detected and aligned by itself, as masks are met at test time; ``shared``:
     aligned with the clean photo's landmarks) where notebook 01 built it."""
-    from .study import SHARED_TWINS, with_masked_variant
+    from .design import SHARED_TWINS, with_masked_variant
 
     rows = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
     rows = rows[rows["masked"] != ""].reset_index(drop=True)
@@ -177,9 +177,9 @@ class TestFeatures:
 
 def test_features(tests, store_dir: str | os.PathLike, frozen_stages: int, blank_lower: bool = False,
                   progress: bool = True) -> TestFeatures:
-    """Features of every crop of ``tests`` (:class:`maskstudy.testsets.TestSets`; all scenarios, identification
+    """Features of every crop of ``tests`` (:class:`maskstudy.study.testsets.TestSets`; all scenarios, identification
     and MFR2), kept in ``store_dir``."""
-    from .teachers.reference import crops_of_tests
+    from .reference import crops_of_tests
 
     model = build_student(FinetuneConfig(frozen_stages=frozen_stages))
     suffix = f"k{frozen_stages}" + ("_blank" if blank_lower else "")
@@ -210,8 +210,8 @@ def _embed(model, features: Mapping[str, torch.Tensor], start: int) -> dict[str,
 def evaluate_run(model, frozen_stages: int, tests, features: TestFeatures, config: Mapping[str, Any]):
     """Every test of ``tests`` for ``model`` from the frozen-stage ``features`` (one embedding per crop, no flip,
     as dlib's own protocol), with the study's metric functions
-    (:func:`maskstudy.teachers.reference.evaluate_embeddings`)."""
-    from .teachers.reference import evaluate_embeddings
+    (:func:`maskstudy.study.reference.evaluate_embeddings`)."""
+    from .reference import evaluate_embeddings
 
     lfw = _embed(model, features.lfw, frozen_stages)
     mfr2 = _embed(model, features.mfr2, frozen_stages) if features.mfr2 is not None else None
@@ -225,7 +225,7 @@ def run_track(runs: Mapping[str, TrackRun], train_csv, data_dir, outputs, tests,
     timing rows)."""
     import time
 
-    from .train.finetune import finetune
+    from ..train.finetune import finetune
 
     data_dir, outputs = Path(data_dir), Path(outputs)
     store = data_dir / "pretrained_track" / "features"

@@ -1,4 +1,4 @@
-"""A pretrained teacher as the study's reference row: every test of :mod:`maskstudy.testsets`, on exactly the same
+"""A pretrained teacher as the study's reference row: every test of :mod:`maskstudy.study.testsets`, on exactly the same
 pairs, probes and gallery, with the teacher's embeddings in place of a trained model's.
 
 A teacher embeds photos inside face boxes (:mod:`.base`), not the kit's aligned crops, so each crop named by a
@@ -15,10 +15,10 @@ test is traced back to the photo and box it came from (:func:`lfw_crop_photos`):
 * MFR2: each photo inside the box MTCNN finds on it (:func:`detected_boxes`), the user's path.
 
 A masked photo the build did not keep is drawn again, deterministically, from the recorded landmarks, style and
-seed (:func:`maskstudy.masks.draw_mask`) into the cache folder. Boxes found by MTCNN and the teacher's embeddings
+seed (:func:`maskstudy.faces.masks.drawing.draw_mask`) into the cache folder. Boxes found by MTCNN and the teacher's embeddings
 are cached on disk (keyed by photo digest). :func:`evaluate_embeddings` then computes the tables with the study's
 own metric functions, their embedding caches prefilled, so folds, thresholds and bootstraps are those of
-:func:`maskstudy.testsets.evaluate_model`.
+:func:`maskstudy.study.testsets.evaluate_model`.
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import storage, testsets
-from ..data import BOX_COLUMNS, LANDMARK_COLUMNS, file_seed, read_manifest, row_landmarks
-from ..detect import file_digest, load_image
-from ..pairs import MASK_VARIANTS
-from ..testsets import ModelResults, TestSets
-from .base import Teacher
-from .cache import teacher_embeddings
+from ..core import storage
+from ..datasets.build import BOX_COLUMNS, LANDMARK_COLUMNS, file_seed, read_manifest, row_landmarks
+from ..datasets.pairs import MASK_VARIANTS
+from ..faces.detect import file_digest, load_image
+from ..teachers.base import Teacher
+from ..teachers.cache import teacher_embeddings
+from . import testsets
+from .testsets import ModelResults, TestSets
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ DETECTED_VARIANTS = ("detected", "detected_eyes", "unseen_detected")
 
 @dataclass
 class TeacherResults(ModelResults):
-    """:class:`~maskstudy.testsets.ModelResults` of a teacher, plus ``coverage``: per test set, the photos embedded,
+    """:class:`~maskstudy.study.testsets.ModelResults` of a teacher, plus ``coverage``: per test set, the photos embedded,
     how many had a face box (given or found by MTCNN), the centre-square fallbacks, and the masked photos drawn
     again because the build had not kept them."""
 
@@ -76,7 +77,7 @@ def _build_seed(dataset_dir: Path, seed: int | None) -> int:
 
 def _variant_rels(aligned: str, masked: str) -> dict[str, str]:
     """crop rel -> variant for one manifest row (``clean`` is the aligned crop itself)."""
-    from ..masked_photos import variant_name
+    from ..datasets.masked_photos import variant_name
 
     rels = {aligned: "clean"}
     if masked:
@@ -97,7 +98,7 @@ class _MaskedPhotos:
 
     def median_landmarks(self) -> np.ndarray:
         """The build's fallback landmarks: the median of the detected faces' landmarks relative to the photo size
-        (as :func:`maskstudy.data.build_aligned_dataset` aligns photos without a usable face)."""
+        (as :func:`maskstudy.datasets.build.build_aligned_dataset` aligns photos without a usable face)."""
         if self._median is None:
             ok = self.manifest[(self.manifest["status"] == "ok") & self.manifest[LANDMARK_COLUMNS].notna().all(axis=1)]
             if ok.empty:
@@ -108,7 +109,7 @@ class _MaskedPhotos:
 
     def get(self, row: Mapping, style: str, saved_rel: str, use_saved: bool) -> tuple[Path, bool]:
         """(path of the photo masked in ``style``, whether it was drawn again)."""
-        from ..masks import draw_mask
+        from ..faces.masks.drawing import draw_mask
 
         saved = self.dataset_dir / "masked_photos" / saved_rel
         if use_saved and saved.is_file():
@@ -155,7 +156,7 @@ def lfw_crop_photos(
     variants_path = dataset_dir / "masked_variants.csv"
     variants = None
     if variants_path.is_file():
-        from ..masked_photos import read_variants
+        from ..datasets.masked_photos import read_variants
 
         variants = read_variants(variants_path).set_index("image", drop=False)
     redraw_dir = Path(redraw_dir) if redraw_dir is not None else data_dir / "teachers" / "masked_photos" / dataset
@@ -180,7 +181,7 @@ def lfw_crop_photos(
 
 def _photo_record(rel: str, variant: str, row: dict, variants: pd.DataFrame | None, photos: _MaskedPhotos,
                   dataset_dir: Path) -> dict:
-    from ..masked_photos import variant_name
+    from ..datasets.masked_photos import variant_name
 
     landmarks_row = row.get("aligned_by") == "landmarks" and row.get("status") == "ok"
     box = [float(row[c]) for c in BOX_COLUMNS] if landmarks_row else [np.nan] * 4
@@ -209,7 +210,7 @@ def _photo_record(rel: str, variant: str, row: dict, variants: pd.DataFrame | No
 
 
 def mfr2_crop_photos(photos: pd.DataFrame, source_root: str | os.PathLike) -> pd.DataFrame:
-    """The MFR2 photo of each aligned crop (``photos`` as :func:`maskstudy.mfr2.prepare` returns it), to be
+    """The MFR2 photo of each aligned crop (``photos`` as :func:`maskstudy.datasets.mfr2.prepare` returns it), to be
     detected by itself; same columns as :func:`lfw_crop_photos`."""
     used = photos[photos["aligned"].astype(str) != ""]
     frame = pd.DataFrame({"rel": used["aligned"].astype(str), "variant": "mfr2", "image": used["image"].astype(str),
@@ -232,8 +233,8 @@ def _detector_settings(detector) -> str:
 
 def detected_boxes(paths: Sequence[str | os.PathLike], detector, cache_dir: str | os.PathLike,
                    batch_size: int = 32, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The face MTCNN chooses on each photo (:func:`maskstudy.detect.choose_face`, as
-    :func:`maskstudy.align.detect_and_align` does): (N, 4) boxes, NaN rows where no face qualifies, and ``found``.
+    """The face MTCNN chooses on each photo (:func:`maskstudy.faces.detect.choose_face`, as
+    :func:`maskstudy.faces.align.detect_and_align` does): (N, 4) boxes, NaN rows where no face qualifies, and ``found``.
 
     Results are kept in ``<cache_dir>/detected_boxes.npz`` by photo digest and detector settings, written
     atomically after every batch; equal photos are detected once.
@@ -359,7 +360,7 @@ def teacher_crop_embeddings(
     """The teacher's embedding of every crop the tests read (LFW: :func:`lfw_crop_photos`; MFR2, when ``tests``
     has it and ``mfr2_source`` names the MFR2 folder: :func:`mfr2_crop_photos`). ``source_root``: the LFW photos
     (default: ``lfw`` of ``<data_dir>/sources.json``); ``cache_dir``: ``<data_dir>/teachers/cache``."""
-    from .training import read_sources
+    from ..teachers.training import read_sources
 
     data_dir = Path(data_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else data_dir / "teachers" / "cache"
@@ -393,7 +394,7 @@ def evaluate_embeddings(tests: TestSets, lfw: Mapping[str, np.ndarray], mfr2: Ma
                         scenarios: Sequence[str] | None = None, identification: bool = True, use_mfr2: bool = True,
                         fixed_fmr: Sequence[float] = (1e-3, 1e-2), n_boot: int = 2000,
                         seed: int = 0) -> ModelResults:
-    """:func:`maskstudy.testsets.evaluate_embeddings` on given embeddings (crop rel -> unit vector) instead of a
+    """:func:`maskstudy.study.testsets.evaluate_embeddings` on given embeddings (crop rel -> unit vector) instead of a
     model: the same pairs, folds, thresholds, bootstraps and tables; a crop without an embedding raises
     ``KeyError``."""
     needed = crops_of_tests(tests, scenarios=scenarios, identification=identification)
@@ -424,12 +425,12 @@ def evaluate_teacher(
     progress: bool = True,
     log: Callable[[str], object] | None = print,
 ) -> TeacherResults:
-    """Every test of ``tests`` for a teacher, as :func:`maskstudy.testsets.evaluate_model` gives them for a trained
+    """Every test of ``tests`` for a teacher, as :func:`maskstudy.study.testsets.evaluate_model` gives them for a trained
     model (same pairs and tables), plus the ``coverage`` of faces found.
 
     ``detector``: the MTCNN for the photos detected by themselves (use the study's, with its ``min_face_size``
     and ``min_prob``; default: the teacher's). ``mfr2_source``: the MFR2 folder when ``tests`` includes MFR2 (as
-    given to :meth:`~maskstudy.testsets.TestSets.from_run`); ``use_mfr2=False`` skips it.
+    given to :meth:`~maskstudy.study.testsets.TestSets.from_run`); ``use_mfr2=False`` skips it.
     """
     embedded = teacher_crop_embeddings(teacher, tests if use_mfr2 else _without_mfr2(tests), data_dir, source_root,
                                        mfr2_source if use_mfr2 else None, detector, cache_dir, scenarios,

@@ -1,11 +1,11 @@
 """Every test the study reports for one trained model, computed the same way for every model.
 
-* LFW verification in the basic scenarios (:data:`maskstudy.pairs.SCENARIOS`) and, when notebook 01 built them,
-  the masked-photo variants (:data:`maskstudy.pairs.VARIANT_SCENARIOS`: detected on the masked photo, eye-weighted
+* LFW verification in the basic scenarios (:data:`maskstudy.datasets.pairs.SCENARIOS`) and, when notebook 01 built them,
+  the masked-photo variants (:data:`maskstudy.datasets.pairs.VARIANT_SCENARIOS`: detected on the masked photo, eye-weighted
   alignment, unseen mask styles): 10-fold accuracy, ROC, and intervals from a bootstrap over identities;
 * the false non-match rate on masked pairs at the threshold that gives a fixed FMR on unmasked pairs;
 * identification of masked probes (per probe, per identity, and with distractors in the gallery);
-* MFR2's real masks, from the photos through the user's detect-and-align path (:mod:`maskstudy.mfr2`).
+* MFR2's real masks, from the photos through the user's detect-and-align path (:mod:`maskstudy.datasets.mfr2`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from . import mfr2
-from .align import CROP_SIZE
-from .evaluate import evaluate_pairs, identification_rank1
-from .evaluate.store import EmbeddingStore
-from .pairs import SCENARIOS, VARIANT_SCENARIOS, read_pair_folds
-from .statistics import fnmr_at_fmr
+from ..datasets import mfr2
+from ..datasets.pairs import SCENARIOS, VARIANT_SCENARIOS, read_pair_folds
+from ..evaluate import evaluate_pairs, identification_rank1
+from ..evaluate.statistics import fnmr_at_fmr
+from ..evaluate.store import EmbeddingStore
+from ..faces.align import CROP_SIZE
 
 VERIFICATION_COLUMNS = ["scenario", "pairs", "accuracy_mean", "accuracy_std", "acc_ci_low", "acc_ci_high", "auc",
                         "eer", "tar_far_1e-2", "tar_far_1e-3"]
@@ -71,7 +71,7 @@ class TestSets:
                     embedding_dir=data_dir / "eval_embeddings")
         if mfr2_source is not None:
             if detector is None:
-                from .detect import FaceDetector
+                from ..faces.detect import FaceDetector
 
                 detector = FaceDetector()
             tests.mfr2_root = data_dir / "mfr2"
@@ -116,7 +116,7 @@ def evaluate_embeddings(tests: TestSets, lfw_cache: dict, mfr2_cache: dict | Non
                         seed: int = 0) -> ModelResults:
     """Every test of :class:`TestSets` from embedding caches (crop rel -> unit vector; LFW crops and MFR2 crops),
     the crops missing from them embedded by ``model`` and added. With ``model=None`` every crop must have an
-    embedding already (e.g. a pretrained recogniser's, :mod:`maskstudy.teachers.reference`)."""
+    embedding already (e.g. a pretrained recogniser's, :mod:`maskstudy.study.reference`)."""
     kw = {"batch_size": batch_size, "n_boot": n_boot, "seed": seed}
     rows, per_pair = [], {}
     for scenario in scenarios or tests.scenarios:

@@ -2,8 +2,8 @@
 
 Every teacher embeds photos inside the kit's MTCNN face boxes (:mod:`.base`), so that detection is the same for
 every recogniser of the study; :mod:`.cache` keeps their embeddings on disk. :mod:`.training` embeds the training
-photos (the targets of :mod:`maskstudy.train.distill`); :mod:`.reference` runs the study's tests on a teacher, on
-the same pairs as the trained models (``evaluate_teacher``).
+photos (the targets of :mod:`maskstudy.train.distill`); :mod:`maskstudy.study.reference` runs the study's tests on
+a teacher, on the same pairs as the trained models. Imports :mod:`maskstudy.core` up to :mod:`maskstudy.evaluate`.
 """
 
 from .base import Teacher, TeacherUnavailableError, default_cache_dir

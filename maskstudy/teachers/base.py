@@ -3,12 +3,12 @@
 A teacher is a pretrained face recogniser used as a reference (and, later, as a distillation target). Each one
 implements :meth:`Teacher.embed_boxes` (its own crop of the face inside a given box, then its network); the
 base class gives it the same ``embed`` / ``similarity`` interface as :class:`maskstudy.evaluate.FaceRecognizer`
-(detection by :class:`maskstudy.detect.FaceDetector`, so every recogniser of the study sees the same faces),
+(detection by :class:`maskstudy.faces.detect.FaceDetector`, so every recogniser of the study sees the same faces),
 and :meth:`Teacher.embed_files` for photo files whose boxes are already known (the study's cached detections in
-``<data_dir>/<dataset>/manifest.csv``, columns :data:`maskstudy.data.BOX_COLUMNS`).
+``<data_dir>/<dataset>/manifest.csv``, columns :data:`maskstudy.datasets.build.BOX_COLUMNS`).
 
 A photo without a box (no face found, or none given) is embedded inside its :func:`centre_box`, the centre
-square of the photo (the same fallback as :func:`maskstudy.align.centre_crop`), and flagged in
+square of the photo (the same fallback as :func:`maskstudy.faces.align.centre_crop`), and flagged in
 :attr:`maskstudy.evaluate.EmbedResult.fallback`.
 """
 
@@ -90,10 +90,10 @@ class Teacher:
 
     @property
     def detector(self):
-        """The kit's MTCNN (:class:`maskstudy.detect.FaceDetector`, on CUDA when present), created on first use
+        """The kit's MTCNN (:class:`maskstudy.faces.detect.FaceDetector`, on CUDA when present), created on first use
         unless given."""
         if self._detector is None:
-            from ..detect import FaceDetector
+            from ..faces.detect import FaceDetector
 
             self._detector = FaceDetector()
         return self._detector
@@ -118,7 +118,7 @@ class Teacher:
 
     def embed(self, images, progress: bool = False) -> EmbedResult:
         """Embed raw photos (paths, PIL images or uint8 HxWx3 arrays; a single one is accepted too): MTCNN picks
-        the face (:func:`maskstudy.detect.choose_face`), the teacher crops and embeds it. An unreadable path
+        the face (:func:`maskstudy.faces.detect.choose_face`), the teacher crops and embeds it. An unreadable path
         raises ``ValueError`` naming the file."""
         from PIL import Image
 
@@ -141,11 +141,11 @@ class Teacher:
 
     def embed_files(self, paths: Sequence[str | os.PathLike], boxes=None, progress: bool = False) -> EmbedResult:
         """Embed photo files inside precomputed face ``boxes`` ((N, 4) ``x1, y1, x2, y2`` in the photo's
-        pixels, e.g. the manifest's :data:`maskstudy.data.BOX_COLUMNS`; a row with NaN, or ``boxes=None``,
+        pixels, e.g. the manifest's :data:`maskstudy.datasets.build.BOX_COLUMNS`; a row with NaN, or ``boxes=None``,
         uses :func:`centre_box`). ``face_found`` says a box was given, ``fallback`` the opposite. Photos are
-        read with :func:`maskstudy.detect.load_image` (EXIF orientation, colour conversions); an unreadable
+        read with :func:`maskstudy.faces.detect.load_image` (EXIF orientation, colour conversions); an unreadable
         file raises ``ValueError`` naming it."""
-        from ..detect import load_image
+        from ..faces.detect import load_image
 
         paths = [Path(p) for p in paths]
         boxes = check_boxes(boxes, len(paths))

@@ -1,13 +1,13 @@
 """Teacher embeddings of photo files, computed once and kept on disk.
 
 One file per teacher, ``<cache_dir>/<teacher name>.npz``, holds one row per photo and face box: the photo's digest
-(:func:`maskstudy.detect.file_digest`), the face box it was embedded in (one photo may be embedded in several boxes,
+(:func:`maskstudy.faces.detect.file_digest`), the face box it was embedded in (one photo may be embedded in several boxes,
 e.g. a masked photo inside the clean photo's box and inside the box found on it), whether that box was the
 centre-square fallback, and the unit-length embedding; the teacher's :attr:`~maskstudy.teachers.base.Teacher.settings` (name,
 embedding size, crop options) are stored inside the same file. A row is reused only when the photo's digest,
 its box and the teacher's settings are all unchanged: a changed photo (or box) is embedded again, and a different teacher
 (or the same one with other settings) starts from nothing. The file is written atomically
-(:func:`maskstudy.storage.atomic_path`) every ``checkpoint_every`` photos, so an interrupted run resumes; a
+(:func:`maskstudy.core.storage.atomic_path`) every ``checkpoint_every`` photos, so an interrupted run resumes; a
 readable summary is written beside it (``<teacher name>.json``).
 """
 
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import storage
-from ..detect import file_digest
+from ..core import storage
+from ..faces.detect import file_digest
 from .base import Teacher, check_boxes
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def teacher_embeddings(
     :meth:`~maskstudy.teachers.base.Teacher.embed_files`. ``digests``: the photos' SHA-1 when already known
     (else they are computed). Photos with equal digests and boxes are embedded once. A tqdm bar counts the photos
     being embedded when ``progress``. ``workers`` processes (default: the usable cores,
-    :func:`maskstudy.cpu_threads.available_cores`) share the photos when the teacher can be rebuilt in one
+    :func:`maskstudy.core.cpu_threads.available_cores`) share the photos when the teacher can be rebuilt in one
     (:meth:`~maskstudy.teachers.base.Teacher.worker_spec`); the embeddings are the same as in one process.
     """
     if checkpoint_every < 1:
@@ -205,7 +205,7 @@ def _worker_pool(teacher: Teacher, workers: int | None, photos: int):
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from ..cpu_threads import available_cores
+    from ..core.cpu_threads import available_cores
 
     spec = teacher.worker_spec()
     workers = available_cores() if workers is None else int(workers)
@@ -234,14 +234,14 @@ def manifest_teacher_embeddings(
     **kw,
 ) -> TeacherEmbeddings:
     """Teacher embeddings of the source photos of manifest rows (``image``, ``sha1``, ``status`` and the box
-    columns of :func:`maskstudy.data.build_aligned_dataset`), keyed by ``image``.
+    columns of :func:`maskstudy.datasets.build.build_aligned_dataset`), keyed by ``image``.
 
     Each photo is embedded inside the face box of the data build (the face the study aligned) when its status is
     ``ok``, else inside the centre square. Pass the rows to embed, e.g. the cleaned training manifest's kept
     rows. Raises ``ValueError`` when a photo changed since the build (its digest differs from ``sha1``): its
     box may no longer fit; rebuild the data (notebook 01) first.
     """
-    from ..data import BOX_COLUMNS
+    from ..datasets.build import BOX_COLUMNS
 
     missing = {"image", "sha1", "status", *BOX_COLUMNS} - set(manifest.columns)
     if missing:

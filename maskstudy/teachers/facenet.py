@@ -7,7 +7,7 @@ facenet, trained on VGGFace2 (Cao et al., FG 2018) with a softmax + centre loss 
 
 The architecture is part of facenet-pytorch (a core dependency) but its weights are not: facenet-pytorch would
 fetch them on construction, unchecked. Here :func:`fetch_facenet_weights` downloads them once with
-:mod:`maskstudy.download`'s pooch-based downloader into ``<cache>/weights/`` (``$MASKSTUDY_CACHE``, else
+:mod:`maskstudy.datasets.download`'s pooch-based downloader into ``<cache>/weights/`` (``$MASKSTUDY_CACHE``, else
 ``~/.cache/maskstudy``), verifies the SHA-256 and moves the file into place only when it matches (no partial
 file ever has the final name), and loads them with ``torch.load(weights_only=True)``. Without network access and
 without the file, the teacher raises :class:`~maskstudy.teachers.base.TeacherUnavailableError` telling where to
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..download import DownloadError, RemoteFile
+from ..datasets.download import DownloadError, RemoteFile
 from .base import Teacher, TeacherUnavailableError, default_cache_dir
 
 #: facenet-pytorch's release of the VGGFace2 weights (111,898,327 bytes); the SHA-256 is the one several
@@ -71,7 +71,7 @@ def fetch_facenet_weights(
     """
     import pooch
 
-    from ..download import DOWNLOAD_TIMEOUT_S, download_verified
+    from ..datasets.download import DOWNLOAD_TIMEOUT_S, download_verified
 
     folder = weights_dir(cache_dir)
     target = folder / remote.filename

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import storage
+from ..core import storage
 from .base import Teacher, normalise_rows
 from .cache import manifest_teacher_embeddings
 
@@ -110,7 +110,7 @@ def embed_training_photos(
     cache_dir = Path(cache_dir) if cache_dir is not None else data_dir / "teachers" / "cache"
     out_path = Path(out_path) if out_path is not None else default_training_file(data_dir, teacher.name)
 
-    from ..data import read_manifest
+    from ..datasets.build import read_manifest
 
     unique = rows[["dataset", "image"]].astype(str).drop_duplicates()
     parts, computed = [], 0

@@ -5,8 +5,8 @@ Recognition", CVPR 2019) as implemented in insightface's ``recognition/arcface_t
 momentum 0.9 and weight decay 5e-4 on backbone and class centres alike, a linear warmup then a
 per-step decay (arcface_torch's ``PolyScheduler`` uses power 2; cosine is the alternative), the
 backbone's gradient norm clipped at 5, mixed precision with a gradient scaler on GPUs, pixels
-normalised to [-1, 1] (:func:`maskstudy.preprocess.to_input`), horizontal flips, and one margin head
-(:func:`maskstudy.losses.build_margin_head`) replicated on every process. Unlike arcface_torch
+normalised to [-1, 1] (:func:`maskstudy.faces.preprocess.to_input`), horizontal flips, and one margin head
+(:func:`maskstudy.train.losses.build_margin_head`) replicated on every process. Unlike arcface_torch
 (which shards the class centres with Partial FC for millions of identities) the head here is small
 and wrapped in ``DistributedDataParallel`` like the backbone.
 
@@ -16,12 +16,12 @@ brightness/contrast jitter, an identity-capped or identity-balanced sampler for 
 (LFW), and a held-out set of identities scored on masked-unmasked pairs after every epoch.
 
 Everything random derives from ``(seed, epoch)``: the epoch's sample order and augmentation choices
-come from their own seeded ``torch.Generator`` (:mod:`maskstudy.seeding`), so a run is deterministic on
+come from their own seeded ``torch.Generator`` (:mod:`maskstudy.core.seeding`), so a run is deterministic on
 the CPU and a resumed run continues exactly where the checkpoint left off (even mid-epoch, after
 ``max_steps``).
 
 Outputs in ``out_dir``: ``config.json`` (a :class:`TrainConfig`, reusable as ``--config``),
-``log.csv`` (one row per epoch) and ``last.pt`` (the format of :mod:`maskstudy.checkpoint`), all written
+``log.csv`` (one row per epoch) and ``last.pt`` (the format of :mod:`maskstudy.models.checkpoint`), all written
 atomically. Load checkpoints with :func:`load_checkpoint` / :func:`load_backbone`, which always use
 ``torch.load(..., weights_only=True)``.
 
@@ -36,12 +36,14 @@ Modules: :mod:`.config` (:class:`TrainConfig`, defaults from the base profile), 
 identities, crops, epoch plans, augmentation), :mod:`.optimization` (optimizer, LR schedule),
 :mod:`.validation`, :mod:`.runtime` (device, processes, precision), :mod:`.step` (the modules of a run and one
 optimizer step), :mod:`.distill` (the optional distillation term from a pretrained teacher), :mod:`.loop`
-(:func:`train`) and :mod:`.cli` (``python -m maskstudy.train``).
+(:func:`train`) and :mod:`.cli` (``python -m maskstudy.train``); :mod:`.losses` (the margin heads: SphereFace,
+CosFace, ArcFace) and :mod:`.finetune` (the pretrained track's fine-tuning from cached features). Imports every
+stage up to :mod:`maskstudy.teachers` (the distillation targets).
 """
 
-from ..align import CROP_SIZE
-from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from ..seeding import derive_seed
+from ..core.seeding import derive_seed
+from ..faces.align import CROP_SIZE
+from ..models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from .cli import build_parser, main
 from .config import LOG_COLUMNS, RUNTIME_KEYS, ConfigMismatchError, TrainConfig, load_backbone
 from .data import EpochPlan, FaceCropDataset, augment_batch, epoch_order, epoch_plan, split_identities

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import backbone_from_checkpoint, load_checkpoint
-from ..config import training_defaults
+from ..core.profiles import training_defaults
+from ..models.checkpoint import backbone_from_checkpoint, load_checkpoint
 
 LOG_COLUMNS = ["epoch", "step", "loss", "train_acc", "lr", "val_acc", "images_per_s", "seconds"]
 SCHEDULES = ("cosine", "poly")
@@ -30,7 +30,7 @@ RUNTIME_KEYS = frozenset({
     "teacher_embeddings",  # the file may move; its content is checked against the checkpoint's (train.distill)
 })
 
-# Streams of randomness, each its own seeded generator: (seed, stream[, epoch]) (see maskstudy.seeding).
+# Streams of randomness, each its own seeded generator: (seed, stream[, epoch]) (see maskstudy.core.seeding).
 INIT_STREAM, TRAIN_RNG_STREAM, SAMPLER_STREAM, AUGMENT_STREAM, VALSPLIT_STREAM = 0, 1, 2, 3, 4
 
 #: Where training writes its progress lines (``print``, a notebook's logger, or :func:`no_log`).
@@ -42,7 +42,7 @@ def no_log(*_: Any, **__: Any) -> None:
     return None
 
 
-#: The defaults of every field: the base profile's ``train_<field>`` values (maskstudy.config.BASE), their one
+#: The defaults of every field: the base profile's ``train_<field>`` values (maskstudy.core.profiles.BASE), their one
 #: source, where each is explained.
 _DEFAULTS = training_defaults()
 
@@ -51,7 +51,7 @@ _DEFAULTS = training_defaults()
 class TrainConfig:
     """All training settings, as plain JSON-able values (``to_dict`` / ``from_dict``).
 
-    The defaults are the base profile's (``train_<field>`` in :data:`maskstudy.config.BASE`, ``seed`` for the
+    The defaults are the base profile's (``train_<field>`` in :data:`maskstudy.core.profiles.BASE`, ``seed`` for the
     seed), where each setting is explained; every one is a ``-p`` profile parameter of the pipeline.
     """
 
@@ -178,7 +178,7 @@ class TrainConfig:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Mapping[str, Any]) -> TrainConfig:
-        """The config a checkpoint (:mod:`maskstudy.checkpoint`) was trained with."""
+        """The config a checkpoint (:mod:`maskstudy.models.checkpoint`) was trained with."""
         values = {k: v for k, v in checkpoint["config"].items() if k not in ("num_classes", "class_names")}
         return cls.from_dict(values)
 

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..align import CROP_SIZE
-from ..preprocess import load_crops, to_input
-from ..seeding import seeded_generator
+from ..core.seeding import seeded_generator
+from ..faces.align import CROP_SIZE
+from ..faces.preprocess import load_crops, to_input
 from .config import AUGMENT_STREAM, SAMPLER_STREAM, SAMPLERS, VALSPLIT_STREAM, Log, TrainConfig, no_log
 
 #: Columns of a training list (``train_clean.csv``, written by notebook 02): :func:`read_rows` needs dataset,
@@ -266,7 +266,7 @@ def augment_batch(crops: torch.Tensor, input_size: int, *, flip: torch.Tensor | 
                   device: torch.device | str | None = None) -> torch.Tensor:
     """uint8 ``(N, H, W, 3)`` crops -> augmented model input ``(N, 3, input_size, input_size)`` in [-1, 1].
 
-    On ``device``, batched: horizontal flip (on the uint8 crops), :func:`~maskstudy.preprocess.to_input`,
+    On ``device``, batched: horizontal flip (on the uint8 crops), :func:`~maskstudy.faces.preprocess.to_input`,
     then brightness (``x * b``) and contrast (``(x - mean) * c + mean``, per-image grey mean) in
     [0, 1] pixel space, clipped to [0, 1].
     """

@@ -1,6 +1,6 @@
 """Distillation from a frozen teacher during training: ``distill_weight * mean(1 - cos(P(student), teacher))``.
 
-The term (:class:`maskstudy.losses.DistillationLoss`; the instance-wise part of the de-occlusion distillation of
+The term (:class:`maskstudy.train.losses.DistillationLoss`; the instance-wise part of the de-occlusion distillation of
 Li et al., "Look Through Masks: Towards Masked Face Recognition with De-Occlusion Distillation", ACM MM 2020) is
 added to the margin loss for every sample of a batch, the aligned crop and the masked twin alike, and always aims at
 the teacher's embedding of the *clean* photo (:mod:`maskstudy.teachers.training`; centred on the training
@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..losses import DistillationLoss
 from ..teachers.training import TrainingTargets, load_training_targets
 from .config import LOG_COLUMNS, ConfigMismatchError, Log, TrainConfig
+from .losses import DistillationLoss
 from .runtime import Runtime
 
 #: The log column of the distillation term (mean of ``1 - cos`` over the epoch's samples, unweighted).

@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import storage
+from ..core import storage
+from ..faces.preprocess import load_crops, to_input
 from ..models import build_backbone
 from ..models.dlib_resnet import DlibResNet
-from ..preprocess import load_crops, to_input
 
 FORMAT = "maskstudy-finetune-v1"
 FEATURES_FORMAT = "maskstudy-prefix-features-v1"
@@ -106,7 +106,7 @@ def prefix_features(model: DlibResNet, paths: Sequence[str | os.PathLike], froze
                     blank_lower: bool = False, batch_size: int = 64, progress: bool = True,
                     desc: str = "frozen stages") -> torch.Tensor:
     """(N, C, H, W) float16 outputs of the stem and the first ``frozen_stages`` stages for the crop files
-    ``paths`` (read as every model reads them, :func:`maskstudy.preprocess.load_crops`)."""
+    ``paths`` (read as every model reads them, :func:`maskstudy.faces.preprocess.load_crops`)."""
     from tqdm import tqdm
 
     was_training = model.training

@@ -14,17 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..seeding import derive_seed, seed_everything, set_rng_state
-from ..storage import remove_stale_temp_files, write_csv, write_json
-from .config import (
-    RUNTIME_KEYS,
-    TRAIN_RNG_STREAM,
-    ConfigMismatchError,
-    Log,
-    TrainConfig,
-    no_log,
-)
+from ..core.seeding import derive_seed, seed_everything, set_rng_state
+from ..core.storage import remove_stale_temp_files, write_csv, write_json
+from ..models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import RUNTIME_KEYS, TRAIN_RNG_STREAM, ConfigMismatchError, Log, TrainConfig, no_log
 from .data import (
     EpochBatches,
     EpochPlan,
@@ -67,14 +60,14 @@ def train(
     Writes ``out_dir/config.json``, and after every epoch ``out_dir/log.csv`` (columns
     :data:`LOG_COLUMNS`; ``val_acc`` is the best-threshold accuracy on masked-unmasked pairs of the
     held-out identities, NaN without them) and, every ``checkpoint_every`` epochs and at the end,
-    ``out_dir/last.pt``: a ``maskstudy-checkpoint-v1`` file (fields in :mod:`maskstudy.checkpoint`) that
+    ``out_dir/last.pt``: a ``maskstudy-checkpoint-v1`` file (fields in :mod:`maskstudy.models.checkpoint`) that
     loads with ``torch.load(..., weights_only=True)``.
 
     With ``resume`` and an existing ``last.pt`` of the same recipe (all settings but
     :data:`RUNTIME_KEYS`) and identities, training continues where it stopped (a finished run
     returns at once); raising ``epochs`` extends the run, the decay then spanning the new total.
     A different recipe raises :class:`ConfigMismatchError`, a damaged ``last.pt``
-    :class:`~maskstudy.checkpoint.CheckpointError`. Under ``torchrun`` (``WORLD_SIZE > 1``)
+    :class:`~maskstudy.models.checkpoint.CheckpointError`. Under ``torchrun`` (``WORLD_SIZE > 1``)
     every process calls this; rank 0 alone writes files and logs.
     """
     if not isinstance(config, TrainConfig):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models.registry import lookup
+from ..models.registry import lookup
 
 MARGIN_PRESETS: dict[str, tuple[float, float, float]] = {
     # Normalised softmax (features and class centres on the unit sphere, scale s), no margin.

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..losses import build_margin_head
+from ..core.seeding import derive_seed, seed_everything
 from ..models import build_backbone
-from ..seeding import derive_seed, seed_everything
 from .config import INIT_STREAM, TrainConfig
 from .data import EpochPlan, augment_batch
+from .losses import build_margin_head
 from .optimization import build_optimizer
 from .runtime import Runtime
 

@@ -10,11 +10,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..align import CROP_SIZE
+from ..datasets.pairs import generate_pairs, masked_name, scenario_pairs
 from ..evaluate.embed import compute_embeddings
 from ..evaluate.metrics import best_threshold
-from ..pairs import generate_pairs, masked_name, scenario_pairs
-from ..preprocess import load_crops
+from ..faces.align import CROP_SIZE
+from ..faces.preprocess import load_crops
 from .config import Log, TrainConfig
 from .data import class_key
 

@@ -9,7 +9,7 @@ size and in-plane rotation of each face. This module is an independent, much sim
 implementation (no code is taken from those projects): it needs only the five MTCNN landmarks and
 draws procedural masks with PIL and numpy.
 
-The face frame and the outline are in :mod:`maskstudy.mask_geometry`, the styles in :mod:`maskstudy.mask_styles`;
+The face frame and the outline are in :mod:`maskstudy.faces.masks.geometry`, the styles in :mod:`maskstudy.faces.masks.styles`;
 this module rasterises and draws them, and re-exports both.
 
 Drawing
@@ -24,7 +24,7 @@ positions, pattern colours) come from the ``seed``; the same seed gives the same
 Only the supersampled pixels of image pixels that the mask or a strap touches are computed (about half the
 region), and only what the style reads of them (:class:`_PixelCanvas`); the blurs behind the rim band and the
 depth run on crops that give PIL's numbers (:func:`_blur_near`), and the built-in styles hand over a mix of a
-few colours (:class:`~maskstudy.mask_styles.Paint`) whose weights are averaged instead of three channels. The
+few colours (:class:`~maskstudy.faces.masks.styles.Paint`) whose weights are averaged instead of three channels. The
 pixels are those of the straightforward drawing (whole region, three channels) within one grey level: sums in
 another order, and float32 where that drawing drifted into float64, round differently (``tests/test_masks.py``
 compares with a frozen copy of it).
@@ -38,7 +38,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .mask_geometry import (
+from .geometry import (
     CHIN_DEPTH,
     CHIN_EXPONENT,
     DEFAULT_SHAPE,
@@ -55,7 +55,7 @@ from .mask_geometry import (
     mask_polygon,
     strap_segments,
 )
-from .mask_styles import (
+from .styles import (
     MASK_STYLES,
     PAINTERS,
     STYLE_SHAPES,

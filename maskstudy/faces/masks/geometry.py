@@ -1,4 +1,4 @@
-"""The geometry of the synthetic masks (:mod:`maskstudy.masks`): a face-aligned frame from five landmarks, and
+"""The geometry of the synthetic masks (:mod:`maskstudy.faces.masks.drawing`): a face-aligned frame from five landmarks, and
 the mask's outline and ear straps in it.
 
 The five landmarks are, in order, left eye, right eye (image-left / image-right), nose tip, left

@@ -1,12 +1,12 @@
-"""The mask styles of :mod:`maskstudy.masks`: how each style colours the supersampled pixels around the mask.
+"""The mask styles of :mod:`maskstudy.faces.masks.drawing`: how each style colours the supersampled pixels around the mask.
 
 A style is a function ``style(canvas, rng) -> (rgb, strap_rgb)`` over a :class:`MaskCanvas`, whose face-frame
-coordinates (:mod:`maskstudy.mask_geometry`) make pleats, seams and patterns turn with the face. Small
+coordinates (:mod:`maskstudy.faces.masks.geometry`) make pleats, seams and patterns turn with the face. Small
 variations (colour jitter, pleat positions, pattern colours) come from ``rng``.
 
 Styles compute pixel by pixel (the canvas holds only the pixels that are drawn, see :class:`MaskCanvas`). The
 built-in ones are painters (:data:`PAINTERS`): they return a :class:`Paint`, a per-pixel mix of a few colours,
-which :func:`maskstudy.masks.draw_mask` averages without forming the three colour channels.
+which :func:`maskstudy.faces.masks.drawing.draw_mask` averages without forming the three colour channels.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .mask_geometry import CHIN_DEPTH, DEFAULT_SHAPE, HALF_WIDTH, TOP_FRAC, MaskFrame, MaskShape, top_edge_b
+from .geometry import CHIN_DEPTH, DEFAULT_SHAPE, HALF_WIDTH, TOP_FRAC, MaskFrame, MaskShape, top_edge_b
 
 
 @dataclass
@@ -27,7 +27,7 @@ class MaskCanvas:
     """What a style function sees: supersampled pixels of the local region around the mask.
 
     All arrays have one shape. Without ``rows`` and ``cols`` they are the whole supersampled region ``(H, W)``.
-    :func:`maskstudy.masks.draw_mask` passes only the supersampled pixels of the image pixels that the mask or
+    :func:`maskstudy.faces.masks.drawing.draw_mask` passes only the supersampled pixels of the image pixels that the mask or
     its straps touch, as an ``(s, s, N)`` stack (``s`` = ``scale``) that is not a picture: ``rows`` and ``cols``
     (broadcasting to the arrays) place each pixel in the region of shape ``region``. So a style computes pixel by
     pixel, and takes smooth spatial noise from :meth:`lowres_noise`.
@@ -93,7 +93,7 @@ class Paint:
     """A mask colour as a per-pixel mix of a few colours: ``rgb = sum_k weights[k] * colours[k]``.
 
     Each weight is a fraction (0..1) of ``shade`` at every pixel, so the weights add up to ``shade``. The built-in
-    styles paint (:data:`PAINTERS`), so that :func:`maskstudy.masks.draw_mask` averages a weight or two per image
+    styles paint (:data:`PAINTERS`), so that :func:`maskstudy.faces.masks.drawing.draw_mask` averages a weight or two per image
     pixel instead of three colour channels; their functions in :data:`MASK_STYLES` return :meth:`rgb`.
     """
 
