@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _readme(args: argparse.Namespace) -> int:
     from .datasets.build import project_root
-    from .report.outputs import update_readme
+    from .report.readme import update_readme
 
     try:
         path = update_readme(project_root() / "README.md", args.run)

@@ -15,7 +15,8 @@ import pytest
 
 from maskstudy.core.profiles import resolve_config
 from maskstudy.datasets.pairs import SCENARIOS, VARIANT_SCENARIOS
-from maskstudy.report import outputs
+from maskstudy.report import index_page, outputs
+from maskstudy.report import readme as readme_module
 from maskstudy.study import answer, design
 
 DETECTED, UNSEEN, BOTH = design.DETECTED, design.UNSEEN, design.BOTH_DETECTED
@@ -124,7 +125,7 @@ def run_folder(tmp_path) -> Path:
            "notebooks": [{"name": "01_data_build", "status": "ok", "seconds": 750, "html": "01_data_build.html",
                           "git_commit": "abc"},
                          {"name": "06_result_tables", "status": "ok", "seconds": 12, "git_commit": "abc"}]}
-    outputs.write_index(run, run_dir)
+    index_page.write_index(run, run_dir)
     return run_dir
 
 
@@ -227,13 +228,13 @@ def test_index_shows_the_answer_first_and_every_file_it_names_exists(run_folder)
 
 def test_readme_results_stay_within_budget_and_refresh_docs(run_folder, tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{outputs.README_START}\nold\n{outputs.README_END}\n\n## Next\n")
+    readme.write_text(f"# x\n\n{readme_module.README_START}\nold\n{readme_module.README_END}\n\n## Next\n")
     (run_folder / "bench").mkdir()
     (run_folder / "bench" / "detection.md").write_text("# Detection\n\n| path | images/s |\n|---|---|\n| kit | 40 |\n")
-    outputs.update_readme(readme, run_folder)
+    readme_module.update_readme(readme, run_folder)
     text = readme.read_text()
-    section = text[text.index(outputs.README_START):text.index(outputs.README_END)].splitlines()[1:]
-    assert len(section) <= outputs.README_LINE_BUDGET
+    section = text[text.index(readme_module.README_START):text.index(readme_module.README_END)].splitlines()[1:]
+    assert len(section) <= readme_module.README_LINE_BUDGET
     assert "**Question:**" in text and "- **Attention:**" in text and "](docs/results_differences.png)" in text
     assert "| from scratch (the seed's setup at cpu scale) | plain | 82.0 ± 0.4 |" in text
     assert "| | SE | " in text.replace("|  |", "| |")  # each track named once

@@ -13,7 +13,7 @@ import pytest
 from tqdm import tqdm
 
 from maskstudy.core import cpu_threads
-from maskstudy.report import outputs
+from maskstudy.report import index_page, outputs
 from maskstudy.report.pipeline import Study, export_html, kernel_environment, results_html_path
 from maskstudy.report.progress import collapse_notebook_progress, collapse_progress, tidy_executed_notebook
 
@@ -171,7 +171,7 @@ def test_index_lays_figures_out_in_reading_order_with_times_rate_and_warnings(tm
                           "html": "01_data_build.html", "results_html": "01_data_build.results.html"},
                          {"name": "02_mtcnn_cleaning", "status": "ok", "seconds": 12.34, "matmul_gflops": 189.4,
                           "html": "02_mtcnn_cleaning.html", "results_html": "02_mtcnn_cleaning.results.html"}]}
-    page = outputs.render_index(run, tmp_path)
+    page = index_page.render_index(run, tmp_path)
     positions = [page.index(f"figures/{n}.png") for n in ("01_zeta_first", "01_alpha_second", "01_mid_third",
                                                            "02_b", "02_a")]
     assert positions == sorted(positions)

@@ -87,7 +87,7 @@ def test_differences_are_holm_corrected_and_judged_over_seeds():
 
 
 def test_readme_results_section_is_rewritten_from_a_run(tmp_path):
-    from maskstudy.report.outputs import README_END, README_START, update_readme
+    from maskstudy.report.readme import README_END, README_START, update_readme
 
     run = tmp_path / "reports" / "cpu"
     (run / "tables").mkdir(parents=True)

@@ -28,7 +28,7 @@ from typing import Any
 from ..core import cpu_threads, storage
 from ..core.profiles import resolve_config
 from ..datasets.build import project_root
-from . import outputs
+from . import index_page, outputs
 from .progress import tidy_executed_notebook
 
 KERNEL_NAME = "python3"
@@ -239,7 +239,7 @@ def _run_notebooks(selected: list[Path], config: dict[str, Any], run_dir: Path, 
                                  "git_commit": record["git_commit"], "matmul_gflops": check.matmul_gflops}
         record["notebooks"].append(entry)
         record["notebooks"].sort(key=lambda n: n["name"])
-        outputs.write_index(record, run_dir)
+        index_page.write_index(record, run_dir)
         log(f"--> {path.stem}")
         began = time.perf_counter()
         try:
@@ -262,7 +262,7 @@ def _run_notebooks(selected: list[Path], config: dict[str, Any], run_dir: Path, 
             entry["html"], entry["results_html"] = out_html.name, results_html.name
         record["data_fingerprint"] = outputs.data_fingerprint(root / config["data_dir"])
         record["ended"] = _now()
-        outputs.write_index(record, run_dir)
+        index_page.write_index(record, run_dir)
         if entry["status"] == "failed":
             raise PipelineError(f"{out_nb.name} failed in cell {entry.get('failed_cell')}: {entry['error']}\n"
                                 f"See {out_html if out_html.exists() else out_nb} for the traceback.")
