@@ -189,3 +189,12 @@ def test_a_circle_through_a_package_init_is_found(tmp_path):
     package = _write_package(tmp_path, {**BASE, "low/a.py": "from .sub.c import C\n",
                                         "low/sub/__init__.py": "from ..a import X\n", "low/sub/c.py": "C = 1\n"})
     assert import_circles(import_graph(package)) == [["pkg.low.a", "pkg.low.sub"]]
+
+
+def test_project_root_is_the_checkout_from_any_working_directory(tmp_path, monkeypatch):
+    """Outside the checkout the root is found from the package's own place, whatever folder the module sits in."""
+    from maskstudy.datasets.build import project_root
+
+    monkeypatch.chdir(tmp_path)
+    root = project_root()
+    assert (root / "maskstudy" / "__init__.py").is_file() and (root / "pyproject.toml").is_file()

@@ -61,7 +61,7 @@ def project_root() -> Path:
         candidate = folder / "pyproject.toml"
         if candidate.is_file() and 'name = "maskstudy"' in candidate.read_text(encoding="utf-8", errors="ignore"):
             return folder
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]  # maskstudy/datasets/build.py -> the checkout
 
 
 def shared_data_dir() -> Path:
