@@ -45,14 +45,13 @@ from maskstudy.datasets.protocol import Split
 from maskstudy.evaluate import bootstrap_ci
 from maskstudy.explain import (
     CONTROL_RANKINGS,
+    ExplanationCache,
     attention_on_regions,
     cell_centres,
     cell_centres_2d,
-    compute_grid_cams,
     control_rankings,
     curve_areas,
     curve_fractions,
-    deletion_insertion_curves,
     eye_band_mask,
     grid_size,
     grid_to_crop,
@@ -161,9 +160,12 @@ side_references = load_crops([aligned_root / references[i] for i in side["identi
 
 
 # %%
+explanations = ExplanationCache(study.outputs / "explanations")  # a rerun reads every unchanged map and curve
+
+
 def cams_on_crop(model, input_size, crops, refs, cam_method=method):
     """Raw maps on the layer's grid, then on the crop with exact geometry: ``(grid maps, crop maps)``."""
-    grid_maps = compute_grid_cams(model, crops, refs, input_size, method=cam_method)
+    grid_maps = explanations.grid_cams(model, crops, refs, input_size, method=cam_method)
     return grid_maps, grid_to_crop(grid_maps, cell_centres_2d(model, CROP), CROP)
 
 
@@ -363,7 +365,7 @@ for name in models:
     mean_map = (maps / np.maximum(maps.sum(axis=(1, 2), keepdims=True), 1e-12)).mean(axis=0)
     rankings = {"cam": maps[:k], **control_rankings(mean_map, k, seed=cfg["seed"])}
     print(f"curves: {name}", flush=True)
-    table = deletion_insertion_curves(model, masked_crops[:k], reference_crops[:k], rankings, input_size, fractions, seed=cfg["seed"])
+    table = explanations.deletion_insertion_curves(model, masked_crops[:k], reference_crops[:k], rankings, input_size, fractions, seed=cfg["seed"])
     curves.append(table.assign(model=name))
     areas.append(curve_areas(table).assign(model=name))
 curves, areas = pd.concat(curves, ignore_index=True), pd.concat(areas, ignore_index=True)
@@ -419,7 +421,7 @@ s = min(cfg["cam_sanity_images"], len(probes))
 sanity = []
 for name in models:
     model, input_size = main[name]
-    randomised = compute_grid_cams(randomized_copy(model, seed=cfg["seed"]), masked_crops[:s], reference_crops[:s], input_size, method=method)
+    randomised = explanations.grid_cams(randomized_copy(model, seed=cfg["seed"]), masked_crops[:s], reference_crops[:s], input_size, method=method)
     rho = rank_correlation(grid_cams[(name, cfg["seed"], "masked", method)][:s], randomised)
     rho = rho[np.isfinite(rho)]
     low, high = bootstrap_ci(rho, n=cfg["bootstrap_samples"], seed=cfg["seed"]) if len(rho) else (np.nan, np.nan)

@@ -290,3 +290,32 @@ def test_overlay():
     assert pure[100, 10, 2] > 100 and pure[100, 10, 0] < 50  # cold = blue
     with pytest.raises(ValueError, match="alpha"):
         explain.overlay(crop, cam, alpha=1.5)
+
+
+# ------------------------------------------------------------------------------------ cache
+
+
+def test_explanation_cache_computes_once_and_keys_by_every_input(backbones, pair, tmp_path, caplog):
+    crops, refs = pair
+    model = backbones["ir18_cbam"]
+    cache = explain.ExplanationCache(tmp_path / "explanations")
+    first = cache.grid_cams(model, crops, refs, INPUT)
+    again = cache.grid_cams(model, crops, refs, INPUT)
+    assert (cache.misses, cache.hits) == (1, 1)
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first, explain.compute_grid_cams(model, crops, refs, INPUT))
+    cache.grid_cams(model, crops[:2], refs[:2], INPUT)  # other crops
+    cache.grid_cams(model, crops, refs, INPUT, method="gradcam")  # other method
+    cache.grid_cams(backbones["ir18"], crops, refs, INPUT)  # other weights
+    assert (cache.misses, cache.hits) == (4, 1)
+
+    rankings = {"cam": explain.grid_to_crop(first, explain.cell_centres_2d(model, 112), 112)}
+    curves = cache.deletion_insertion_curves(model, crops, refs, rankings, INPUT, [0.0, 0.5], seed=0)
+    read = cache.deletion_insertion_curves(model, crops, refs, rankings, INPUT, [0.0, 0.5], seed=0)
+    pd.testing.assert_frame_equal(curves, read)
+    assert cache.hits == 2
+
+    for path in (tmp_path / "explanations").iterdir():  # damaged files cost a recomputation, with a warning
+        path.write_bytes(path.read_bytes()[:20])
+    np.testing.assert_array_equal(cache.grid_cams(model, crops, refs, INPUT), first)
+    assert "computing it again" in caplog.text

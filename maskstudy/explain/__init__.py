@@ -8,10 +8,13 @@ shares on raw maps, deletion/insertion faithfulness curves, a weight-randomisati
 * :mod:`.faithfulness`: :func:`deletion_insertion_curves` (RISE, Petsiuk et al. 2018) against
   :func:`control_rankings`; :func:`rank_correlation` (Adebayo et al. 2018); the older :func:`deletion_check`.
 * :mod:`.verdict`: :func:`mean_interval` (over seeds, else images) and :func:`attention_verdict`.
+* :mod:`.cache`: :class:`ExplanationCache`, the maps and curves kept on disk by their inputs' hash (a rerun of
+  notebook 05 recomputes only what changed).
 
 Imports every stage up to :mod:`maskstudy.train`; the study imports it.
 """
 
+from .cache import ExplanationCache
 from .cams import (
     CAM_METHODS,
     DissimilarityTarget,
@@ -60,6 +63,7 @@ from .geometry import (
 from .verdict import attention_verdict, controls_beaten, mean_interval, seed_interval
 
 __all__ = [
+    "ExplanationCache",
     "BLUR_RADIUS", "CAM_METHODS", "CONTROL_RANKINGS", "DissimilarityTarget", "EYE_BAND_ABOVE", "EYE_BAND_BELOW",
     "EYE_BAND_SIDE", "RANDOM_BLOB_GRID", "SimilarityTarget", "attention_on_regions", "attention_verdict",
     "blur_region", "cam_mass_share", "cell_centres", "cell_centres_2d", "compute_cams", "compute_grid_cams", "control_rankings", "crop_centres",
