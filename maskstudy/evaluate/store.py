@@ -54,11 +54,12 @@ class EmbeddingStore:
     """
 
     def __init__(self, folder: str | os.PathLike, model: nn.Module, input_size: int, crop_root: str | os.PathLike,
-                 flip: bool = True):
+                 flip: bool = True, variant: str = ""):
+        """``variant`` names anything else the embeddings depend on (e.g. the pretrained track's cached features)."""
         self.crop_root = Path(crop_root)
-        key = hashlib.sha256(
-            f"v{STORE_VERSION}|{model_fingerprint(model)}|{input_size}|{flip}|{self.crop_root.resolve()}".encode()
-        ).hexdigest()[:24]
+        key = (f"v{STORE_VERSION}|{model_fingerprint(model)}|{input_size}|{flip}|{self.crop_root.resolve()}"
+               + (f"|{variant}" if variant else ""))
+        key = hashlib.sha256(key.encode()).hexdigest()[:24]
         self.path = Path(folder) / f"{key}.npz"
 
     def load(self) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..models.dlib_chip import CHIP_SIZE as DLIB_CHIP_SIZE
 from ..train.finetune import FeatureStore, FinetuneConfig, FinetuneValidation, build_student, head_embeddings
 from .design import TRACK_CROP_MODEL as CROP_MODEL
 from .design import TRACK_MODELS as MODELS
@@ -207,14 +208,34 @@ def _embed(model, features: Mapping[str, torch.Tensor], start: int) -> dict[str,
     return dict(zip(names, unit))
 
 
-def evaluate_run(model, frozen_stages: int, tests, features: TestFeatures, config: Mapping[str, Any]):
+def _stored_embeddings(model, features: Mapping[str, torch.Tensor], start: int, store_dir, crop_root,
+                       variant: str) -> dict[str, np.ndarray]:
+    """:func:`_embed`, through an :class:`~maskstudy.evaluate.store.EmbeddingStore` in ``store_dir`` when given
+    (keyed by the model's weights and the features' ``variant``): a rerun embeds only crops changed since."""
+    if store_dir is None:
+        return _embed(model, features, start)
+    from ..evaluate.store import EmbeddingStore
+
+    store = EmbeddingStore(store_dir, model, DLIB_CHIP_SIZE, crop_root, flip=False, variant=variant)
+    cache = store.load()
+    missing = {name: f for name, f in features.items() if name not in cache}
+    cache.update(_embed(model, missing, start))
+    if missing:
+        store.save(cache)
+    return {name: cache[name] for name in features}
+
+
+def evaluate_run(model, frozen_stages: int, tests, features: TestFeatures, config: Mapping[str, Any],
+                 blank_lower: bool = False, store_dir: str | os.PathLike | None = None):
     """Every test of ``tests`` for ``model`` from the frozen-stage ``features`` (one embedding per crop, no flip,
     as dlib's own protocol), with the study's metric functions
-    (:func:`maskstudy.study.reference.evaluate_embeddings`)."""
+    (:func:`maskstudy.study.reference.evaluate_embeddings`); the embeddings are kept in ``store_dir`` when given."""
     from .reference import evaluate_embeddings
 
-    lfw = _embed(model, features.lfw, frozen_stages)
-    mfr2 = _embed(model, features.mfr2, frozen_stages) if features.mfr2 is not None else None
+    variant = f"track_k{frozen_stages}" + ("_blank" if blank_lower else "")
+    lfw = _stored_embeddings(model, features.lfw, frozen_stages, store_dir, tests.aligned_root, variant)
+    mfr2 = (_stored_embeddings(model, features.mfr2, frozen_stages, store_dir, tests.mfr2_root / "aligned", variant)
+            if features.mfr2 is not None else None)
     return evaluate_embeddings(tests, lfw, mfr2, use_mfr2=mfr2 is not None, fixed_fmr=config["fixed_fmr"],
                                n_boot=config["bootstrap_samples"], seed=config["seed"])
 
@@ -254,7 +275,8 @@ def run_track(runs: Mapping[str, TrackRun], train_csv, data_dir, outputs, tests,
             model = result.model
             histories.append(result.history.assign(run=name, model=run.model, seed=run.seed))
         trained = time.perf_counter()
-        results[name] = evaluate_run(model, cfg.frozen_stages, tests, test, config)
+        results[name] = evaluate_run(model, cfg.frozen_stages, tests, test, config, cfg.blank_lower,
+                                     outputs / "track_embeddings")
         timing.append({"step": name, "seconds": trained - started, "eval_seconds": time.perf_counter() - trained,
                        "training_rows": train.rows, "identities": train.identities})
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
