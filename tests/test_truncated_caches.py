@@ -268,3 +268,24 @@ def test_a_cache_cut_short_costs_a_recomputation_or_a_clear_error(name, cut, tmp
     from functools import partial
 
     CACHES[name](tmp_path, partial(cut_short, cut=CUTS[cut]), request)
+
+
+def test_save_image_keeps_an_identical_file_and_replaces_a_changed_one(tmp_path):
+    """A rebuild that produces the same crop leaves the file (and its time) alone: caches keyed by size and time
+    stay valid; a changed crop is written."""
+    import os
+
+    from maskstudy.core import storage
+
+    path = tmp_path / "crop.jpg"
+    ramp = np.linspace(0, 255, 112).astype(np.uint8)
+    pixels = np.stack([np.tile(ramp, (112, 1)), np.tile(ramp[:, None], (1, 112)), np.full((112, 112), 90, np.uint8)], 2)
+    storage.save_image(path, Image.fromarray(pixels), keep_identical=True)
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    storage.save_image(path, Image.fromarray(pixels), keep_identical=True)
+    assert path.stat().st_mtime_ns == 1_000_000_000
+    storage.save_image(path, Image.fromarray(255 - pixels), keep_identical=True)
+    assert path.stat().st_mtime_ns != 1_000_000_000
+    assert np.abs(np.asarray(Image.open(path), dtype=int) - (255 - pixels)).mean() < 3
+    with pytest.raises(ValueError, match="image format"):
+        storage.save_image(tmp_path / "crop.unknown", Image.fromarray(pixels))

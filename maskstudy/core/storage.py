@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -70,16 +71,25 @@ def write_csv(path: str | os.PathLike, frame) -> Path:
     return Path(path)
 
 
-def save_image(path: str | os.PathLike, image, quality: int = 95) -> Path:
-    """Save a PIL image atomically; the format follows the final file's extension."""
+def save_image(path: str | os.PathLike, image, quality: int = 95, keep_identical: bool = False) -> Path:
+    """Save a PIL image atomically; the format follows the final file's extension. With ``keep_identical`` a file
+    that already holds exactly these bytes is left alone (its modification time too), so that caches keyed by the
+    file's size and time stay valid when a rebuild produces the same image."""
+    from PIL import Image
+
     path = Path(path)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(path.suffix.lower(), None)
-    with atomic_path(path) as tmp:
-        if fmt == "JPEG":
-            image.convert("RGB").save(tmp, format=fmt, quality=quality)
-        else:
-            image.save(tmp, format=fmt)
-    return path
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell an image format from the name {path.name!r}")
+    encoded = io.BytesIO()
+    if fmt == "JPEG":
+        image.convert("RGB").save(encoded, format=fmt, quality=quality)
+    else:
+        image.save(encoded, format=fmt)
+    data = encoded.getvalue()
+    if keep_identical and path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return path
+    return write_bytes(path, data)
 
 
 def append_json_lines(path: str | os.PathLike, records: list[dict]) -> None:

@@ -212,10 +212,11 @@ def _write_crops(image, landmarks: np.ndarray, relative: str, out: Path, setting
     if save_masked_photo:
         targets.append(storage.path_inside(out / "masked_photos", masked_rel))
     matrix = estimate_alignment(landmarks, settings.crop_size)
-    storage.save_image(targets[0], warp(image, matrix, settings.crop_size))
-    storage.save_image(targets[1], warp(masked_photo, matrix, settings.crop_size))
+    # an unchanged crop keeps its file (and time): the embedding and feature caches keyed by it stay valid
+    storage.save_image(targets[0], warp(image, matrix, settings.crop_size), keep_identical=True)
+    storage.save_image(targets[1], warp(masked_photo, matrix, settings.crop_size), keep_identical=True)
     if save_masked_photo:
-        storage.save_image(targets[2], masked_photo, quality=92)
+        storage.save_image(targets[2], masked_photo, quality=92, keep_identical=True)
     return {"aligned": aligned_rel, "masked": masked_rel, "mask_style": style}
 
 
