@@ -314,6 +314,11 @@ def test_explanation_cache_computes_once_and_keys_by_every_input(backbones, pair
     read = cache.deletion_insertion_curves(model, crops, refs, rankings, INPUT, [0.0, 0.5], seed=0)
     pd.testing.assert_frame_equal(curves, read)
     assert cache.hits == 2
+    saved = next((tmp_path / "explanations").glob("curves_*.csv"))
+    saved.write_text("".join(saved.read_text().splitlines(keepends=True)[:-1]))  # a whole row short
+    pd.testing.assert_frame_equal(cache.deletion_insertion_curves(model, crops, refs, rankings, INPUT, [0.0, 0.5]),
+                                  curves)
+    assert cache.hits == 2 and "rows, expected" in caplog.text
 
     for path in (tmp_path / "explanations").iterdir():  # damaged files cost a recomputation, with a warning
         path.write_bytes(path.read_bytes()[:20])

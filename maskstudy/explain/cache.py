@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,8 @@ from .cams import compute_grid_cams
 from .faithfulness import deletion_insertion_curves
 
 CACHE_VERSION = 1
+#: The columns of :func:`~maskstudy.explain.deletion_insertion_curves` and their types (the CSV is read as text).
+CURVE_TYPES = {"image": "int64", "ranking": "str", "curve": "str", "fraction": "float64", "similarity": "float64"}
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +53,16 @@ class ExplanationCache:
         self.hits = 0
         self.misses = 0
 
-    def _read(self, path: Path, reader, rows: int):
-        """The saved result, or ``None`` when absent, unreadable or not of ``rows`` rows (a file cut short)."""
+    def _load_maps(self, path: Path, rows: int) -> np.ndarray | None:
+        """The saved maps, or ``None`` when absent, unreadable or not of ``rows`` maps (a file cut short)."""
         if not path.is_file():
             return None
         try:
-            result = reader(path)
-            if len(result) != rows:
-                raise ValueError(f"{len(result)} rows, expected {rows}")
-            return result
-        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, pd.errors.ParserError) as error:
+            maps = np.load(path, allow_pickle=False)
+            if len(maps) != rows:
+                raise ValueError(f"{len(maps)} maps, expected {rows}")
+            return maps
+        except (OSError, EOFError, ValueError) as error:
             logger.warning("ignoring unreadable explanation %s (%s): computing it again", path, error)
             return None
 
@@ -71,13 +72,12 @@ class ExplanationCache:
         key = _digest("grid_cams", model_fingerprint(model), np.asarray(crops), np.asarray(references), input_size,
                       method, batch_size)
         path = self.folder / f"cams_{key}.npy"
-        maps = self._read(path, lambda p: np.load(p, allow_pickle=False), len(crops))
+        maps = self._load_maps(path, len(crops))
         if maps is not None:
             self.hits += 1
             return maps
         self.misses += 1
         maps = compute_grid_cams(model, crops, references, input_size, method=method, batch_size=batch_size)
-        self.folder.mkdir(parents=True, exist_ok=True)
         with storage.atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.save(handle, maps, allow_pickle=False)
         return maps
@@ -85,15 +85,18 @@ class ExplanationCache:
     def deletion_insertion_curves(self, model: nn.Module, crops, references, rankings: dict[str, np.ndarray],
                                   input_size: int, fractions, seed: int = 0, batch_size: int = 64) -> pd.DataFrame:
         """:func:`~maskstudy.explain.deletion_insertion_curves` of these arguments, from disk when computed before."""
-        parts = [np.asarray(rankings[name], dtype=np.float32) for name in sorted(rankings)]
+        parts = [np.asarray(rankings[name]) for name in sorted(rankings)]
         key = _digest("curves", model_fingerprint(model), np.asarray(crops), np.asarray(references),
                       sorted(rankings), *parts, input_size, np.asarray(fractions, dtype=np.float64), seed, batch_size)
         path = self.folder / f"curves_{key}.csv"
         rows = len(crops) * len(rankings) * 2 * len(np.atleast_1d(fractions))  # deletion and insertion
-        table = self._read(path, lambda p: pd.read_csv(p, dtype={"ranking": str, "curve": str}), rows)
+        table = storage.read_csv_cache(path, list(CURVE_TYPES))  # None, with a warning, when damaged
+        if table is not None and len(table) != rows:
+            logger.warning("ignoring explanation %s (%d rows, expected %d): computing it again", path, len(table), rows)
+            table = None
         if table is not None:
             self.hits += 1
-            return table
+            return table.astype(CURVE_TYPES)
         self.misses += 1
         table = deletion_insertion_curves(model, crops, references, rankings, input_size, fractions, seed=seed,
                                           batch_size=batch_size)
