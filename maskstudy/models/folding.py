@@ -34,12 +34,13 @@ def _foldable(bn: nn.Module) -> bool:
 
 
 def _fold_after(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> nn.Conv2d | nn.Linear:
-    """``layer`` followed by ``bn``, as one layer with a bias."""
+    """``layer`` followed by ``bn``, as one layer with a bias (a convolution keeps its class, e.g.
+    :class:`~maskstudy.models.iresnet.ShortcutConv`)."""
     scale, shift = _affine(bn)
     weight = layer.weight.double() * scale.view(-1, *([1] * (layer.weight.dim() - 1)))
     bias = shift if layer.bias is None else layer.bias.double() * scale + shift
     if isinstance(layer, nn.Conv2d):
-        folded = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+        folded = type(layer)(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                            layer.dilation, layer.groups, bias=True, padding_mode=layer.padding_mode)
     else:
         folded = nn.Linear(layer.in_features, layer.out_features, bias=True)

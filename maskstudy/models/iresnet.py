@@ -80,12 +80,35 @@ class FastPReLU(nn.PReLU):
         return super().forward(x)
 
 
+class ShortcutConv(nn.Conv2d):
+    """The shortcut's 1x1 convolution, stride ``s``: computed as ``conv1x1(x[:, :, ::s, ::s])``, the same outputs
+    (exactly: a 1x1 kernel without padding reads only those pixels) and the same parameters as ``nn.Conv2d``.
+
+    Why not the strided convolution itself: torch 2.14's CPU backward of a strided 1x1 convolution on channels-last
+    input corrupts the heap (``double free``, then an abort or silent damage) when it has fewer than 16 input
+    channels and an odd batch, with more than one thread (e.g. the ir18 at width 0.125 of the smoke profile, batch
+    11); the subsampled form runs the stride-1 kernel, which is safe, at the same speed.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, *args, **kwargs):
+        super().__init__(in_channels, out_channels, kernel_size, stride, *args, **kwargs)
+        if self.kernel_size != (1, 1) or self.padding != (0, 0) or self.dilation != (1, 1):
+            raise ValueError(f"ShortcutConv is a 1x1 convolution without padding or dilation, got kernel "
+                             f"{self.kernel_size}, padding {self.padding}, dilation {self.dilation}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        step_h, step_w = self.stride
+        if (step_h, step_w) != (1, 1):
+            x = x[:, :, ::step_h, ::step_w]
+        return F.conv2d(x, self.weight, self.bias, 1, 0, 1, self.groups)
+
+
 class IRBlock(nn.Module):
     """IR residual unit: ``BN-conv3x3-BN-PReLU-conv3x3(stride)-BN-[attention]`` + shortcut.
 
     The attention module (SE / CBAM / identity) refines the residual branch after its last BN and
     before the add, as in SE-ResNet (Hu et al., CVPR 2018) and CBAM (Woo et al., ECCV 2018).
-    The shortcut is the identity, or conv1x1(stride)+BN when the shape changes.
+    The shortcut is the identity, or conv1x1(stride)+BN (:class:`ShortcutConv`) when the shape changes.
     """
 
     def __init__(
@@ -107,7 +130,7 @@ class IRBlock(nn.Module):
         self.downsample: nn.Module | None = None
         if stride != 1 or in_channels != channels:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
+                ShortcutConv(in_channels, channels, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(channels),
             )
 
