@@ -12,9 +12,9 @@ a CPU, ``gpu`` with CUDA):
   cost of SE and CBAM relative to plain, and evaluation throughput (crops/s of
   :func:`maskstudy.evaluate.embed_crops`, flip fusion included: two forward passes per crop);
 * with ``--levers``, the same for the plain / SE / CBAM networks with each lever of the training step and of
-  evaluation changed in turn: channels_last toggled against the default in force (on with CUDA, opt-in on the
-  CPU), autograd's reference backward instead of the fused one, contiguous memory and unfolded BatchNorm in
-  evaluation;
+  evaluation changed in turn: channels_last toggled against the default in force (on), autograd's reference
+  backward instead of the fused one; in evaluation contiguous memory, unfolded BatchNorm, and whole batches in one
+  forward pass instead of :func:`maskstudy.evaluate.embed.forward_chunk` images;
 * with ``--compile``, training with ``torch.compile`` (compile time reported separately).
 
 Timing: every measurement is a window of ``--seconds``; windows of all measurements are interleaved in
@@ -139,9 +139,11 @@ def training_workload(name: str, settings: dict, num_classes: int, device: str, 
 
 
 def evaluation_workload(name: str, model: torch.nn.Module, input_size: int, batch: int, *,
-                        channels_last: bool | None = None, fold: bool = True) -> Measurement:
+                        channels_last: bool | None = None, fold: bool = True,
+                        whole_batches: bool = False) -> Measurement:
     """Evaluation embeddings of ``batch`` synthetic crops: :func:`embed_crops`, or with ``channels_last`` /
-    ``fold`` given, :func:`compute_embeddings` in that setting (flip fusion, normalised, as evaluation)."""
+    ``fold`` / ``whole_batches`` given, :func:`compute_embeddings` in that setting (flip fusion, normalised, as
+    evaluation)."""
     from maskstudy.evaluate.embed import EVAL_CHANNELS_LAST, compute_embeddings
     from maskstudy.models import fold_batchnorm, model_device
 
@@ -151,7 +153,7 @@ def evaluation_workload(name: str, model: torch.nn.Module, input_size: int, batc
     # convolution channels-last whatever the input's format), eval mode
     model = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
     device = model_device(model)
-    if channels_last is None and fold:
+    if channels_last is None and fold and not whole_batches:
         def run():
             return embed_crops(model, crops, input_size, batch_size=batch)
     else:
@@ -159,7 +161,7 @@ def evaluation_workload(name: str, model: torch.nn.Module, input_size: int, batc
 
         def run():
             return compute_embeddings(fold_batchnorm(model) if fold else model, crops, input_size, batch_size=batch,
-                                      flip=True, channels_last=cl,
+                                      flip=True, channels_last=cl, forward_batch=2 * batch if whole_batches else None,
                                       amp_dtype=torch.bfloat16 if device.type == "cuda" else None)
     run()
     return Measurement(name, run, batch, device)
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         measurements += [train, evaluation]
         rows_spec.append((variant, settings, flops, train, evaluation, "default"))
         if args.levers and variant in ("plain", "se", "cbam"):
-            # channels_last toggled against the default in force (on with CUDA, opt-in on the CPU)
+            # channels_last toggled against the default in force (on)
             default_cl = resolve_runtime(TrainConfig.from_dict({**settings, "device": str(device)})).channels_last
             toggled = f"channels_last {'off' if default_cl else 'on'}"
             levers = [(toggled, {"channels_last": not default_cl}, False),
@@ -232,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                 measurements.append(lever)
                 rows_spec.append((variant, settings, flops, lever, None, f"train: {setting}"))
             for setting, kw in [("contiguous", {"channels_last": False}), ("unfolded BN", {"fold": False}),
-                                ("both off", {"channels_last": False, "fold": False})]:
+                                (f"whole batches of {2 * eval_batch}", {"whole_batches": True}),
+                                ("all three off", {"channels_last": False, "fold": False, "whole_batches": True})]:
                 lever = evaluation_workload(f"{variant} eval {setting}", step.raw_backbone, settings["input_size"],
                                             eval_batch, **kw)
                 measurements.append(lever)

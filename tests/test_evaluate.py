@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,8 @@ from maskstudy.evaluate import (
     run_verify,
     verify_command,
 )
-from maskstudy.evaluate.embed import EVAL_CHANNELS_LAST
-from maskstudy.faces.preprocess import to_input
+from maskstudy.evaluate.embed import EVAL_CHANNELS_LAST, forward_chunk
+from maskstudy.faces.preprocess import DecodedCrops, load_crops, to_input
 from maskstudy.models import build_backbone, fold_batchnorm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -235,6 +236,67 @@ def test_embed_crops_unit_norm_flip_fusion_and_determinism(tmp_path):
     embed_crops(model, crops[:1], 56)
     assert model.training  # the training flag is restored
     assert embed_crops(model, crops[:0], 56).shape == (0, 32)
+
+
+@pytest.mark.parametrize("forward_batch", [1, 3, None])
+def test_embeddings_do_not_depend_on_how_a_batch_is_cut(forward_batch):
+    """compute_embeddings feeds the model chunks of forward_batch images (default forward_chunk: small ones on
+    the CPU); the rows match those of one forward pass over the whole batch."""
+    model = fold_batchnorm(tiny_model())
+    crops = np.random.default_rng(1).integers(0, 256, (7, 112, 112, 3), dtype=np.uint8)
+    whole = compute_embeddings(model, crops, 56, batch_size=7, flip=True, forward_batch=14)
+    cut = compute_embeddings(model, crops, 56, batch_size=7, flip=True, forward_batch=forward_batch)
+    torch.testing.assert_close(cut, whole, rtol=0, atol=1e-6)
+    assert forward_chunk(torch.device("cpu"), 56) == 64 and forward_chunk(torch.device("cpu"), 150) == 8
+    assert forward_chunk(torch.device("cuda"), 112) is None  # GPUs take whole batches
+
+
+def _write_pngs(folder: Path, crops: np.ndarray) -> list[Path]:
+    paths = []
+    for i, crop in enumerate(crops):
+        paths.append(folder / f"{i}.png")
+        Image.fromarray(crop).save(paths[-1])
+    return paths
+
+
+def test_decoded_crops_are_read_once_and_again_when_the_file_changes(tmp_path):
+    crops = np.random.default_rng(2).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
+    paths = _write_pngs(tmp_path, crops)
+    decoded = DecodedCrops()
+    first = load_crops(paths, cache=decoded)
+    np.testing.assert_array_equal(first, crops)
+    assert (decoded.misses, decoded.hits, len(decoded)) == (4, 0, 4) and decoded.nbytes == crops.nbytes
+    first[:] = 0  # the caller's copy: changing it does not change what is kept
+    np.testing.assert_array_equal(load_crops(paths[::-1], cache=decoded), crops[::-1])
+    assert (decoded.misses, decoded.hits) == (4, 4)
+    # a crop rebuilt with other pixels (new size or modification time) is decoded again
+    Image.fromarray(crops[0][::-1].copy()).save(paths[0])
+    os.utime(paths[0], ns=(1, 1))
+    np.testing.assert_array_equal(load_crops(paths[:1], cache=decoded)[0], crops[0][::-1])
+    assert decoded.misses == 5 and len(decoded) == 4 and decoded.nbytes == crops.nbytes
+
+
+def test_decoded_crops_keep_at_most_max_bytes(tmp_path):
+    crops = np.random.default_rng(3).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    paths = _write_pngs(tmp_path, crops)
+    decoded = DecodedCrops(max_bytes=2 * crops[0].nbytes)
+    for _ in range(2):
+        np.testing.assert_array_equal(load_crops(paths, cache=decoded), crops)  # right either way
+    assert len(decoded) == 2 and decoded.nbytes == 2 * crops[0].nbytes
+    assert (decoded.hits, decoded.misses) == (2, 4)  # the third crop is decoded on every read
+    with pytest.raises(ValueError, match="max_bytes"):
+        DecodedCrops(max_bytes=-1)
+
+
+def test_evaluation_through_decoded_crops_matches_reading_the_files(tmp_path):
+    model = tiny_model()
+    crops = np.random.default_rng(4).integers(0, 256, (6, 112, 112, 3), dtype=np.uint8)
+    paths = _write_pngs(tmp_path, crops)
+    decoded = DecodedCrops()
+    plain = embed_crops(model, paths, 56)
+    for _ in range(2):
+        np.testing.assert_array_equal(embed_crops(model, paths, 56, decoded_crops=decoded), plain)
+    assert decoded.hits == 6
 
 
 def _old_validation_embeddings(model, crops, input_size, batch_size, channels_last):

@@ -21,13 +21,24 @@ import torch
 from torch import nn
 
 from ..faces.align import CROP_SIZE
-from ..faces.preprocess import check_crops, load_crops, to_input
+from ..faces.preprocess import DecodedCrops, check_crops, load_crops, to_input
 from ..models import eval_mode, fold_batchnorm, model_device
 
 #: Device type -> whether evaluation (:func:`embed_crops`) feeds channels-last batches: on the CPU they measured
 #: 1.2-1.6x faster for every backbone here (oneDNN's convolutions work in NHWC; ``bench/bench_backbones.py``).
 #: Not measured on GPUs, which keep the contiguous format.
 EVAL_CHANNELS_LAST = {"cpu": True}
+
+#: Input pixels per forward pass on the CPU (64 crops of 56 px): a batch read from disk is run through the model in
+#: chunks of this size, whose activations stay in the caches. Measured (2 cores, IR-18 at width 0.25 and 56 px; dlib's
+#: ResNet at 150 px): 48-96 crops of 56 px and 8-24 of 150 px run at the same best rate, 128 of 56 px at 0.6 of it
+#: and 512 (256 crops with their flips) at 0.55. GPUs take whole batches.
+CPU_FORWARD_PIXELS = 64 * 56 * 56
+
+
+def forward_chunk(device: torch.device, input_size: int) -> int | None:
+    """Images per forward pass on ``device`` at ``input_size`` (:data:`CPU_FORWARD_PIXELS`); None: the whole batch."""
+    return max(1, CPU_FORWARD_PIXELS // (input_size * input_size)) if device.type == "cpu" else None
 
 
 def progress_bar(iterable, total: int, enabled: bool, desc: str):
@@ -51,6 +62,8 @@ def compute_embeddings(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     progress: bool = False,
+    decoded_crops: DecodedCrops | None = None,
+    forward_batch: int | None = None,
 ) -> torch.Tensor:
     """Embeddings of aligned face crops: ``(N, D)`` float32 on the CPU.
 
@@ -64,6 +77,11 @@ def compute_embeddings(
     * ``amp_dtype``: autocast to this dtype (e.g. ``torch.bfloat16``); ``None`` runs in fp32 with autocast
       off (also inside a caller's autocast block). The output is cast to fp32 before the flip sum.
     * ``channels_last``: the input batch in channels-last memory format (:data:`EVAL_CHANNELS_LAST`).
+
+    ``decoded_crops``: crop files are read through this in-memory store (e.g. one shared by every model a run
+    evaluates). ``batch_size`` crops are read at a time; the model sees them in chunks of ``forward_batch`` images
+    (default :func:`forward_chunk`: on the CPU, small chunks; the rows do not depend on how the batch is cut, up to
+    float rounding).
 
     The model runs in eval mode without gradients (its training flag is restored afterwards). ``device``
     defaults to the model's device; a different device moves the model.
@@ -80,18 +98,20 @@ def compute_embeddings(
     if len(crops) == 0:
         return torch.zeros((0, int(getattr(model, "embedding_size", 0))), dtype=torch.float32)
     precision = torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    chunk_size = forward_batch or forward_chunk(device, input_size) or 2 * batch_size
     outputs = []
     starts = range(0, len(crops), batch_size)
     with eval_mode(model), torch.no_grad(), precision:
         for start in progress_bar(starts, len(starts), progress, "embedding"):
             chunk = crops[start:start + batch_size]
-            x = to_input(load_crops(chunk, CROP_SIZE) if from_paths else chunk, input_size, device=device)
+            batch = load_crops(chunk, CROP_SIZE, decoded_crops) if from_paths else chunk
+            x = to_input(batch, input_size, device=device)
             n = len(x)
             if flip:
                 x = torch.cat([x, x.flip(3)])
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = model(x).float()
+            out = torch.cat([model(x[i:i + chunk_size]).float() for i in range(0, len(x), chunk_size)])
             if flip:
                 out = out[:n] + out[n:]
             if normalise:
@@ -102,7 +122,7 @@ def compute_embeddings(
 
 def embed_crops(model: nn.Module, crops: np.ndarray | torch.Tensor | Sequence[str | os.PathLike], input_size: int,
                 batch_size: int = 256, device: torch.device | str | None = None, flip: bool = True,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False, decoded_crops: DecodedCrops | None = None) -> np.ndarray:
     """Evaluation embeddings of aligned face crops: (N, D) float32 numpy, each row L2-normalised.
 
     :func:`compute_embeddings` with flip fusion (``normalise(f(x) + f(hflip(x)))``, Deng et al. 2019; without
@@ -111,14 +131,15 @@ def embed_crops(model: nn.Module, crops: np.ndarray | torch.Tensor | Sequence[st
     the model with its BatchNorms folded into the layers before them (:func:`~maskstudy.models.fold_batchnorm`:
     the same embeddings up to float rounding, measured within 1e-6, and faster). ``crops`` is a uint8 array
     (N, H, W, 3) of RGB crops or a list of crop files. ``device`` defaults to the model's device; a different
-    device moves the model.
+    device moves the model. ``decoded_crops``: see :func:`compute_embeddings`.
     """
     resolved = model_device(model) if device is None else torch.device(device)
     if device is not None:
         model.to(resolved)  # as compute_embeddings does, before the copy
     embeddings = compute_embeddings(fold_batchnorm(model), crops, input_size, batch_size=batch_size, device=device,
                                     flip=flip, amp_dtype=torch.bfloat16 if resolved.type == "cuda" else None,
-                                    channels_last=EVAL_CHANNELS_LAST.get(resolved.type, False), progress=progress)
+                                    channels_last=EVAL_CHANNELS_LAST.get(resolved.type, False), progress=progress,
+                                    decoded_crops=decoded_crops)
     return embeddings.numpy().astype(np.float32, copy=False)
 
 

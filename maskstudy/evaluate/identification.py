@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..faces.preprocess import DecodedCrops
 from .embed import embed_paths
 from .metrics import bootstrap_ci
 
@@ -16,7 +17,8 @@ from .metrics import bootstrap_ci
 def identification_rank1(model: nn.Module, input_size: int, images: pd.DataFrame, aligned_root: str | os.PathLike,
                          seed: int = 0, crops_cache: dict | None = None, batch_size: int = 256,
                          device: torch.device | str | None = None, flip: bool = True, progress: bool = False,
-                         n_boot: int = 2000, distractors: pd.DataFrame | None = None) -> dict:
+                         n_boot: int = 2000, distractors: pd.DataFrame | None = None,
+                         decoded_crops: DecodedCrops | None = None) -> dict:
     """Closed-set rank-1 identification of masked probes against an unmasked gallery (the seed study's Id).
 
     ``images``: DataFrame[identity, aligned, masked], crop paths relative to ``aligned_root``. Only identities
@@ -25,7 +27,8 @@ def identification_rank1(model: nn.Module, input_size: int, images: pd.DataFrame
     similar gallery embedding (cosine; ties go to the first identity by name) is its own identity.
 
     ``distractors`` (DataFrame[identity, aligned]): extra gallery entries of other people (e.g. identities with
-    a single photo), which can only make a probe's nearest neighbour wrong.
+    a single photo), which can only make a probe's nearest neighbour wrong. ``decoded_crops``: crop files read
+    through this in-memory store (:class:`~maskstudy.faces.preprocess.DecodedCrops`).
 
     Returns ``rank1`` (share of correct probes), ``rank1_per_identity`` (the mean over probe identities of each
     identity's rank-1, so that people with many photos do not dominate), ``probes``, ``gallery`` and
@@ -60,7 +63,8 @@ def identification_rank1(model: nn.Module, input_size: int, images: pd.DataFrame
         gallery_ids += extra["identity"].tolist()
         n_distractors = len(extra)
     cache = embed_paths(model, input_size, gallery_rel + probe_rel, aligned_root, crops_cache,
-                        batch_size=batch_size, device=device, flip=flip, progress=progress)
+                        batch_size=batch_size, device=device, flip=flip, progress=progress,
+                        decoded_crops=decoded_crops)
     gallery = np.stack([cache[r] for r in gallery_rel])
     probes = np.stack([cache[r] for r in probe_rel])
     best = np.argmax(probes @ gallery.T, axis=1)

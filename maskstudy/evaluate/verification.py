@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..faces.preprocess import DecodedCrops
 from .embed import embed_paths
 from .metrics import bootstrap_ci, kfold_with_thresholds, roc_metrics
 from .statistics import cluster_bootstrap_ci
@@ -18,7 +19,7 @@ from .statistics import cluster_bootstrap_ci
 def evaluate_pairs(model: nn.Module, input_size: int, pairs: pd.DataFrame, aligned_root: str | os.PathLike,
                    crops_cache: dict | None = None, batch_size: int = 256, device: torch.device | str | None = None,
                    flip: bool = True, progress: bool = False, n_boot: int = 2000, seed: int = 0,
-                   clusters: Sequence | None = None) -> dict:
+                   clusters: Sequence | None = None, decoded_crops: DecodedCrops | None = None) -> dict:
     """Verify a pair list: DataFrame[fold, a, b, label] with ``a``/``b`` relative to ``aligned_root``.
 
     Each unique crop is embedded once (:func:`embed_crops`); ``crops_cache`` (rel path -> embedding) lets
@@ -28,7 +29,8 @@ def evaluate_pairs(model: nn.Module, input_size: int, pairs: pd.DataFrame, align
     ``clusters`` when given, e.g. each pair's first identity, see
     :func:`maskstudy.evaluate.statistics.cluster_bootstrap_ci`), and per pair ``scores``, ``labels``, ``folds``,
     ``correct`` and ``clusters`` (arrays, for paired bootstrap comparisons; ``clusters`` is one per pair when
-    none are given).
+    none are given). ``decoded_crops``: crop files read through this in-memory store
+    (:class:`~maskstudy.faces.preprocess.DecodedCrops`).
     """
     missing = {"a", "b", "label"} - set(pairs.columns)
     if missing:
@@ -38,7 +40,8 @@ def evaluate_pairs(model: nn.Module, input_size: int, pairs: pd.DataFrame, align
     labels = pairs["label"].astype(int).to_numpy()
     folds = pairs["fold"].astype(int).to_numpy() if "fold" in pairs.columns else np.ones(len(pairs), int)
     cache = embed_paths(model, input_size, a + b, aligned_root, crops_cache,
-                        batch_size=batch_size, device=device, flip=flip, progress=progress)
+                        batch_size=batch_size, device=device, flip=flip, progress=progress,
+                        decoded_crops=decoded_crops)
     ea = np.stack([cache[r] for r in a]) if a else np.zeros((0, 1), np.float32)
     eb = np.stack([cache[r] for r in b]) if b else np.zeros((0, 1), np.float32)
     scores = np.sum(ea.astype(np.float64) * eb, axis=1)

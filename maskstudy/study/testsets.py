@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from ..evaluate import evaluate_pairs, identification_rank1
 from ..evaluate.statistics import fnmr_at_fmr
 from ..evaluate.store import EmbeddingStore
 from ..faces.align import CROP_SIZE
+from ..faces.preprocess import DecodedCrops
 
 VERIFICATION_COLUMNS = ["scenario", "pairs", "accuracy_mean", "accuracy_std", "acc_ci_low", "acc_ci_high", "auc",
                         "eer", "tar_far_1e-2", "tar_far_1e-3"]
@@ -55,6 +56,8 @@ class TestSets:
     mfr2_pairs: pd.DataFrame | None = None
     mfr2_photos: pd.DataFrame | None = None
     embedding_dir: Path | None = None  # evaluation embeddings kept per model (:mod:`maskstudy.evaluate.store`)
+    # crop files decoded once for every model the run evaluates (None: decoded on every read)
+    decoded_crops: DecodedCrops | None = field(default_factory=DecodedCrops)
 
     @classmethod
     def from_run(cls, data_dir: str | Path, cleaned_lfw: pd.DataFrame, eval_identities: set,
@@ -117,7 +120,7 @@ def evaluate_embeddings(tests: TestSets, lfw_cache: dict, mfr2_cache: dict | Non
     """Every test of :class:`TestSets` from embedding caches (crop rel -> unit vector; LFW crops and MFR2 crops),
     the crops missing from them embedded by ``model`` and added. With ``model=None`` every crop must have an
     embedding already (e.g. a pretrained recogniser's, :mod:`maskstudy.study.reference`)."""
-    kw = {"batch_size": batch_size, "n_boot": n_boot, "seed": seed}
+    kw = {"batch_size": batch_size, "n_boot": n_boot, "seed": seed, "decoded_crops": tests.decoded_crops}
     rows, per_pair = [], {}
     for scenario in scenarios or tests.scenarios:
         pairs = scenario_pairs(tests, scenario)
