@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import storage
+from ..evaluate.embed import EVAL_CHANNELS_LAST, forward_chunk
 from ..faces.preprocess import load_crops, to_input
 from ..models import build_backbone
 from ..models.dlib_resnet import DlibResNet
@@ -106,9 +107,15 @@ def prefix_features(model: DlibResNet, paths: Sequence[str | os.PathLike], froze
                     blank_lower: bool = False, batch_size: int = 64, progress: bool = True,
                     desc: str = "frozen stages") -> torch.Tensor:
     """(N, C, H, W) float16 outputs of the stem and the first ``frozen_stages`` stages for the crop files
-    ``paths`` (read as every model reads them, :func:`maskstudy.faces.preprocess.load_crops`)."""
+    ``paths`` (read as every model reads them, :func:`maskstudy.faces.preprocess.load_crops`), ``batch_size`` files
+    at a time; on the CPU the network sees them channels-last in chunks of
+    :func:`~maskstudy.evaluate.embed.forward_chunk` images (as evaluation does: 1.6x faster than whole contiguous
+    batches of 64, measured on 2 cores)."""
     from tqdm import tqdm
 
+    device = next(model.parameters()).device
+    chunk = forward_chunk(device, model.input_size) or batch_size
+    channels_last = EVAL_CHANNELS_LAST.get(device.type, False)
     was_training = model.training
     model.eval()
     previous = getattr(model, "blank_lower", False)
@@ -117,8 +124,10 @@ def prefix_features(model: DlibResNet, paths: Sequence[str | os.PathLike], froze
     try:
         for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", disable=not progress,
                           leave=False):
-            x = to_input(load_crops(paths[start:start + batch_size]), model.input_size)
-            parts.append(model.features(x, frozen_stages).half())
+            x = to_input(load_crops(paths[start:start + batch_size]), model.input_size, device=device)
+            x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            parts.extend(model.features(x[i:i + chunk], frozen_stages).half().contiguous().cpu()
+                         for i in range(0, len(x), chunk))
     finally:
         model.blank_lower = previous
         model.train(was_training)
