@@ -30,9 +30,11 @@ from ..models import eval_mode, fold_batchnorm, model_device
 EVAL_CHANNELS_LAST = {"cpu": True}
 
 #: Input pixels per forward pass on the CPU (64 crops of 56 px): a batch read from disk is run through the model in
-#: chunks of this size, whose activations stay in the caches. Measured (2 cores, IR-18 at width 0.25 and 56 px; dlib's
-#: ResNet at 150 px): 48-96 crops of 56 px and 8-24 of 150 px run at the same best rate, 128 of 56 px at 0.6 of it
-#: and 512 (256 crops with their flips) at 0.55. GPUs take whole batches.
+#: chunks of this size. Measured in fresh processes (2 cores, IR-18 at width 0.25 and 56 px; dlib's ResNet at 150 px):
+#: 48-96 crops of 56 px and 8-24 of 150 px run at the same best rate, 128 of 56 px at 0.6 of it and 512 (256 crops
+#: with their flips) at 0.55-0.65; the cpu study's evaluation went from 91 to 55 s per model with this and
+#: :class:`~maskstudy.faces.preprocess.DecodedCrops`. (Inside bench_backbones.py the gap closes.) GPUs take whole
+#: batches.
 CPU_FORWARD_PIXELS = 64 * 56 * 56
 
 
