@@ -45,6 +45,28 @@ def test_cached_prefix_gives_the_networks_output():
         torch.testing.assert_close(model.head(model.features(x, 3), 3), model(x))
 
 
+def test_frozen_stage_store_reads_through_decoded_crops(tmp_path):
+    """FeatureStore (the track's frozen-stage features) can read the test crops evaluation already decoded: the
+    features are those of reading the files, and no crop is decoded again."""
+    from PIL import Image
+
+    from maskstudy.faces.preprocess import DecodedCrops
+    from maskstudy.train.finetune import FeatureStore
+
+    crops = np.random.default_rng(0).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
+    paths = []
+    for i, crop in enumerate(crops):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(crop).save(paths[-1])
+    model = build_student(FinetuneConfig())
+    decoded = DecodedCrops()
+    decoded.load(paths)  # as evaluation leaves it
+    through = FeatureStore(tmp_path / "a", "k3").features(model, paths, 3, progress=False, decoded_crops=decoded)
+    direct = FeatureStore(tmp_path / "b", "k3").features(model, paths, 3, progress=False)
+    torch.testing.assert_close(through, direct, rtol=0, atol=0)
+    assert (decoded.hits, decoded.misses) == (5, 5)
+
+
 @pytest.mark.parametrize("bad", [{"frozen_stages": 5}, {"epochs": 0}, {"distill_weight": 0.0},
                                  {"lr": 0.0}, {"batch_size": 1}])
 def test_settings_are_checked(bad):

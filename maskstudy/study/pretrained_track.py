@@ -187,14 +187,14 @@ def test_features(tests, store_dir: str | os.PathLike, frozen_stages: int, blank
     rels = crops_of_tests(tests)
     lfw = FeatureStore(store_dir, f"test_lfw_{suffix}").features(
         model, [tests.aligned_root / r for r in rels], frozen_stages, blank_lower, progress,
-        "frozen stages (LFW test crops)")
+        "frozen stages (LFW test crops)", tests.decoded_crops)  # the crops evaluation decoded, not read again
     mfr2 = None
     if tests.mfr2_pairs is not None:
         names = list(dict.fromkeys(tests.mfr2_pairs["a"].astype(str).tolist() + tests.mfr2_pairs["b"].astype(str)
                                    .tolist()))
         features = FeatureStore(store_dir, f"test_mfr2_{suffix}").features(
             model, [tests.mfr2_root / "aligned" / n for n in names], frozen_stages, blank_lower, progress,
-            "frozen stages (MFR2 crops)")
+            "frozen stages (MFR2 crops)", tests.decoded_crops)
         mfr2 = dict(zip(names, features))
     return TestFeatures(dict(zip(rels, lfw)), mfr2)
 

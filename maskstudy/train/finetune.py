@@ -40,7 +40,7 @@ from torch import nn
 
 from ..core import storage
 from ..evaluate.embed import EVAL_CHANNELS_LAST, forward_chunk
-from ..faces.preprocess import load_crops, to_input
+from ..faces.preprocess import DecodedCrops, load_crops, to_input
 from ..models import build_backbone
 from ..models.dlib_resnet import DlibResNet
 
@@ -105,12 +105,13 @@ def build_student(config: FinetuneConfig, pretrained: bool = True) -> DlibResNet
 @torch.no_grad()
 def prefix_features(model: DlibResNet, paths: Sequence[str | os.PathLike], frozen_stages: int,
                     blank_lower: bool = False, batch_size: int = 64, progress: bool = True,
-                    desc: str = "frozen stages") -> torch.Tensor:
+                    desc: str = "frozen stages", decoded_crops: DecodedCrops | None = None) -> torch.Tensor:
     """(N, C, H, W) float16 outputs of the stem and the first ``frozen_stages`` stages for the crop files
     ``paths`` (read as every model reads them, :func:`maskstudy.faces.preprocess.load_crops`), ``batch_size`` files
     at a time; on the CPU the network sees them channels-last in chunks of
     :func:`~maskstudy.evaluate.embed.forward_chunk` images (as evaluation does: 1.6x faster than whole contiguous
-    batches of 64, measured on 2 cores)."""
+    batches of 64, measured on 2 cores). ``decoded_crops``: the files are read through this in-memory store (e.g.
+    the test crops' own, :attr:`maskstudy.study.testsets.TestSets.decoded_crops`, which evaluation fills)."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
@@ -124,7 +125,8 @@ def prefix_features(model: DlibResNet, paths: Sequence[str | os.PathLike], froze
     try:
         for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", disable=not progress,
                           leave=False):
-            x = to_input(load_crops(paths[start:start + batch_size]), model.input_size, device=device)
+            x = to_input(load_crops(paths[start:start + batch_size], cache=decoded_crops), model.input_size,
+                         device=device)
             x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
             parts.extend(model.features(x[i:i + chunk], frozen_stages).half().contiguous().cpu()
                          for i in range(0, len(x), chunk))
@@ -153,9 +155,11 @@ class FeatureStore:
         return out
 
     def features(self, model: DlibResNet, paths: Sequence[str | os.PathLike], frozen_stages: int,
-                 blank_lower: bool = False, progress: bool = True, desc: str = "frozen stages") -> torch.Tensor:
-        """Features of ``paths`` in order: the stored ones where the file is unchanged, the rest computed and
-        the store rewritten (atomically)."""
+                 blank_lower: bool = False, progress: bool = True, desc: str = "frozen stages",
+                 decoded_crops: DecodedCrops | None = None) -> torch.Tensor:
+        """Features of ``paths`` in order: the stored ones where the file is unchanged, the rest computed
+        (:func:`prefix_features`, reading through ``decoded_crops`` when given) and the store rewritten
+        (atomically)."""
         paths = [Path(p) for p in paths]
         stats = self._stats(paths)
         stored: dict[str, tuple] = {}
@@ -171,7 +175,7 @@ class FeatureStore:
         have = [k in stored and list(stored[k][0]) == s for k, s in zip(keys, stats)]
         todo = [i for i, ok in enumerate(have) if not ok]
         fresh = (prefix_features(model, [paths[i] for i in todo], frozen_stages, blank_lower, progress=progress,
-                                 desc=desc) if todo else None)
+                                 desc=desc, decoded_crops=decoded_crops) if todo else None)
         rows = []
         position = {i: k for k, i in enumerate(todo)}
         for i, ok in enumerate(have):
