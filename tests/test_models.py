@@ -344,8 +344,7 @@ def test_fused_attention_backward_matches_autograd(module, channels_last):
     """The fused CPU backward of SE / CBAM: the reference forward bitwise, autograd's gradients up to rounding,
     the memory format kept, and several backward passes through one graph (Grad-CAM's retain_graph)."""
     x = torch.randn(4, module.channels, 9, 9)
-    x[0, 1] = 0.5  # a constant channel: its spatial max is a 81-way tie, whose gradient amax splits evenly
-    x[1, :, 2, 3] = 1.0  # a channel tie at one pixel
+    x[1, :, 2, 3] = 1.0  # a channel tie at one pixel: its gradient is split evenly, as amax's
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=memory_format)
     grad_out = torch.randn_like(x)
@@ -361,6 +360,33 @@ def test_fused_attention_backward_matches_autograd(module, channels_last):
     out = module(leaf)
     first = torch.autograd.grad(out, leaf, grad_out, retain_graph=True)[0]
     assert torch.equal(torch.autograd.grad(out, leaf, grad_out)[0], first)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_cbam_sends_a_spatial_max_tie_to_one_position(channels_last):
+    """A constant channel's spatial max is an 81-way tie: autograd's amax splits its gradient evenly, the fused
+    backward sends it to the one position adaptive max pooling reports; elsewhere the gradients agree, and the
+    plane's total is the same."""
+    module = CBAM(16)
+    x = torch.randn(4, 16, 9, 9)
+    x[0, 1] = 0.5
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    grad_out = torch.randn_like(x)
+    _, (ref, *ref_params) = _grads(module, x, grad_out, reference=True)
+    _, (got, *got_params) = _grads(module, x, grad_out, reference=False)
+    tol = {"rtol": 1e-5, "atol": 1e-6 * ref.abs().max().item()}
+    outside = torch.ones_like(x, dtype=torch.bool)
+    outside[0, 1] = False
+    torch.testing.assert_close(got[outside], ref[outside], **tol)
+    torch.testing.assert_close(got[0, 1].sum(), ref[0, 1].sum(), rtol=1e-5, atol=1e-5)
+    moved = (got[0, 1] - ref[0, 1]).flatten()
+    _, index = torch.nn.functional.adaptive_max_pool2d(x[:1, 1:2], 1, return_indices=True)
+    share = moved[index.item()]
+    rest = torch.cat([moved[:index.item()], moved[index.item() + 1:]])
+    assert share.abs() > 1e-4  # the whole max gradient at one position ...
+    torch.testing.assert_close(rest, torch.full_like(rest, -share.item() / 80), rtol=1e-3, atol=1e-7)  # ... not 1/81
+    for got_p, ref_p in zip(got_params, ref_params):
+        torch.testing.assert_close(got_p, ref_p, rtol=1e-5, atol=1e-6 * ref_p.abs().max().item())
 
 
 @pytest.mark.parametrize("name", ["SEModule", "CBAM"])
