@@ -43,6 +43,7 @@ display(Markdown(f"**Profile `{cfg['profile']}`**, run folder `{study.run_dir}`,
 from maskstudy.datasets.build import read_manifest
 from maskstudy.datasets.protocol import Split
 from maskstudy.evaluate import bootstrap_ci
+from maskstudy.evaluate.statistics import holm_adjust
 from maskstudy.explain import (
     CONTROL_RANKINGS,
     ExplanationCache,
@@ -61,6 +62,7 @@ from maskstudy.explain import (
     randomized_copy,
     rank_correlation,
     receptive_grid,
+    separated_after_holm,
     visible_face_region,
 )
 from maskstudy.faces.preprocess import load_crops
@@ -322,10 +324,17 @@ for name, against in cam_pairs + track_pairs:
             d = paired_difference(name, kind, column, against)
             differences.append({"comparison": f"{name} - {against}", "model": name, "baseline": against, "method": method,
                                 "input": kind, "measure": measure, "difference": d["value"], "ci_low": d["ci_low"],
-                                "ci_high": d["ci_high"], "seeds": d["seeds"], "images": d["images"], "interval": d["interval"]})
+                                "ci_high": d["ci_high"], "p_value": d["p_value"], "seeds": d["seeds"], "images": d["images"],
+                                "interval": d["interval"]})
 differences = pd.DataFrame(differences, columns=["comparison", "model", "baseline", "method", "input", "measure", "difference",
-                                                 "ci_low", "ci_high", "seeds", "images", "interval"])
-differences["separated"] = (differences["ci_low"] > 0) | (differences["ci_high"] < 0)
+                                                 "ci_low", "ci_high", "p_value", "seeds", "images", "interval"])
+# one family per input and measure: every CAM comparison of the run (from scratch and pretrained), Holm-corrected
+differences["p_holm"] = np.nan
+for _, part in differences.groupby(["input", "measure"]):
+    finite = part[np.isfinite(part["p_value"])]
+    if len(finite):
+        differences.loc[finite.index, "p_holm"] = holm_adjust(finite["p_value"].to_numpy())
+differences["separated"] = differences.apply(separated_after_holm, axis=1)
 study.save_table(differences, "05_attention_differences")
 display(differences)
 

@@ -241,12 +241,21 @@ def test_mean_interval_over_seeds_or_images():
     three = explain.mean_interval([np.full(4, 0.1), np.full(4, 0.2), np.full(4, 0.3)], bootstrap_samples=200)
     assert three["seeds"] == 3 and three["value"] == pytest.approx(0.2) and "3 seeds" in three["interval"]
     assert three["ci_low"] < 0.1 and three["ci_high"] > 0.3  # t with 2 degrees of freedom is wide
+    from scipy.stats import ttest_1samp
+
+    assert three["p_value"] == pytest.approx(ttest_1samp([0.1, 0.2, 0.3], 0.0).pvalue)
+    assert explain.seed_p_value([0.0, 0.0]) == 1.0 and explain.seed_p_value([0.2, 0.2]) == 0.0
+    assert 0 < one["p_value"] < 0.05  # every image above 0
+    centred = explain.mean_interval([np.array([-0.2, -0.1, 0.1, 0.2])], bootstrap_samples=200)
+    assert centred["p_value"] > 0.5
 
 
-def verdict_tables(eye_low: float, beaten: bool):
+def verdict_tables(eye_low: float, beaten: bool, eye_p_holm: float | None = None):
     rows = [{"model": "cbam", "baseline": "plain", "input": "masked", "measure": measure, "difference": d,
              "ci_low": low, "ci_high": low + 0.1, "interval": "t over 3 seeds"}
             for measure, d, low in [("eye_share", eye_low + 0.05, eye_low), ("mask_share", -0.1, -0.15)]]
+    if eye_p_holm is not None:
+        rows[0]["p_holm"], rows[1]["p_holm"] = eye_p_holm, 0.5
     contrasts = pd.DataFrame({"model": ["cbam", "cbam", "plain"], "cam_better": [beaten, True, True]})
     sanity = pd.DataFrame({"model": ["cbam"], "rank_correlation": [0.1], "ci_low": [0.0], "ci_high": [0.2]})
     return pd.DataFrame(rows), contrasts, sanity
@@ -264,3 +273,20 @@ def test_attention_verdict(eye_low, beaten, phrase):
     assert phrase in sentence and "t over 3 seeds" in sentence and "rank correlation" in sentence
     assert "not measured" in explain.attention_verdict(*verdict_tables(0.1, True), model="se", baseline="plain",
                                                        method="HiResCAM")
+
+
+@pytest.mark.parametrize("eye_low, p_holm, phrase", [
+    (0.02, 0.01, "holds"),
+    (0.02, 0.2, "cannot be separated from 0 after Holm's correction"),  # the raw 95 % interval excludes 0
+    (-0.2, 0.2, "cannot be separated from 0 after Holm's correction"),
+    (-0.2, 0.01, "does not hold"),
+])
+def test_attention_verdict_needs_holm(eye_low, p_holm, phrase):
+    """With Holm-adjusted p-values in the table, an eye-band difference counts only if it survives the
+    correction over the run's CAM comparisons, and the sentence quotes its adjusted p."""
+    sentence = explain.attention_verdict(*verdict_tables(eye_low, True, p_holm), model="cbam", baseline="plain",
+                                         method="HiResCAM")
+    assert phrase in sentence and f"Holm p {p_holm:.2g}" in sentence
+    row = verdict_tables(eye_low, True, p_holm)[0].iloc[0]
+    assert explain.separated_after_holm(row) == (p_holm <= 0.05)
+    assert explain.separated_after_holm(row.drop("p_holm")) == (eye_low > 0 or eye_low + 0.1 < 0)

@@ -337,6 +337,15 @@ def test_findings_name_the_runs_of_the_design():
     text = "\n".join(groups["training"])
     assert "(plain_detected_twins - plain, main seed), on masked-unmasked, mask detected on the photo: -2.0" in text
     assert "Leave one style out, masked with x: -10.0 points [-20.0, +0.0]" in groups["unseen"][0]
+    assert "one training seed: the interval covers the test pairs" in groups["unseen"][0]  # no accuracies given
+    results["03_leave_one_style_out"] = pd.DataFrame({
+        "pairs": ["masked with x"] * 5,
+        "run": ["plain_without_x", "plain", "plain_seed1", "plain_seed2", "plain_without_x - plain"],
+        "accuracy": [0.70, 0.80, 0.78, 0.82, np.nan], "diff": [np.nan] * 4 + [-0.1], "ci_low": [np.nan] * 4 + [-0.2],
+        "ci_high": [np.nan] * 4 + [0.0]})
+    groups, _ = study_findings(results, split, resolve_config("smoke"))
+    assert ("one training seed (70.0 %), below all of the 3 seeds of the plain net on these pairs (78.0 % to "
+            "82.0 %)") in groups["unseen"][0]
 
 
 def test_guided_students_follow_the_teacher_settings(tmp_path):

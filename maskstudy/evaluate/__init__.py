@@ -36,6 +36,7 @@ from .metrics import (
     INTERNAL_FOLDS,
     best_threshold,
     bootstrap_ci,
+    bootstrap_p_value,
     internal_folds,
     kfold_accuracy,
     pair_correctness,
@@ -47,7 +48,7 @@ from .verification import evaluate_pairs
 __all__ = [
     "CHECKPOINT_FORMAT", "CROP_SIZE", "CheckpointError", "EmbedResult", "FAR_LEVELS", "FaceRecognizer", "read_image",
     "INTERNAL_FOLDS", "add_verify_arguments", "backbone_from_checkpoint", "best_threshold", "bootstrap_ci",
-    "centre_crop", "compute_embeddings", "embed_crops", "embed_paths", "evaluate_pairs", "identification_rank1",
+    "bootstrap_p_value", "centre_crop", "compute_embeddings", "embed_crops", "embed_paths", "evaluate_pairs", "identification_rank1",
     "internal_folds", "kfold_accuracy", "load_checkpoint", "pair_correctness", "read_any_pairs", "roc_metrics",
     "run_verify", "verify_command",
 ]

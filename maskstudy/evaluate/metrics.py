@@ -200,3 +200,14 @@ def bootstrap_ci(values, n: int = 2000, seed: int = 0, alpha: float = 0.05) -> t
     means = _bootstrap_means(values, n, seed)
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+def bootstrap_p_value(values, n: int = 2000, seed: int = 0) -> float:
+    """Two-sided p-value of "the mean of ``values`` is 0" from the resamples of :func:`bootstrap_ci` (same ``n``
+    and ``seed``), shifted to the null: ``(1 + #{|m* - mean| >= |mean|}) / (n + 1)``."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if len(values) == 0:
+        raise ValueError("no values to bootstrap")
+    mean = float(values.mean())
+    means = _bootstrap_means(values, n, seed)
+    return float((1 + np.sum(np.abs(means - mean) >= abs(mean) - 1e-12)) / (n + 1))

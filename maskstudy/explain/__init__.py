@@ -60,7 +60,14 @@ from .geometry import (
     resize_centres,
     visible_face_region,
 )
-from .verdict import attention_verdict, controls_beaten, mean_interval, seed_interval
+from .verdict import (
+    attention_verdict,
+    controls_beaten,
+    mean_interval,
+    seed_interval,
+    seed_p_value,
+    separated_after_holm,
+)
 
 __all__ = [
     "ExplanationCache",
@@ -70,6 +77,7 @@ __all__ = [
     "controls_beaten", "curve_areas", "curve_fractions", "deletion_check", "deletion_insertion_curves",
     "eye_band_mask", "face_region", "grid_size", "grid_to_crop", "interpolation_matrix", "mask_region",
     "mean_interval", "overlay", "pixel_order", "randomized_copy", "rank_correlation", "random_blob_region",
-    "receptive_grid", "reshape_transform", "resize_centres", "seed_interval", "target_layers", "top_cam_region",
+    "receptive_grid", "reshape_transform", "resize_centres", "seed_interval", "seed_p_value", "separated_after_holm",
+    "target_layers", "top_cam_region",
     "visible_face_region",
 ]

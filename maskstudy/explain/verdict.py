@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from ..evaluate import bootstrap_ci
+from ..evaluate import bootstrap_ci, bootstrap_p_value
 
 
 def seed_interval(values, alpha: float = 0.05) -> tuple[float, float, float]:
@@ -22,24 +22,52 @@ def seed_interval(values, alpha: float = 0.05) -> tuple[float, float, float]:
     return float(mean), float(mean - half), float(mean + half)
 
 
+def seed_p_value(values) -> float:
+    """Two-sided p-value of one-sample Student's t test that the mean of per-seed values is 0 (>= 2 values)."""
+    from scipy.stats import t
+
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        raise ValueError(f"need >= 2 seeds for a test over seeds, got {len(values)}")
+    mean, sd = values.mean(), values.std(ddof=1)
+    if sd == 0:
+        return 1.0 if mean == 0 else 0.0
+    return float(2 * t.sf(abs(mean) / (sd / np.sqrt(len(values))), len(values) - 1))
+
+
 def mean_interval(per_seed: list[np.ndarray], bootstrap_samples: int, seed: int = 0) -> dict:
-    """Mean and 95 % interval of a per-image measure given one array per seed: over the seeds' means when there
-    are >= 2 seeds, else a bootstrap over the images of the one seed. Keys ``value, ci_low, ci_high, seeds,
-    images, interval``."""
+    """Mean, 95 % interval and two-sided p-value (mean = 0) of a per-image measure given one array per seed: over
+    the seeds' means when there are >= 2 seeds (Student's t), else a bootstrap over the images of the one seed.
+    Keys ``value, ci_low, ci_high, p_value, seeds, images, interval``."""
     per_seed = [np.asarray(v, dtype=np.float64)[np.isfinite(v)] for v in per_seed]
     per_seed = [v for v in per_seed if len(v)]
     if not per_seed:
-        return {"value": np.nan, "ci_low": np.nan, "ci_high": np.nan, "seeds": 0, "images": 0, "interval": "none"}
+        return {"value": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "seeds": 0, "images": 0,
+                "interval": "none"}
     images = int(np.mean([len(v) for v in per_seed]))
     if len(per_seed) >= 2:
-        value, low, high = seed_interval([v.mean() for v in per_seed])
+        means = [v.mean() for v in per_seed]
+        value, low, high = seed_interval(means)
+        p_value = seed_p_value(means)
         interval = f"t over {len(per_seed)} seeds"
     else:
         value = float(per_seed[0].mean())
         low, high = bootstrap_ci(per_seed[0], n=bootstrap_samples, seed=seed)
+        p_value = bootstrap_p_value(per_seed[0], n=bootstrap_samples, seed=seed)
         interval = f"bootstrap over {len(per_seed[0])} images"
-    return {"value": value, "ci_low": low, "ci_high": high, "seeds": len(per_seed), "images": images,
-            "interval": interval}
+    return {"value": value, "ci_low": low, "ci_high": high, "p_value": p_value, "seeds": len(per_seed),
+            "images": images, "interval": interval}
+
+
+def separated_after_holm(row: pd.Series) -> bool:
+    """Whether a row of ``05_attention_differences`` is separated from 0: after Holm's correction over the run's
+    CAM comparisons (``p_holm``), and with its 95 % interval excluding 0; tables written before ``p_holm``
+    existed fall back on the interval alone."""
+    outside = bool(row["ci_low"] > 0 or row["ci_high"] < 0)
+    if "p_holm" in row.index and np.isfinite(row["p_holm"]):
+        return outside and bool(row["p_holm"] <= 0.05)
+    return outside
 
 
 def _row(table: pd.DataFrame, **where) -> pd.Series | None:
@@ -50,8 +78,9 @@ def _row(table: pd.DataFrame, **where) -> pd.Series | None:
 
 
 def _points(row: pd.Series) -> str:
+    holm = f", Holm p {row['p_holm']:.2g}" if "p_holm" in row.index and np.isfinite(row["p_holm"]) else ""
     return (f"{100 * row['difference']:+.1f} points [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] "
-            f"({row['interval']})")
+            f"({row['interval']}{holm})")
 
 
 def controls_beaten(contrasts: pd.DataFrame, model: str) -> tuple[int, int]:
@@ -67,7 +96,8 @@ def attention_verdict(differences: pd.DataFrame, contrasts: pd.DataFrame, sanity
     ``model`` (e.g. plain -> CBAM), with its interval, and do the maps pass the faithfulness curves and the
     weight-randomisation check? Reads notebook 05's tables ``05_attention_differences``,
     ``05_faithfulness_contrasts`` and ``05_randomization_check``; "holds" needs an eye-share difference above
-    0, the mask-region share not above 0, and ``model``'s CAM beating every control. ``label`` names the models in
+    0, the mask-region share not above 0, and ``model``'s CAM beating every control; the eye-band difference counts as
+    separated from 0 only after Holm's correction (:func:`separated_after_holm`). ``label`` names the models in
     the sentence (e.g. :func:`maskstudy.study.design.model_label`)."""
     eye = _row(differences, model=model, baseline=baseline, input="masked", measure="eye_share")
     mask = _row(differences, model=model, baseline=baseline, input="masked", measure="mask_share")
@@ -76,12 +106,14 @@ def attention_verdict(differences: pd.DataFrame, contrasts: pd.DataFrame, sanity
         return f"Attention on the eyes with {name}: not measured (no {name} - {base} difference in notebook 05)."
     beaten, total = controls_beaten(contrasts, model)
     faithful = total > 0 and beaten == total
-    if eye["ci_low"] > 0 and mask["ci_high"] <= 0 and faithful:
+    eye_separated = separated_after_holm(eye)
+    holm = " after Holm's correction over the run's CAM comparisons" if "p_holm" in eye.index else ""
+    if eye_separated and eye["ci_low"] > 0 and mask["ci_high"] <= 0 and faithful:
         verdict = "holds"
-    elif eye["ci_high"] < 0:
+    elif eye_separated and eye["ci_high"] < 0:
         verdict = "does not hold (the eye-band share falls)"
-    elif eye["ci_low"] <= 0:
-        verdict = "is not shown (the eye-band difference cannot be separated from 0)"
+    elif not eye_separated:
+        verdict = f"is not shown (the eye-band difference cannot be separated from 0{holm})"
     elif mask["ci_high"] > 0:
         rises = "does" if mask["ci_low"] > 0 else "may"
         verdict = f"is not shown (the eye-band share rises, but so {rises} the mask region's)"

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..datasets.pairs import MASKED_UNMASKED, UNMASKED_UNMASKED
+from ..explain.verdict import separated_after_holm
 from . import design
 from .comparisons import MFR2
 from .findings import study_findings
@@ -261,7 +262,7 @@ def cams_verdict(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any])
         name = TRACK_TABLES[track][0]
         shown.append((design.comparison_label(r["comparison"]),
                       f"{_interval(r['difference'], r['ci_low'], r['ci_high'])} {name}"))
-        if r["ci_low"] > 0:
+        if r["ci_low"] > 0 and separated_after_holm(r):
             rises.append(f"{design.attention_label(r['model'])} {name}")
     if not shown:
         return None

@@ -153,6 +153,20 @@ def _mask_findings(spread: pd.DataFrame, results: Mapping[str, pd.DataFrame]) ->
     return out
 
 
+def _against_seeds(rows: pd.DataFrame, run: str, reference: str) -> str:
+    """Where one run's accuracy falls among the reference's seeds on the same pairs: the interval above is over
+    test pairs, and says nothing of how much another training seed would move it."""
+    accuracy = rows["accuracy"] if "accuracy" in rows else pd.Series(np.nan, index=rows.index)
+    seeds = accuracy[(rows["run"] == reference) | rows["run"].str.startswith(f"{reference}_seed")].dropna()
+    mine = accuracy[rows["run"] == run].dropna()
+    if len(seeds) < 2 or not len(mine):
+        return " (one training seed: the interval covers the test pairs, not the seed-to-seed spread)"
+    value, low, high = mine.iloc[0], seeds.min(), seeds.max()
+    where = "below all of" if value < low else ("above all of" if value > high else "within the range of")
+    return (f"; one training seed ({_pct(value)}), {where} the {len(seeds)} seeds of the plain net on these pairs "
+            f"({_pct(low)} to {_pct(high)}), so the interval covers the test pairs, not the seed-to-seed spread")
+
+
 def _baseline_findings(results: Mapping[str, pd.DataFrame], reference: str | None) -> dict[str, list[str]]:
     """Sentences on the plain network's extra runs, compared with its main-seed run ``reference``: training
     choices, the leave-one-style-out run (unseen masks) and the false non-match rate (setup)."""
@@ -176,7 +190,9 @@ def _baseline_findings(results: Mapping[str, pd.DataFrame], reference: str | Non
         diffs = loso[loso["run"].str.endswith(f" - {reference}")]
         for row in diffs.itertuples():
             out["unseen"].append(f"Leave one style out, {row.pairs}: {_pts(row.diff)} points [{_pts(row.ci_low)}, "
-                                 f"{_pts(row.ci_high)}] against the plain net that saw every style.")
+                                 f"{_pts(row.ci_high)}] against the plain net that saw every style"
+                                 + _against_seeds(loso[loso["pairs"] == row.pairs], row.run.split(" - ")[0],
+                                                  reference) + ".")
     fnmr = results["03_fnmr"]
     part = fnmr[(fnmr["kind"] == design.RunKind.ATTENTION) & (fnmr["fmr_target"] == fnmr["fmr_target"].min())]
     if len(part):
