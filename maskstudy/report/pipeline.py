@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import cpu_threads, storage
+from ..core.allocator import keep_freed_memory
 from ..core.profiles import resolve_config
 from ..datasets.build import project_root
 from . import index_page, outputs
@@ -329,7 +330,8 @@ def start_notebook(name: str, profile: str | None = None, run_dir: str | Path | 
     Changes the working directory to the repository root, resolves the profile (``params`` from papermill
     already hold it; in JupyterLab they are empty and the profile's defaults apply), seeds the RNGs, creates the
     run folder and saves the parameters to ``<run_dir>/params/<name>.json``. Torch's intra-op threads are pinned to
-    the cores this process may use (``OMP_NUM_THREADS`` when set; :func:`maskstudy.core.cpu_threads.pin_torch_threads`).
+    the cores this process may use (``OMP_NUM_THREADS`` when set; :func:`maskstudy.core.cpu_threads.pin_torch_threads`),
+    and the C allocator keeps freed memory for reuse (:func:`maskstudy.core.allocator.keep_freed_memory`).
     """
     import warnings
 
@@ -347,5 +349,6 @@ def start_notebook(name: str, profile: str | None = None, run_dir: str | Path | 
     study = Study(name=name, config=config, run_dir=run_dir, root=root)
     storage.write_json(study.figure_order_file, [])  # a rerun lists its figures afresh
     cpu_threads.pin_torch_threads()
+    keep_freed_memory()
     seed_everything(int(config["seed"]))
     return study

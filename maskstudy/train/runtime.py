@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.allocator import keep_freed_memory
 from .config import TrainConfig
 
 
@@ -100,7 +101,8 @@ def set_deterministic(mode: bool, warn_only: bool, inductor: bool = False) -> No
 @contextlib.contextmanager
 def process_settings(config: TrainConfig, rt: Runtime) -> Iterator[None]:
     """The run's torch settings inside the block (CPU threads, deterministic algorithms or cudnn benchmark),
-    restored afterwards; the process group is destroyed at the end when the run created it.
+    restored afterwards; the process group is destroyed at the end when the run created it. On the CPU the C
+    allocator keeps freed memory for reuse (:func:`~maskstudy.core.allocator.keep_freed_memory`; process-wide).
 
     Deterministic algorithms come without torch's filling of every new tensor with NaN
     (``torch.utils.deterministic.fill_uninitialized_memory``, on by default with them): a debugging aid
@@ -112,6 +114,8 @@ def process_settings(config: TrainConfig, rt: Runtime) -> Iterator[None]:
     previous_benchmark = torch.backends.cudnn.benchmark
     previous_threads = torch.get_num_threads()
     try:
+        if rt.device.type == "cpu":
+            keep_freed_memory()  # process-wide and kept: see maskstudy.core.allocator
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         if rt.deterministic:
