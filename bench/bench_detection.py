@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from maskstudy.core import storage
+from maskstudy.core.allocator import keep_freed_memory
 from maskstudy.datasets.build import BuildSettings, build_aligned_dataset, file_seed, find_dataset
 from maskstudy.datasets.masked_photos import build_masked_variants
 from maskstudy.datasets.protocol import scan_identity_folders
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.celeba_images, args.rounds = 48, 16, 2
         args.compare_lfw, args.compare_celeba, args.compare_masked, args.compare_mfr2 = 100, 60, 40, 40
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as every notebook does (maskstudy.report.pipeline.start_notebook)
 
     lfw = find_dataset("lfw", args.lfw)
     if lfw is None:
