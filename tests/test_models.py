@@ -19,7 +19,7 @@ from maskstudy.models import (
     register_backbone,
     registry,
 )
-from maskstudy.models.attention import ATTENTION, CBAM, SEModule, build_attention
+from maskstudy.models.attention import ATTENTION, CBAM, SEModule, build_attention, reference_backward
 from maskstudy.models.iresnet import BASE_WIDTHS, STAGE_LAYERS, IRBlock, IResNet, feature_map_size, scaled_channels
 
 IR_NAMES = [f"ir{d}{suffix}" for d in (18, 34, 50, 100) for suffix in ("", "_se", "_cbam")]
@@ -387,6 +387,19 @@ def test_fused_cbam_sends_a_spatial_max_tie_to_one_position(channels_last):
     torch.testing.assert_close(rest, torch.full_like(rest, -share.item() / 80), rtol=1e-3, atol=1e-7)  # ... not 1/81
     for got_p, ref_p in zip(got_params, ref_params):
         torch.testing.assert_close(got_p, ref_p, rtol=1e-5, atol=1e-6 * ref_p.abs().max().item())
+
+
+def test_fused_cbam_backward_on_any_layout():
+    """A map whose width is outer to its height in memory, and an expanded output gradient (from ``sum``): the
+    fused backward still matches autograd's."""
+    module = CBAM(16)
+    x = torch.randn(4, 16, 7, 9).transpose(2, 3).contiguous().transpose(2, 3)
+    got = x.clone().requires_grad_()
+    module(got).sum().backward()
+    want = x.contiguous().requires_grad_()
+    with reference_backward():
+        module(want).sum().backward()
+    torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["SEModule", "CBAM"])

@@ -106,9 +106,12 @@ def _spatial_conv(descriptor: torch.Tensor, weight: torch.Tensor, padding: tuple
 def _scatter_hw_max_gradient(grad: torch.Tensor, index: torch.Tensor, grad_max: torch.Tensor) -> None:
     """Add ``grad_max`` (N, C) to ``grad`` (N, C, H, W) at the position ``index`` (N, C, 1, 1) of each plane's
     maximum, as :func:`torch.nn.functional.adaptive_max_pool2d` returns it."""
-    b, c, h, w = grad.shape
-    flat = grad.view(b, c, h * w)  # a view for contiguous and channels-last layouts alike
-    flat.scatter_add_(2, index.view(b, c, 1), grad_max.view(b, c, 1).to(grad.dtype))
+    b, c, _, w = grad.shape
+    index = index.view(b, c)
+    rows = torch.arange(b, device=grad.device)[:, None].expand(b, c)
+    channels = torch.arange(c, device=grad.device)[None, :].expand(b, c)
+    # 4-D indices: right for any memory layout of grad (a flattened view exists only for some)
+    grad.index_put_((rows, channels, index // w, index % w), grad_max.to(grad.dtype), accumulate=True)
 
 
 class _SEFunction(torch.autograd.Function):
