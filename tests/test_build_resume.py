@@ -133,6 +133,26 @@ def test_a_build_killed_with_sigkill_resumes_with_what_it_finished(photos, unint
     assert_same_build(out, uninterrupted)
 
 
+def test_a_rerun_removes_the_temp_files_a_killed_build_was_writing(photos, uninterrupted, tmp_path):
+    """A kill between an atomic write's temp file and its rename leaves ``.<name>.<random>.tmp`` beside the crops
+    (seen in about 1 run of 6 of the SIGKILL test above); the next build removes it."""
+    from maskstudy.datasets.masked_photos import build_masked_variants
+
+    out = tmp_path / "out"
+    manifest = build(photos, out, TemplateDetector())
+    stale = [out / "toy" / "aligned" / "id1" / ".img3.jpg.0s87kyi6.tmp", out / "toy" / "masked_photos" / ".x.jpg.1.tmp"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    build(photos, out, TemplateDetector())
+    assert not any(p.exists() for p in stale)
+    assert_same_build(out, uninterrupted)
+    stale[0].write_bytes(b"")
+    build_masked_variants(manifest, photos, out / "toy", TemplateDetector(), unseen_styles=(), batch_size=BATCH,
+                          progress=False, log=lambda *_: None)
+    assert not stale[0].exists()
+
+
 def test_a_journal_line_cut_short_by_a_kill_is_skipped(tmp_path):
     journal = tmp_path / "journal"
     append_json_lines(journal, [{"a": 1}, {"b": 2.5, "c": float("nan")}])

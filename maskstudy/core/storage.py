@@ -168,13 +168,14 @@ def path_inside(root: str | os.PathLike, relative: str) -> Path:
     return target
 
 
-def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temp files :func:`atomic_path` left in ``folder`` when a process was killed mid-write
-    (``.<name>.<random>.tmp``); call it when a writer starts, before it writes there. Returns what it removed."""
+def remove_stale_temp_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete the temp files :func:`atomic_path` left in ``folder`` (and its subfolders with ``recursive``) when a
+    process was killed mid-write (``.<name>.<random>.tmp``); call it when a writer starts, before it writes
+    there. Returns what it removed."""
     folder = Path(folder)
     removed = []
     if folder.is_dir():
-        for stale in folder.glob(".*.tmp"):
+        for stale in (folder.rglob if recursive else folder.glob)(".*.tmp"):
             if stale.is_file() and not stale.is_symlink():
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()

@@ -421,6 +421,8 @@ def build_aligned_dataset(
     job = _BuildJob(name, Path(root), Path(data_dir) / name, settings, save_masked_photos, tuple(mask_styles))
     manifest_path = job.out / "manifest.csv"
     started = time.perf_counter()
+    for folder in ("aligned", "masked_photos"):  # crops a killed build was writing: written again below
+        storage.remove_stale_temp_files(job.out / folder, recursive=True)
     with ThreadPoolExecutor(max_workers=BUILD_WORKERS) as pool:
         rows, todo, redraw = _plan_rows(job, images, _load_cache(manifest_path, settings), pool)
         if record_skipped_files:

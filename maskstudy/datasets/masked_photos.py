@@ -104,6 +104,8 @@ def build_masked_variants(
     out = Path(out)
     root = Path(source_root)
     unseen_styles = tuple(unseen_styles)
+    for folder in ("aligned", "masked_photos"):  # files a killed run was writing: written again below
+        storage.remove_stale_temp_files(out / folder, recursive=True)
     table_path = out / "masked_variants.csv"
     key = _settings_key(seed, crop_size, tuple(styles), unseen_styles, detector)
     wanted = [v for v in VARIANTS if unseen_styles or not v.startswith("unseen")]
