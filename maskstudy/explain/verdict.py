@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluate import bootstrap_ci, bootstrap_p_value
+from ..evaluate.statistics import seed_difference
 
 
 def seed_interval(values, alpha: float = 0.05) -> tuple[float, float, float]:
@@ -23,17 +24,13 @@ def seed_interval(values, alpha: float = 0.05) -> tuple[float, float, float]:
 
 
 def seed_p_value(values) -> float:
-    """Two-sided p-value of one-sample Student's t test that the mean of per-seed values is 0 (>= 2 values)."""
-    from scipy.stats import t
-
+    """Two-sided p-value of one-sample Student's t test that the mean of per-seed values is 0 (>= 2 values):
+    :func:`maskstudy.evaluate.statistics.seed_difference` against 0."""
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if len(values) < 2:
         raise ValueError(f"need >= 2 seeds for a test over seeds, got {len(values)}")
-    mean, sd = values.mean(), values.std(ddof=1)
-    if sd == 0:
-        return 1.0 if mean == 0 else 0.0
-    return float(2 * t.sf(abs(mean) / (sd / np.sqrt(len(values))), len(values) - 1))
+    return seed_difference(values, np.zeros_like(values))["p_value"]
 
 
 def mean_interval(per_seed: list[np.ndarray], bootstrap_samples: int, seed: int = 0) -> dict:
@@ -47,9 +44,9 @@ def mean_interval(per_seed: list[np.ndarray], bootstrap_samples: int, seed: int 
                 "interval": "none"}
     images = int(np.mean([len(v) for v in per_seed]))
     if len(per_seed) >= 2:
-        means = [v.mean() for v in per_seed]
-        value, low, high = seed_interval(means)
-        p_value = seed_p_value(means)
+        means = np.array([v.mean() for v in per_seed])
+        test = seed_difference(means, np.zeros_like(means))  # the t interval and its p-value in one pass
+        value, low, high, p_value = test["diff"], test["low"], test["high"], test["p_value"]
         interval = f"t over {len(per_seed)} seeds"
     else:
         value = float(per_seed[0].mean())
