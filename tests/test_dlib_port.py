@@ -82,14 +82,21 @@ def test_builder_refuses_other_shapes():
 
 @needs_weights
 @pytest.mark.parametrize("attention", ["se", "cbam"])
-def test_attention_starts_as_identity(attention):
+def test_gated_attention_starts_as_identity(attention):
     torch.manual_seed(0)
     crops = torch.rand(4, 3, 112, 112) * 2 - 1
     plain = build_backbone("dlib_resnet29", embedding_size=128).eval()
-    attended = build_backbone(f"dlib_resnet29_{attention}", embedding_size=128, attention_stages=(1, 2, 3, 4)).eval()
+    attended = build_backbone(f"dlib_resnet29_{attention}", embedding_size=128, attention_stages=(1, 2, 3, 4),
+                              attention_form="gated").eval()
     assert sum(name.endswith(".gate") for name, _ in attended.named_parameters()) == 11
     with torch.no_grad():
         torch.testing.assert_close(attended(crops), plain(crops), atol=1e-5, rtol=0)
+
+
+@needs_weights
+def test_unknown_attention_form_is_a_clear_error():
+    with pytest.raises(ValueError, match="attention_form must be one of full, gated"):
+        build_backbone("dlib_resnet29_se", embedding_size=128, attention_form="half")
 
 
 def test_chip_geometry_carries_template_points():

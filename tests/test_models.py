@@ -402,17 +402,60 @@ def test_fused_cbam_backward_on_any_layout():
     torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["SEModule", "CBAM"])
+@pytest.mark.parametrize("name", ["SEModule", "CBAM", "CBAM with spatial bias"])
 def test_fused_attention_gradcheck(name):
     from maskstudy.models.attention import _CBAMFunction, _SEFunction
 
-    module = (SEModule(6, min_hidden=3) if name == "SEModule" else CBAM(6, min_hidden=3, spatial_kernel=3)).double()
+    if name == "SEModule":
+        module = SEModule(6, min_hidden=3)
+    else:
+        module = CBAM(6, min_hidden=3, spatial_kernel=3, start_open=0.5 if "bias" in name else None)
+        if "bias" in name:  # away from the open start's zero weights
+            torch.nn.init.normal_(module.mlp[2].weight)
+            torch.nn.init.normal_(module.spatial.weight)
+    module = module.double()
     x = torch.randn(2, 6, 4, 5, dtype=torch.float64, requires_grad=True)
     params = list(module.parameters())
     if name == "SEModule":
         assert torch.autograd.gradcheck(_SEFunction.apply, (x, *params))
+    elif module.spatial.bias is None:
+        assert torch.autograd.gradcheck(lambda *t: _CBAMFunction.apply(*t, None, module.spatial.padding), (x, *params))
     else:
         assert torch.autograd.gradcheck(lambda *t: _CBAMFunction.apply(*t, module.spatial.padding), (x, *params))
+
+
+@pytest.mark.parametrize("module", [SEModule(16, start_open=5.0), CBAM(16, start_open=5.0)])
+def test_open_start_is_close_to_the_identity(module):
+    """``start_open``: every sigmoid starts at sigmoid(start_open) whatever the input, so the module scales its input
+    by that (SE) or its square (CBAM): within 1.4 % of the identity at 5.0; the gates are readable."""
+    x = torch.randn(3, 16, 6, 6) * 4
+    with torch.no_grad():
+        out = module(x)
+    scale = torch.sigmoid(torch.tensor(5.0))
+    expected = scale if isinstance(module, SEModule) else scale * scale
+    torch.testing.assert_close(out, x * expected)
+    assert ((out - x).norm() / x.norm()).item() < 0.014
+    with torch.no_grad():
+        if isinstance(module, CBAM):
+            gate = module.channel_gate(x)
+            torch.testing.assert_close(module.spatial_gate(x * gate[:, :, None, None]), torch.full((3, 1, 6, 6), scale.item()))
+        else:
+            gate = module.gate(x)
+    torch.testing.assert_close(gate, torch.full((3, 16), scale.item()))
+
+
+def test_fused_cbam_backward_with_spatial_bias():
+    """CBAM started open has a spatial bias: the fused backward gives autograd's gradient for it and the rest."""
+    module = CBAM(16, start_open=2.0)
+    torch.nn.init.normal_(module.mlp[2].weight, std=0.1)
+    torch.nn.init.normal_(module.spatial.weight, std=0.1)
+    x = torch.randn(4, 16, 5, 5).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn_like(x)
+    ref_out, ref_grads = _grads(module, x, grad_out, reference=True)
+    out, grads = _grads(module, x, grad_out, reference=False)
+    assert torch.equal(out, ref_out) and len(grads) == 1 + 6
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
 
 
 def test_fast_prelu_is_nn_prelu_with_a_vectorised_backward():

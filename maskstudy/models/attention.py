@@ -15,6 +15,13 @@ evenly. Measured on one CPU thread at the cpu profile's sizes (IR-ResNet-18, wid
 56 px, batch 64): the eight CBAM blocks' forward + backward from about 58 to 38 ms per step, the SE blocks' from
 11 to 8 ms. Evaluation, ``torch.compile`` (Inductor fuses the reference operations itself), autocast and other
 devices run :meth:`SEModule.reference_forward` / :meth:`CBAM.reference_forward` with autograd.
+
+``start_open``: both modules can start close to the identity (for insertion into a pretrained network at full
+strength): the weights feeding each sigmoid start at 0 and its bias at ``start_open``, so every gate is
+``sigmoid(start_open)`` at step 0 and ``A(x) = sigmoid(start_open) x`` (SE) or ``sigmoid(start_open)**2 x`` (CBAM);
+CBAM's spatial convolution then has a bias (the paper's has none). The gates themselves are read by
+:meth:`SEModule.gate`, :meth:`CBAM.channel_gate` and :meth:`CBAM.spatial_gate` (what
+:mod:`maskstudy.explain.attention_readout` reports).
 """
 
 from __future__ import annotations
@@ -96,11 +103,12 @@ def _add_max_gradient(grad: torch.Tensor, x: torch.Tensor, maximum: torch.Tensor
     grad.addcmul_(hit, grad_max / hit.sum(dims, keepdim=True))
 
 
-def _spatial_conv(descriptor: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+def _spatial_conv(descriptor: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int],
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
     """CBAM's 2 -> 1 channel spatial convolution, computed in the contiguous format whatever the module's format:
     on the CPU oneDNN's channels-last forward of this shape is slower (about 1.3x at 28 px; measured with torch
     2.14), and its channels-last backward several times faster (see :class:`_CBAMFunction`)."""
-    return F.conv2d(descriptor.contiguous(), weight.contiguous(), padding=padding)
+    return F.conv2d(descriptor.contiguous(), weight.contiguous(), bias, padding=padding)
 
 
 def _scatter_hw_max_gradient(grad: torch.Tensor, index: torch.Tensor, grad_max: torch.Tensor) -> None:
@@ -141,7 +149,7 @@ class _CBAMFunction(torch.autograd.Function):
     """:meth:`CBAM.reference_forward` with a fused backward (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, spatial_weight, padding):
+    def forward(ctx, x, w1, b1, w2, b2, spatial_weight, spatial_bias, padding):
         b = x.shape[0]
         # adaptive max pooling: amax's values, and where each maximum is (its backward sends the gradient there)
         hw_max, hw_index = F.adaptive_max_pool2d(x, 1, return_indices=True)
@@ -152,8 +160,8 @@ class _CBAMFunction(torch.autograd.Function):
         gated = x * channel_gate[:, :, None, None]
         c_max = gated.amax(dim=1, keepdim=True)
         descriptor = torch.cat([gated.mean(dim=1, keepdim=True), c_max], dim=1)
-        spatial_gate = torch.sigmoid(_spatial_conv(descriptor, spatial_weight, padding))
-        ctx.padding = padding
+        spatial_gate = torch.sigmoid(_spatial_conv(descriptor, spatial_weight, padding, spatial_bias))
+        ctx.padding, ctx.has_bias = padding, spatial_bias is not None
         ctx.save_for_backward(x, hw_index, pooled, hidden, channel_gate, gated, c_max, descriptor, spatial_gate,
                               w1, w2, spatial_weight)
         return gated * spatial_gate
@@ -168,10 +176,10 @@ class _CBAMFunction(torch.autograd.Function):
         grad_conv = torch.ops.aten.sigmoid_backward((grad_out * gated).sum(dim=1, keepdim=True), spatial_gate)
         # oneDNN's backward of this 2 -> 1 channel convolution is several times faster channels-last
         cl = torch.channels_last
-        grad_descriptor, grad_spatial_weight, _ = torch.ops.aten.convolution_backward(
+        grad_descriptor, grad_spatial_weight, grad_spatial_bias = torch.ops.aten.convolution_backward(
             grad_conv.contiguous(memory_format=cl), descriptor.contiguous(memory_format=cl),
-            spatial_weight.contiguous(memory_format=cl), None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
-            [True, True, False])
+            spatial_weight.contiguous(memory_format=cl), [1] if ctx.has_bias else None, [1, 1], list(ctx.padding),
+            [1, 1], False, [0, 0], 1, [True, True, ctx.has_bias])
         grad_mean, grad_max = grad_descriptor[:, :1], grad_descriptor[:, 1:]
         grad_gated = torch.addcmul(grad_mean.div(c), grad_out, spatial_gate)
         _add_max_gradient(grad_gated, gated, c_max, grad_max, 1)
@@ -181,7 +189,8 @@ class _CBAMFunction(torch.autograd.Function):
         grad_avg, grad_hw_max = grad_pooled.split(b, dim=0)
         grad_x = torch.addcmul(grad_avg.div(h * w)[:, :, None, None], grad_gated, channel_gate[:, :, None, None])
         _scatter_hw_max_gradient(grad_x, hw_index, grad_hw_max)
-        return (grad_x, *grad_params, grad_spatial_weight.view_as(spatial_weight), None)
+        return (grad_x, *grad_params, grad_spatial_weight.view_as(spatial_weight),
+                grad_spatial_bias if ctx.has_bias else None, None)
 
 
 class SEModule(nn.Module):
@@ -190,20 +199,26 @@ class SEModule(nn.Module):
     ``x * sigmoid(FC(ReLU(FC(avgpool(x)))))``, one gate per channel.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8):
+    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8, start_open: float | None = None):
         super().__init__()
         self.channels = channels
         self.hidden = _hidden_width(channels, reduction, min_hidden)
         self.mlp = _channel_mlp(channels, self.hidden)
+        self.start_open = start_open
+        if start_open is not None:
+            _open_start(self.mlp[2], start_open)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_backward_applies(x):
             return _SEFunction.apply(x, self.mlp[0].weight, self.mlp[0].bias, self.mlp[2].weight, self.mlp[2].bias)
         return self.reference_forward(x)
 
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C) channel gate of input ``x``."""
+        return torch.sigmoid(self.mlp(x.mean(dim=(2, 3))))
+
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = torch.sigmoid(self.mlp(x.mean(dim=(2, 3))))
-        return x * gate[:, :, None, None]
+        return x * self.gate(x)[:, :, None, None]
 
 
 class CBAM(nn.Module):
@@ -214,30 +229,55 @@ class CBAM(nn.Module):
     The spatial conv follows the paper's formula (no BatchNorm, no bias).
     """
 
-    def __init__(self, channels: int, reduction: int = 16, spatial_kernel: int = 7, min_hidden: int = 8):
+    def __init__(self, channels: int, reduction: int = 16, spatial_kernel: int = 7, min_hidden: int = 8,
+                 start_open: float | None = None):
         super().__init__()
         if spatial_kernel < 1 or spatial_kernel % 2 == 0:
             raise ValueError(f"spatial_kernel must be a positive odd integer, got {spatial_kernel}")
         self.channels = channels
         self.hidden = _hidden_width(channels, reduction, min_hidden)
         self.mlp = _channel_mlp(channels, self.hidden)
-        self.spatial = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2, bias=False)
+        self.spatial = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2, bias=start_open is not None)
+        self.start_open = start_open
+        if start_open is not None:
+            _open_start(self.mlp[2], start_open / 2)  # the MLP's output is added twice (average and max pooling)
+            _open_start(self.spatial, start_open)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_backward_applies(x):
             return _CBAMFunction.apply(x, self.mlp[0].weight, self.mlp[0].bias, self.mlp[2].weight,
-                                       self.mlp[2].bias, self.spatial.weight, self.spatial.padding)
+                                       self.mlp[2].bias, self.spatial.weight, self.spatial.bias, self.spatial.padding)
         return self.reference_forward(x)
 
-    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C) channel gate ``Mc`` of input ``x``."""
         b = x.shape[0]
         # One MLP call on [avg; max] stacked along the batch: a single pair of matmuls instead of two.
         pooled = torch.cat([x.mean(dim=(2, 3)), _hw_max(x)], dim=0)
         avg_out, max_out = self.mlp(pooled).split(b, dim=0)
-        x = x * torch.sigmoid(avg_out + max_out)[:, :, None, None]
+        return torch.sigmoid(avg_out + max_out)
 
-        descriptor = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(_spatial_conv(descriptor, self.spatial.weight, self.spatial.padding))
+    def spatial_logits(self, descriptor: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) logits of the spatial map from the (N, 2, H, W) descriptor ``[mean_c; max_c]``."""
+        return _spatial_conv(descriptor, self.spatial.weight, self.spatial.padding, self.spatial.bias)
+
+    def spatial_gate(self, gated: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) spatial map ``Ms`` of the channel-gated input ``x' = Mc * x``: CBAM's own answer to where
+        to look, one weight in (0, 1) per position."""
+        descriptor = torch.cat([gated.mean(dim=1, keepdim=True), gated.amax(dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.spatial_logits(descriptor))
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * self.channel_gate(x)[:, :, None, None]
+        return x * self.spatial_gate(x)
+
+
+def _open_start(layer: nn.Module, logit: float) -> None:
+    """``layer``'s weights to 0 and its bias to ``logit``: the sigmoid after it starts at ``sigmoid(logit)`` for
+    every input."""
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.fill_(float(logit))
 
 
 def _no_attention(channels: int, **_: object) -> nn.Module:

@@ -24,8 +24,14 @@ that every test crop of the study goes through the same alignment as every other
 takes dlib's own 150x150 chips instead (for the exactness test).
 
 Attention (SE, Hu et al. 2018; CBAM, Woo et al. 2018) is inserted at the seed study's place, after the branch's
-last affine and before the addition, behind a gate that starts at 0 (``x + g * (A(x) - x)``, as ReZero, Bachlechner
-et al. 2021), so that the pretrained network's output is unchanged until fine-tuning moves the gate.
+last affine and before the addition, in one of two forms (``attention_form``):
+
+* ``"full"`` (full strength): the module itself, started close to the identity through its sigmoid biases
+  (:data:`FULL_STRENGTH_START`: every gate 0.993 at step 0, so ``A(x)`` is within 1.4 % of ``x``), free to act
+  fully once fine-tuning moves them;
+* ``"gated"``: behind a learned scalar gate that starts at 0 (``x + g * (A(x) - x)``, as ReZero, Bachlechner et al.
+  2021), so that the output is exactly the pretrained network's until fine-tuning moves the gate (in the study's
+  runs the gates stayed within about ±0.2: a fifth or less of the module's modulation).
 """
 
 from __future__ import annotations
@@ -57,6 +63,13 @@ INPUT_SCALE = 256.0
 DEFAULT_MEAN_RGB = DLIB_MEAN_RGB
 #: First chip row blanked by the cropping baseline: half the chip, just above the nose tip (chip row 77.8).
 BLANK_FROM_ROW = CHIP_SIZE // 2
+#: The forms inserted attention takes (module docstring).
+ATTENTION_FORMS = ("full", "gated")
+#: Logit of every sigmoid of full-strength attention at step 0 (sigmoid(5) = 0.9933).
+FULL_STRENGTH_START = 5.0
+#: (a, b): cell ``j`` of the stem's output map is centred on chip pixel index ``a j + b`` (7x7/2 convolution, then
+#: 3x3/2 max pooling, no padding: ``2 (2 j + 1) + 3``).
+STEM_GRID = (4.0, 5.0)
 
 
 class DlibWeightsUnavailable(ImportError):
@@ -109,7 +122,7 @@ class ChannelAffine(nn.Module):
 
 class GatedAttention(nn.Module):
     """``x + gate * (A(x) - x)`` with a learned scalar ``gate`` that starts at 0: attention that begins as the
-    identity, so a pretrained network's output is unchanged at step 0."""
+    identity, so a pretrained network's output is unchanged at step 0 (``attention_form="gated"``)."""
 
     def __init__(self, attention: nn.Module):
         super().__init__()
@@ -136,15 +149,22 @@ class DlibBlock(nn.Module):
     """dlib's ``ares`` / ``ares_down``: ``relu(add_prev(affine(conv(relu(affine(conv(x))))), shortcut(x)))``; a
     down block's first convolution has stride 2 and no padding, its shortcut a 2x2/2 average pool."""
 
-    def __init__(self, in_channels: int, channels: int, down: bool, attention: str = "none"):
+    def __init__(self, in_channels: int, channels: int, down: bool, attention: str = "none",
+                 attention_form: str = "full"):
         super().__init__()
+        if attention_form not in ATTENTION_FORMS:
+            raise ValueError(f"attention_form must be one of {', '.join(ATTENTION_FORMS)}, got {attention_form!r}")
         self.down = down
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=2 if down else 1, padding=0 if down else 1)
         self.affine1 = ChannelAffine(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.affine2 = ChannelAffine(channels)
-        self.attention = (nn.Identity() if attention in ("none", "", None)
-                          else GatedAttention(build_attention(attention, channels)))
+        if attention in ("none", "", None):
+            self.attention = nn.Identity()
+        elif attention_form == "gated":
+            self.attention = GatedAttention(build_attention(attention, channels))
+        else:
+            self.attention = build_attention(attention, channels, start_open=FULL_STRENGTH_START)
         self.shortcut = nn.AvgPool2d(2, 2) if down else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,13 +173,14 @@ class DlibBlock(nn.Module):
 
 
 class DlibResNet(nn.Module):
-    """dlib's ResNet-29 face encoder (module docstring). ``attention``: "none", "se" or "cbam", inserted (gated,
-    identity at start) in every block of the stages listed in ``attention_stages`` (0 = the 32-channel stage, 4 =
-    the last). ``geometry``: "kit" (input: the kit's 112x112 crops, cut to dlib's chip inside the model) or "chip"
-    (input: dlib's own 150x150 chips in the kit's [-1, 1] scaling)."""
+    """dlib's ResNet-29 face encoder (module docstring). ``attention``: "none", "se" or "cbam", inserted (in
+    ``attention_form``, near or at the identity at start) in every block of the stages listed in
+    ``attention_stages`` (0 = the 32-channel stage, 4 = the last). ``geometry``: "kit" (input: the kit's 112x112
+    crops, cut to dlib's chip inside the model) or "chip" (input: dlib's own 150x150 chips in the kit's [-1, 1]
+    scaling)."""
 
     def __init__(self, attention: str = "none", attention_stages: Sequence[int] = (2, 3, 4), geometry: str = "kit",
-                 mean_rgb: Sequence[float] = DEFAULT_MEAN_RGB):
+                 mean_rgb: Sequence[float] = DEFAULT_MEAN_RGB, attention_form: str = "full"):
         super().__init__()
         if geometry not in ("kit", "chip"):
             raise ValueError(f"geometry must be 'kit' or 'chip', got {geometry!r}")
@@ -170,6 +191,7 @@ class DlibResNet(nn.Module):
         self.input_size = 112 if geometry == "kit" else CHIP_SIZE
         self.embedding_size = EMBEDDING_SIZE
         self.attention_name = attention
+        self.attention_form = attention_form
         self.attention_stages = tuple(int(s) for s in attention_stages)
         self.to_chip = ChipFromCrop() if geometry == "kit" else nn.Identity()
         #: the cropping baseline's input: the chip's lower half (rows from the nose down) set to the mean colour
@@ -181,7 +203,7 @@ class DlibResNet(nn.Module):
         for index, (channels, blocks, down) in enumerate(STAGES):
             kind = attention if index in self.attention_stages else "none"
             stages.append(nn.Sequential(*[DlibBlock(in_channels if b == 0 else channels, channels, down and b == 0,
-                                                    kind) for b in range(blocks)]))
+                                                    kind, attention_form) for b in range(blocks)]))
             in_channels = channels
         self.stages = nn.ModuleList(stages)
         self.fc = nn.Linear(256, EMBEDDING_SIZE, bias=False)
@@ -234,14 +256,40 @@ class DlibResNet(nn.Module):
         stage's strided 3x3 branch and at ``8 j + 7.5`` through its 2x2 pooled shortcut; the midpoint ``8 j + 8.5``
         is used. The chip's similarity to the crop (:data:`~.dlib_chip.CROP_TO_CHIP`, a 0.36 degree rotation
         neglected) carries it to the crop."""
+        return self._chip_to_crop(8.0 * np.arange(self.grid_size) + 8.0, crop_size)
+
+    @staticmethod
+    def stage_grid(stage: int, branch_of_down_block: bool = False) -> tuple[float, float]:
+        """``(a, b)``: cell ``j`` of stage ``stage``'s output map (or, with ``branch_of_down_block``, of the residual
+        branch of its first, map-halving block) is centred on chip pixel index ``a j + b``. A down block's 3x3/2
+        branch maps ``j`` to ``2 j + 1`` of its input, its 2x2/2 pooled shortcut to ``2 j + 0.5``; the stage's
+        output (their sum) takes the midpoint, as :meth:`cam_crop_centres` does."""
+        a, b = STEM_GRID
+        for index, (_, _, down) in enumerate(STAGES[:stage + 1]):
+            if not down:
+                continue
+            if index == stage and branch_of_down_block:
+                return 2 * a, a + b
+            a, b = 2 * a, 0.75 * a + b
+        return a, b
+
+    def attention_crop_centres(self, stage: int, block: int, grid: tuple[int, int],
+                               crop_size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+        """(row centres, column centres) on the kit's crop of the map the attention of block ``block`` of stage
+        ``stage`` sees (its residual branch; ``grid``: its (rows, columns)), in crop pixels."""
+        a, b = self.stage_grid(stage, branch_of_down_block=block == 0 and STAGES[stage][2])
+        rows, columns = self._chip_to_crop(a * np.arange(grid[0]) + b, crop_size)[0], \
+            self._chip_to_crop(a * np.arange(grid[1]) + b, crop_size)[1]
+        return rows, columns
+
+    def _chip_to_crop(self, chip_index: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chip pixel-index coordinates along both axes -> (rows, columns) in crop pixels (continuous)."""
         if self.geometry != "kit":
-            centres = 8.0 * np.arange(self.grid_size) + 8.5
-            scale = crop_size / CHIP_SIZE
-            return centres * scale, centres * scale
-        chip = 8.0 * np.arange(self.grid_size) + 8.5 - 0.5  # pixel-index coordinates of the fit
+            centres = (chip_index + 0.5) * crop_size / CHIP_SIZE
+            return centres, centres
         scale = float(np.hypot(*CROP_TO_CHIP[:, 0]))
-        columns = (chip - CROP_TO_CHIP[0, 2]) / scale + 0.5
-        rows = (chip - CROP_TO_CHIP[1, 2]) / scale + 0.5
+        columns = (chip_index - CROP_TO_CHIP[0, 2]) / scale + 0.5
+        rows = (chip_index - CROP_TO_CHIP[1, 2]) / scale + 0.5
         return rows * crop_size / 112.0, columns * crop_size / 112.0
 
     def feature_layers(self) -> list[nn.Module]:
@@ -290,7 +338,7 @@ def load_dlib_weights(model: DlibResNet, net: DlibNet | str | Path | None = None
 def _dlib_builder(attention: str):
     def build(width: float = 1.0, input_size: int = 112, embedding_size: int = EMBEDDING_SIZE, dropout: float = 0.0,
               pretrained: bool = True, attention_stages: Sequence[int] = (2, 3, 4), geometry: str | None = None,
-              **kw) -> DlibResNet:
+              attention_form: str = "full", **kw) -> DlibResNet:
         if kw:
             raise TypeError(f"dlib_resnet29 takes no argument(s) {', '.join(sorted(kw))}")
         geometry = geometry or ("chip" if input_size == CHIP_SIZE else "kit")
@@ -300,7 +348,7 @@ def _dlib_builder(attention: str):
                              f"{EMBEDDING_SIZE}, input_size {expected} ({geometry} geometry) and no dropout; got "
                              f"width {width}, embedding_size {embedding_size}, input_size {input_size}, "
                              f"dropout {dropout}")
-        model = DlibResNet(attention, attention_stages, geometry)
+        model = DlibResNet(attention, attention_stages, geometry, attention_form=attention_form)
         return load_dlib_weights(model) if pretrained else model
 
     return build

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -219,6 +220,19 @@ class IResNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) and m.affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def attention_crop_centres(self, stage: int, block: int, grid: tuple[int, int],
+                               crop_size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+        """(row centres, column centres) in crop pixels of the cells of stage ``stage``'s maps (``layer<stage>``,
+        1..4; every ``block`` of a stage works on its output grid; ``grid``: its rows and columns), where the
+        attention of its blocks acts. The stem has stride 1 and each stage's stride-2 convolution (3x3 padding 1, or
+        the 1x1 shortcut) maps output index ``j`` to input index ``2 j``, so cell ``j`` is centred on input pixel
+        ``2**stage j`` (continuous ``2**stage j + 0.5``), scaled from ``input_size`` to ``crop_size``."""
+        if not 1 <= stage <= 4:
+            raise ValueError(f"stage must be 1..4 (layer1..layer4), got {stage}")
+        scale = crop_size / self.input_size
+        rows, columns = ((2.0**stage * np.arange(n) + 0.5) * scale for n in grid)
+        return rows, columns
 
     def feature_layers(self) -> list[nn.Module]:
         """The four stages ``[layer1, layer2, layer3, layer4]``; the last is the Grad-CAM target."""
