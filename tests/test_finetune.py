@@ -74,16 +74,81 @@ def test_settings_are_checked(bad):
         FinetuneConfig(**bad)
 
 
-@pytest.mark.parametrize("attention", ["none", "se", "cbam"])
-def test_distillation_pulls_twins_toward_the_clean_embedding(features, tmp_path, attention):
+@pytest.mark.parametrize("attention, form", [("none", "full"), ("se", "full"), ("cbam", "full"), ("se", "gated"),
+                                             ("cbam", "gated")])
+def test_distillation_pulls_twins_toward_the_clean_embedding(features, tmp_path, attention, form):
     clean, masked, labels = features
-    config = FinetuneConfig(attention=attention, epochs=3, batch_size=8, lr=3e-4, warmup_steps=1)
+    config = FinetuneConfig(attention=attention, attention_form=form, epochs=3, batch_size=8, lr=3e-4,
+                            warmup_steps=1)
     result = finetune(config, clean, masked, labels, tmp_path / "run.pt", log=quiet, progress=False)
     losses = result.history["distill_loss"].to_numpy()
     assert losses[-1] < losses[0]
-    if attention != "none":
-        gates = [p.item() for n, p in result.model.named_parameters() if n.endswith(".gate")]
+    gates = [p.item() for n, p in result.model.named_parameters() if n.endswith(".gate")]
+    if attention != "none" and form == "gated":
         assert len(gates) == 4 and any(g != 0 for g in gates)
+    else:
+        assert gates == [] and result.history["gates"].eq("").all()
+    if attention != "none" and form == "full":  # the attention's own weights moved off their open start
+        last = [p for n, p in result.model.named_parameters() if n.endswith("mlp.2.weight")]
+        assert len(last) == 4 and all(p.abs().sum() > 0 for p in last)
+
+
+@pytest.mark.parametrize("attention", ["se", "cbam"])
+def test_full_strength_attention_starts_within_two_percent_of_the_plain_network(attention):
+    """Full strength at step 0: every inserted block changes its input by 1 - sigmoid(5) (SE) or 1 - sigmoid(5)**2
+    (CBAM), under 2 %, and the embeddings stay within 2 % of the pretrained network's."""
+    from maskstudy.explain.attention_readout import read_attention
+
+    plain = build_student(FinetuneConfig())
+    student = build_student(FinetuneConfig(attention=attention))
+    crops = np.random.default_rng(1).integers(0, 256, (6, 112, 112, 3), dtype=np.uint8)
+    readout = read_attention(student, crops, 112)
+    open_gate = torch.sigmoid(torch.tensor(5.0)).item()
+    expected = 1 - open_gate if attention == "se" else 1 - open_gate**2
+    assert len(readout.strength) == 4
+    for values in readout.strength.values():
+        np.testing.assert_allclose(values, expected, rtol=1e-4)
+        assert values.max() < 0.02
+    from maskstudy.faces.preprocess import to_input
+
+    with torch.no_grad():
+        x = to_input(crops, 112)
+        a, b = plain(x), student(x)
+    assert ((b - a).norm(dim=1) / a.norm(dim=1)).max().item() < 0.02
+
+
+def test_clean_only_control_trains_on_the_clean_crops(features, tmp_path):
+    """``twins=False``: the twins are never read (the same weights whatever they hold), and the clean crops' target
+    is the frozen network's own embedding, so the loss at step 0 is 0 up to rounding."""
+    clean, masked, labels = features
+    config = FinetuneConfig(epochs=1, batch_size=8, warmup_steps=1, twins=False)
+    control = finetune(config, clean, masked, labels, tmp_path / "clean.pt", log=quiet, progress=False)
+    other = finetune(config, clean, torch.zeros_like(masked), labels, tmp_path / "other.pt", log=quiet,
+                     progress=False)
+    for (name, a), b in zip(control.model.state_dict().items(), other.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+    start = build_student(FinetuneConfig())
+    with torch.no_grad():
+        target = head_embeddings(start, clean, 3)
+        step0 = 1 - torch.nn.functional.cosine_similarity(start.head(clean[:8].float(), 3), target[:8]).mean()
+    assert abs(step0.item()) < 1e-5
+    assert load_student(tmp_path / "clean.pt")[1].twins is False
+
+
+def test_checkpoint_of_the_earlier_gated_form_still_loads(features, tmp_path):
+    """A fine-tuning checkpoint written before attention had a form (gated, no ``attention_form`` in its settings)
+    loads as the gated network it holds."""
+    from maskstudy.train.finetune import save_checkpoint
+
+    config = FinetuneConfig(attention="se", attention_form="gated")
+    model = build_student(config)
+    save_checkpoint(tmp_path / "old.pt", config, model, None, None, config.epochs, [])
+    state = torch.load(tmp_path / "old.pt", weights_only=True)
+    del state["config"]["attention_form"], state["config"]["twins"]
+    torch.save(state, tmp_path / "old.pt")
+    loaded, loaded_config = load_student(tmp_path / "old.pt")
+    assert loaded_config.attention_form == "gated" and loaded_config.twins
+    assert any(n.endswith(".gate") for n, _ in loaded.named_parameters())
 
 
 def test_margin_head_and_validation(features, tmp_path):

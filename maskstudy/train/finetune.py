@@ -12,9 +12,14 @@ The stem and the first ``frozen_stages`` stages stay frozen, and their outputs a
 head (ArcFace, Deng et al. 2019, over the training identities) is optional; settings are chosen on masked-unmasked
 pairs of held-out training identities (:class:`FinetuneValidation`), never on LFW's test folds or MFR2.
 
-The "cropping" baseline of the seed's literature (upper face only, e.g. Li et al., "Cropping and attention based
-approach for masked face recognition", Applied Intelligence 2021) is the plain network fine-tuned and tested with
-the chip's lower half blanked (``blank_lower``).
+The inserted attention acts at full strength (``attention_form="full"``: the modules themselves, started near the
+identity through their sigmoid biases) or behind a scalar gate from 0 (``"gated"``); see
+:mod:`maskstudy.models.dlib_resnet`.
+
+The "cropping" approach of the seed's literature (upper face only; Li et al., "Cropping and attention based
+approach for masked face recognition", Applied Intelligence 2021) is any of these networks fine-tuned and tested
+with the chip's lower half blanked (``blank_lower``). ``twins=False`` fine-tunes on the clean crops alone (a
+control: what fine-tuning does without the synthetic masks).
 
 Runs are seeded (batch order, attention initialisation, margin head), checkpointed after every epoch (atomic
 write; loaded with ``weights_only=True``), and resumed: a finished run with the same settings is reused.
@@ -42,7 +47,7 @@ from ..core import storage
 from ..evaluate.embed import EVAL_CHANNELS_LAST, forward_chunk
 from ..faces.preprocess import DecodedCrops, load_crops, to_input
 from ..models import build_backbone
-from ..models.dlib_resnet import DlibResNet
+from ..models.dlib_resnet import ATTENTION_FORMS, DlibResNet
 
 FORMAT = "maskstudy-finetune-v1"
 FEATURES_FORMAT = "maskstudy-prefix-features-v1"
@@ -52,9 +57,11 @@ FEATURES_FORMAT = "maskstudy-prefix-features-v1"
 class FinetuneConfig:
     """One fine-tuning run of the pretrained track (module docstring)."""
 
-    attention: str = "none"  # "none" | "se" | "cbam", in every block of the trained stages, gated at 0
+    attention: str = "none"  # "none" | "se" | "cbam", in every block of the trained stages
+    attention_form: str = "full"  # "full" (started near the identity) | "gated" (behind a scalar gate from 0)
     frozen_stages: int = 3  # stem + this many stages frozen and cached; the rest trains
-    blank_lower: bool = False  # the cropping baseline: the chip's lower half blanked, in training and tests
+    blank_lower: bool = False  # the cropping approach: the chip's lower half blanked, in training and tests
+    twins: bool = True  # train on each row's clean crop and its masked twin; False: the clean crops alone
     epochs: int = 2
     batch_size: int = 64  # training rows per step; each row gives its clean crop and its masked twin
     lr: float = 1e-4  # AdamW; dlib's frozen-BN network explodes under SGD at 1e-3 (measured)
@@ -63,7 +70,7 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     distill_weight: float = 1.0
     margin_weight: float = 0.0  # > 0 adds an ArcFace head over the training identities
-    attention_lr_scale: float = 100.0  # the inserted attention (new weights, gates from 0) learns this much faster
+    attention_lr_scale: float = 100.0  # the inserted attention (new weights) learns this much faster
     margin_scale: float = 32.0
     margin: float = 0.5
     seed: int = 0
@@ -76,6 +83,9 @@ class FinetuneConfig:
                              f"{self.lr}")
         if self.attention_lr_scale <= 0:
             raise ValueError(f"attention_lr_scale must be > 0, got {self.attention_lr_scale}")
+        if self.attention_form not in ATTENTION_FORMS:
+            raise ValueError(f"attention_form must be one of {', '.join(ATTENTION_FORMS)}, got "
+                             f"{self.attention_form!r}")
         if self.distill_weight < 0 or self.margin_weight < 0 or self.distill_weight + self.margin_weight == 0:
             raise ValueError("distill_weight and margin_weight must be >= 0, and not both 0")
 
@@ -92,7 +102,7 @@ def build_student(config: FinetuneConfig, pretrained: bool = True) -> DlibResNet
     """The pretrained network with ``config``'s attention in the trained stages (seeded initialisation)."""
     torch.manual_seed(config.seed)
     model = build_backbone(config.backbone, input_size=112, embedding_size=128, pretrained=pretrained,
-                           attention_stages=tuple(range(config.frozen_stages, 5)))
+                           attention_stages=tuple(range(config.frozen_stages, 5)), attention_form=config.attention_form)
     model.blank_lower = config.blank_lower
     return model
 
@@ -354,11 +364,12 @@ def finetune(config: FinetuneConfig, clean: torch.Tensor, masked: torch.Tensor, 
             rows = order[step * config.batch_size:(step + 1) * config.batch_size]
             for group in optimizer.param_groups:
                 group["lr"] = _lr(config, epoch * steps_per_epoch + step, total) * group["scale"]
-            x = torch.cat([clean[rows], masked[rows]]).float()
+            copies = 2 if config.twins else 1
+            x = (torch.cat([clean[rows], masked[rows]]) if config.twins else clean[rows]).float()
             embeddings = model.head(x, start)
-            target = targets[rows].repeat(2, 1)
+            target = targets[rows].repeat(copies, 1)
             distill = (1 - F.cosine_similarity(embeddings, target, dim=1)).mean()
-            margin = head(embeddings, labels_t[rows].repeat(2)) if head is not None else torch.zeros(())
+            margin = head(embeddings, labels_t[rows].repeat(copies)) if head is not None else torch.zeros(())
             loss = config.distill_weight * distill + config.margin_weight * margin
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fine-tuning {config.backbone}: the loss became {float(loss)} at epoch "
@@ -407,7 +418,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 def load_student(path: str | os.PathLike) -> tuple[DlibResNet, FinetuneConfig]:
     """The fine-tuned network saved at ``path`` and its settings."""
     state = load_checkpoint(path)
-    config = FinetuneConfig(**state["config"])
+    # files written before attention had a form hold gated attention, and always trained on twins
+    config = FinetuneConfig(**{"attention_form": "gated", **state["config"]})
     model = build_student(config, pretrained=False)
     model.load_state_dict(state["model"])
     return model.eval(), config
