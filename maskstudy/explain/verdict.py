@@ -37,7 +37,8 @@ def mean_interval(per_seed: list[np.ndarray], bootstrap_samples: int, seed: int 
     """Mean, 95 % interval and two-sided p-value (mean = 0) of a per-image measure given one array per seed: over
     the seeds' means when there are >= 2 seeds (Student's t), else a bootstrap over the images of the one seed.
     Keys ``value, ci_low, ci_high, p_value, seeds, images, interval``."""
-    per_seed = [np.asarray(v, dtype=np.float64)[np.isfinite(v)] for v in per_seed]
+    per_seed = [np.asarray(v, dtype=np.float64) for v in per_seed]
+    per_seed = [v[np.isfinite(v)] for v in per_seed]
     per_seed = [v for v in per_seed if len(v)]
     if not per_seed:
         return {"value": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "seeds": 0, "images": 0,
