@@ -87,12 +87,14 @@ for name, seed in design.explained_networks(cfg):
 from maskstudy.study import pretrained_track as track
 
 # the pretrained track (notebook 03's last section): dlib's network fine-tuned plain, with SE and with CBAM, over seeds;
-# explained at its 17x17 stage (the eye band is about 3 cells tall there)
-track_pairs = []
+# the whole-face models explained at its 17x17 stage (the eye band is about 3 cells tall there); the upper-face
+# models (lower half blanked) are only read directly (their attention blocks, below)
+track_pairs, upper_networks = [], {}
 for run in track.finetuned_runs(cfg):
     path = track.checkpoint(study.outputs, run.name)
     if path.is_file():
-        networks[(run.model, run.seed)] = (track.load_run(path), 112)
+        target = upper_networks if run.model in design.TRACK_UPPER_MODELS.values() else networks
+        target[(run.model, run.seed)] = (track.load_run(path), 112)
     elif run.seed == cfg["seed"]:
         notes.append(f"{run.name} (no checkpoint: the pretrained track did not run)")
 track_pairs = [(a, b) for a, b in track.comparisons(cfg) if b == track.MODELS[design.NO_ATTENTION]
@@ -441,6 +443,104 @@ study.save_table(sanity, "05_randomization_check")
 sanity
 
 # %% [markdown]
+# ## The attention blocks read directly: how strongly they act, and CBAM's own spatial map
+#
+# Grad-CAM says where the similarity is sensitive; the attention blocks can also be read directly, on the same masked
+# probes and on the same photos without masks:
+#
+# * **strength** of each block: `|A(x) - x| / |x|` between what enters its attention and what leaves it (the gate
+#   included where there is one): 0 means the block does nothing, an SE block whose gates are all `g` has `1 - g`;
+# * **CBAM's own spatial map** `Ms` (Woo et al. 2018) at every block, its mean weight on the eye band and on the mask
+#   region, each cell at the centre of its receptive field on the crop. If CBAM learns to switch the mask off, the
+#   mask region's weight falls when the mask is there (masked minus the same probes unmasked, paired by image;
+#   intervals over seeds, Holm over every CBAM block of the run).
+
+# %%
+from maskstudy.explain.attention_readout import block_label, read_attention
+from maskstudy.explain.attention_summary import (
+    map_verdict,
+    per_image_tables,
+    spatial_differences,
+    spatial_summary,
+    strength_summary,
+)
+
+attended = {key: value for key, value in {**networks, **upper_networks}.items()
+            if design.attention_block(key[0], cfg) != design.NO_ATTENTION}
+strength_parts, spatial_parts, main_maps = [], [], {}
+for (name, seed), (model, input_size) in attended.items():
+    print(f"attention read directly: {design.run_name(name, seed, cfg)}", flush=True)
+    readouts = {"masked": read_attention(model, masked_crops, input_size),
+                "unmasked": read_attention(model, unmasked_crops, input_size)}
+    per_strength, per_spatial = per_image_tables(name, seed, model, readouts, CROP)
+    strength_parts += [per_strength] if len(per_strength) else []
+    spatial_parts += [per_spatial] if len(per_spatial) else []
+    if seed == cfg["seed"] and readouts["masked"].spatial:
+        main_maps[name] = (model, readouts)
+strength_images = pd.concat(strength_parts, ignore_index=True) if strength_parts else pd.DataFrame()
+spatial_images = pd.concat(spatial_parts, ignore_index=True) if spatial_parts else pd.DataFrame()
+strength = strength_summary(strength_images, cfg["bootstrap_samples"], cfg["seed"])
+cbam_spatial = spatial_summary(spatial_images, cfg["bootstrap_samples"], cfg["seed"])
+cbam_differences = spatial_differences(spatial_images, cfg["bootstrap_samples"], cfg["seed"])
+study.save_table(strength, "05_attention_strength")
+study.save_table(cbam_spatial, "05_cbam_spatial")
+study.save_table(cbam_differences, "05_cbam_spatial_differences")
+display(Markdown("**Strength** (mean over images; intervals over seeds):"),
+        strength[strength["block"] == "all blocks"].round(4) if len(strength) else strength)
+
+# %%
+if len(strength):
+    per_block = strength[strength["block"] != "all blocks"]
+    shown_models = list(dict.fromkeys(per_block["model"]))
+    fig, axes = plt.subplots(1, len(shown_models), figsize=(2.6 * len(shown_models), 3.0), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], shown_models):
+        part = per_block[per_block["model"] == name]
+        blocks = list(dict.fromkeys(part["block"]))
+        x = np.arange(len(blocks))
+        for offset, kind in ((-0.2, "masked"), (0.2, "unmasked")):
+            rows = part[part["input"] == kind].set_index("block").loc[blocks]
+            ax.bar(x + offset, 100 * rows["strength"], 0.4, label=f"{kind} probes",
+                   yerr=[100 * (rows["strength"] - rows["ci_low"]), 100 * (rows["ci_high"] - rows["strength"])], capsize=2)
+        ax.set_xticks(x, [block_label(b).replace("stage ", "").replace(" block ", ".") for b in blocks], fontsize=6,
+                      rotation=90)
+        ax.set_title(design.model_label(name), fontsize=7)
+    axes[0, 0].set_ylabel("|A(x) − x| / |x|  (%)")
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle("How strongly each attention block changes its input (stage.block; 95 % intervals)", fontsize=9)
+    fig.tight_layout()
+    study.save_figure(fig, "05_attention_strength")
+    plt.show()
+
+# %%
+from maskstudy.explain.attention_readout import attention_blocks, block_centres
+
+if main_maps:
+    display(Markdown("**CBAM's spatial map**, mean over the probes (main seed), on the crop; green: eye band, red: "
+                     "mask region. Each model's row pair: masked probes, then the same photos without masks."),
+            cbam_differences[cbam_differences["block"] == "all blocks"].round(4))
+    columns = max(len(readouts["masked"].spatial) for _, readouts in main_maps.values())
+    fig, axes = plt.subplots(2 * len(main_maps), columns, figsize=(1.45 * columns, 1.55 * 2 * len(main_maps)),
+                             squeeze=False)
+    for row, (name, (model, readouts)) in enumerate(main_maps.items()):
+        blocks = {b.name: b for b in attention_blocks(model)}
+        for k, kind in enumerate(("masked", "unmasked")):
+            ax_row = axes[2 * row + k]
+            for col, (block, maps) in enumerate(readouts[kind].spatial.items()):
+                mean_map = maps.mean(axis=0)
+                on_crop = grid_to_crop(mean_map, block_centres(model, blocks[block], mean_map.shape, CROP), CROP)
+                ax_row[col].imshow(on_crop, cmap="viridis", vmin=float(on_crop.min()), vmax=float(on_crop.max()) + 1e-6)
+                ax_row[col].contour(band, levels=[0.5], colors="lime", linewidths=0.6)
+                ax_row[col].contour(covered, levels=[0.5], colors="red", linewidths=0.6)
+                ax_row[col].set_title(f"{block_label(block)}\n[{on_crop.min():.3f}, {on_crop.max():.3f}]", fontsize=5)
+            ax_row[0].set_ylabel(f"{design.model_label(name)}\n{kind}", fontsize=6)
+    for ax in axes.ravel():
+        ax.set_xticks([]); ax.set_yticks([])
+    fig.suptitle("CBAM's own spatial map per block (colour range per panel in brackets)", fontsize=9)
+    fig.tight_layout()
+    study.save_figure(fig, "05_cbam_spatial_maps")
+    plt.show()
+
+# %% [markdown]
 # ## Verdict
 
 # %%
@@ -453,3 +553,7 @@ if track_pairs:
     display(Markdown("**Pretrained track** (dlib's ResNet-29 fine-tuned on masked faces; 17x17 grid)"))
     for name, against in track_pairs:
         display(Markdown(attention_verdict(differences, contrasts, sanity, model=name, baseline=against, method=method)))
+if len(cbam_differences):
+    display(Markdown("**CBAM's own spatial map**"))
+    for name in dict.fromkeys(cbam_differences["model"]):
+        display(Markdown(map_verdict(cbam_differences, cbam_spatial, name, label=design.model_label)))

@@ -41,14 +41,19 @@ display(Markdown(f"**Protocol `{split['protocol']}`.** {split['description']}"))
 #
 # **From scratch** (the seed study's setup at this profile's scale): IR-ResNets trained here, plain, SE and CBAM.
 # **Pretrained** (a recogniser in use): dlib's ResNet-29 fine-tuned on masked faces, plain, SE and CBAM inserted at
-# identity, plus the cropping baseline and the pretrained network as it is (notebook 03, last section). Mean over
-# training seeds, ± the standard deviation over seeds.
+# full strength, the same three on the upper face only (cropping + attention), the plain network fine-tuned on clean
+# crops alone (the control of what the synthetic twins cost) and the pretrained network as it is (notebook 03, last
+# section). Mean over training seeds, ± the standard deviation over seeds.
 
 # %%
 if "03_track_seed_table" in results:
     display(Markdown("**Pretrained track**"), results["03_track_seed_table"],
             Markdown("**Pretrained track: attention differences** (seed-paired, Holm over the track's family)"),
-            results.get("03_track_differences", pd.DataFrame()).round(4))
+            results.get("03_track_differences", pd.DataFrame()).round(4),
+            Markdown("**The upper face minus the whole face** (plain, seed-paired):"),
+            results.get("03_track_upper_face", pd.DataFrame()).round(4),
+            Markdown("**Fine-tuned on clean crops alone** (main seed, identity bootstrap):"),
+            results.get("03_track_clean_control", pd.DataFrame()).round(4))
 else:
     display(Markdown("*No pretrained track in this run (off in the profile, or the `teacher` extra is missing).*"))
 
@@ -222,6 +227,23 @@ display(attention[attention["input"] == "masked"],
         results["05_attention_differences"][results["05_attention_differences"]["input"] == "masked"],
         results["05_faithfulness"], results["05_faithfulness_contrasts"], results["05_randomization_check"])
 display(Markdown("\n\n".join(cam_findings(results, cfg, []))))
+
+# %% [markdown]
+# ## The attention blocks read directly (notebook 05)
+#
+# How strongly each attention block changes its input (`|A(x) − x| / |x|`, mean over blocks and per block), and
+# CBAM's own spatial map: its weight on the eye band and the mask region, and whether the mask region's weight falls
+# when the mask is there.
+
+# %%
+from maskstudy.study.findings import cbam_map_findings, strength_findings
+
+if "05_attention_strength" in results:
+    strength_table = results["05_attention_strength"]
+    display(strength_table[strength_table["block"] == "all blocks"].round(4),
+            Markdown("\n\n".join(strength_findings(results, cfg))))
+if "05_cbam_spatial_differences" in results:
+    display(results["05_cbam_spatial_differences"].round(4), Markdown("\n\n".join(cbam_map_findings(results))))
 
 # %% [markdown]
 # ## Cleaning statistics and split

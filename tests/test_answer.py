@@ -49,11 +49,28 @@ def _differences(pairs: list[tuple[str, str]], separated: tuple[str, str] | None
 
 def synthetic_results() -> dict[str, pd.DataFrame]:
     """The tables notebook 06 reads, for plain/SE/CBAM from scratch and the pretrained track (3 seeds)."""
-    ref, ft = design.TRACK_REFERENCE, design.TRACK_MODELS
+    ref, ft, up = design.TRACK_REFERENCE, design.TRACK_MODELS, design.TRACK_UPPER_MODELS
+    clean = design.TRACK_CLEAN_MODEL
     versus = pd.DataFrame([{"model": m, "test": t, "seeds": 3, "accuracy_mean": 0.95 - d, "accuracy_std": 0.003,
                             "reference": ref, "reference_accuracy": 0.99 - d, "diff_seed_mean": -0.04,
                             "diff_main_seed": 0.02, "boot_ci_low": 0.01, "boot_ci_high": 0.03, "p_boot": 0.01}
-                           for m in ft.values() for t, d in (("unmasked_unmasked", 0.0), (DETECTED, 0.1), ("mfr2", 0.12))])
+                           for m in [*ft.values(), *up.values(), clean]
+                           for t, d in (("unmasked_unmasked", 0.0), (DETECTED, 0.1), ("mfr2", 0.12))])
+    strength = pd.DataFrame([{"model": m, "input": i, "block": "all blocks", "strength": v, "ci_low": v - 0.01,
+                              "ci_high": v + 0.01, "interval": "t over 3 seeds", "seeds": 3, "images": 100,
+                              "strongest_block": "layer1.0.attn", "strongest": v + 0.05, "gate_min": np.nan,
+                              "gate_max": np.nan}
+                             for m, v in (("se", 0.12), ("cbam", 0.31), (ft["se"], 0.02), (ft["cbam"], 0.042),
+                                          (up["cbam"], 0.05)) for i in ("masked", "unmasked")])
+    spatial = pd.DataFrame([{"model": m, "block": b, "measure": measure, "difference": d, "ci_low": d - 0.01,
+                             "ci_high": d + 0.01 if b != "layer3.0.attn" else d + 0.001, "p_value": 0.01,
+                             "interval": "t over 3 seeds", "seeds": 3, "images": 100, "p_holm": 0.03,
+                             "separated": b == "layer3.0.attn" and measure == "mask_effect"}
+                            for m, blocks in (("cbam", ["layer3.0.attn", "layer4.0.attn"]),
+                                              (ft["cbam"], ["stages.3.0.attention"]))
+                            for b in [*blocks, "all blocks"] for measure, d in (("mask_effect", -0.02),
+                                                                                ("eye_effect", 0.0),
+                                                                                ("mask_minus_eye", -0.05))])
     cams = pd.DataFrame([{"comparison": f"{m} - {b}", "model": m, "baseline": b, "method": "hirescam", "input": i,
                           "measure": measure, "difference": 0.01, "ci_low": -0.02, "ci_high": 0.04, "seeds": 3,
                           "images": 100, "interval": "t over 3 seeds", "separated": False}
@@ -68,13 +85,19 @@ def synthetic_results() -> dict[str, pd.DataFrame]:
         "03_seed_summary": _spread({"plain": 0.82, "se": 0.818, "cbam": 0.813}, 3),
         "03_differences": _differences([("se", "plain"), ("cbam", "plain"), ("cbam", "se")]),
         "03_track_seed_summary": _spread({ref: 0.99, ft["none"]: 0.985, ft["se"]: 0.984, ft["cbam"]: 0.983,
-                                          design.TRACK_CROP_MODEL: 0.9}, 3),
-        "03_track_differences": _differences([(ft["se"], ft["none"]), (ft["cbam"], ft["none"]), (ft["cbam"], ft["se"])],
+                                          up["none"]: 0.9, up["se"]: 0.9, up["cbam"]: 0.9}, 3),
+        "03_track_differences": _differences([(ft["se"], ft["none"]), (ft["cbam"], ft["none"]), (ft["cbam"], ft["se"]),
+                                              (up["se"], up["none"]), (up["cbam"], up["none"]), (up["cbam"], up["se"])],
                                              separated=(f"{ft['cbam']} - {ft['none']}", "mfr2")),
         "03_track_vs_pretrained": versus,
-        "03_track_crop_baseline": pd.DataFrame({"comparison": ["ft_crop_seed0 - ft_plain_seed0"], "test": [DETECTED],
-                                                "pairs": [6000], "diff": [-0.05], "ci_low": [-0.07],
-                                                "ci_high": [-0.03], "p_value": [0.001]}),
+        "03_track_upper_face": _differences([(up["none"], ft["none"])]).assign(
+            diff_seed_mean=-0.05, seed_ci_low=-0.07, seed_ci_high=-0.03),
+        "03_track_clean_control": pd.DataFrame({
+            "comparison": [f"{clean}_seed0 - {ft['none']}_seed0", f"{clean}_seed0 - {ref}"], "test": ["mfr2"] * 2,
+            "pairs": [848] * 2, "diff": [0.016, -0.001], "ci_low": [0.004, -0.01], "ci_high": [0.03, 0.008],
+            "p_value": [0.01, 0.8]}),
+        "05_attention_strength": strength,
+        "05_cbam_spatial_differences": spatial,
         "03_baseline_differences": pd.DataFrame({
             "comparison": ["plain - plain_nomask", "plain_detected_twins - plain"], "test": [DETECTED, DETECTED],
             "diff": [0.049, 0.013], "ci_low": [0.037, 0.003], "ci_high": [0.062, 0.023]}),
@@ -144,20 +167,27 @@ def test_one_verdict_per_question_with_both_tracks_and_their_intervals():
     verdicts = answer.verdicts(results, resolve_config("cpu"))
     assert [v["question"] for v in verdicts] == list(design.QUESTIONS)
     text = {v["question"]: v["text"] for v in verdicts}
-    assert text["attention"].startswith("Separated after Holm's correction: 0 of 21 from scratch, 1 of 21 pretrained "
+    assert text["attention"].startswith("Separated after Holm's correction: 0 of 21 from scratch, 1 of 42 pretrained "
                                         "(CBAM − plain on MFR2 real masks +3.0 pretrained)")
     assert text["attention"].endswith("CBAM − plain on masked-unmasked, detected: -0.4 [-1.4, +0.6] from scratch, "
-                                      "-0.4 [-1.4, +0.6] pretrained (points).")
+                                      "-0.4 [-1.4, +0.6] at full strength, -0.4 [-1.4, +0.6] on the upper face "
+                                      "(points); CBAM changes its input by 31.0 % from scratch, 4.2 % at full strength, "
+                                      "5.0 % on the upper face (|A(x) − x| / |x|).")
     assert "landmarks: -5.0 from scratch, -5.0 pretrained (masked-unmasked, points" in text["detection"]
     assert "surgical blue left out of training: -0.5 [-2.0, +0.9] on its pairs (points)." in text["unseen"]
     assert "pretrained as it is 87.0 %, fine-tuned plain 83.0 % (+2.0 [+1.0, +3.0] points" in text["real_masks"]
+    assert text["real_masks"].endswith("; on clean crops only 83.0 % (+1.6 [+0.4, +3.0] against twins): the synthetic "
+                                       "twins cost MFR2.")
     assert "masked twins vs none +4.9 [+3.7, +6.2]; detected vs shared twins +1.3 [+0.3, +2.3]" in text["training"]
-    assert "upper face only vs whole face -5.0 [-7.0, -3.0]" in text["training"]
+    assert "upper face only vs whole face -5.0 [-7.0, -3.0] (over seeds)" in text["training"]
     assert "99.0 % unmasked" in text["pretrained"] and "at best 82.0 % unmasked" in text["pretrained"]
     assert text["cams"] == ("Eye-band share of hirescam mass on masked probes, CBAM − plain: +1.0 [-2.0, +4.0] from "
                             "scratch, +1.0 [-2.0, +4.0] pretrained (points): a move of attention to the eyes is not "
-                            "shown.")
-    assert all(len(v["text"]) < 300 for v in verdicts)  # one or two lines each
+                            "shown; CBAM's own spatial map on the mask region, masked minus unmasked probes (weight, "
+                            "mean over blocks): -0.020 [-0.030, -0.010] from scratch, -0.020 [-0.030, -0.010] at full "
+                            "strength; it switches the mask off in 1 of 2 blocks from scratch, 0 of 1 blocks at full "
+                            "strength.")
+    assert all(len(v["text"]) < 500 for v in verdicts)  # a few lines each
 
 
 def test_verdicts_leave_out_what_the_run_lacks():
@@ -176,8 +206,10 @@ def test_key_table_has_both_tracks_and_the_answer_tests():
     assert list(table.columns) == ["track", "model", "unmasked", "masked-unmasked, detected",
                                    "masked-masked, detected", "unseen mask styles", "MFR2 real masks"]
     assert table["track"].str.startswith("from scratch (the seed's setup at cpu scale)").sum() == 3
-    assert table["model"].tolist()[3:] == ["dlib ResNet-29 as it is", "plain, fine-tuned", "SE, fine-tuned",
-                                           "CBAM, fine-tuned", "plain, fine-tuned on the upper face"]
+    assert table["model"].tolist()[3:] == ["dlib ResNet-29 as it is", "plain, fine-tuned",
+                                           "SE at full strength, fine-tuned", "CBAM at full strength, fine-tuned",
+                                           "plain on the upper face, fine-tuned", "SE on the upper face, fine-tuned",
+                                           "CBAM on the upper face, fine-tuned"]
     assert table.iloc[0]["unmasked"] == "82.0 ± 0.4" and table.iloc[3]["unmasked"] == "99.0"
 
 
@@ -185,7 +217,8 @@ def test_forest_rows_put_masked_tests_first():
     rows = answer.forest_rows(synthetic_results(), resolve_config("cpu"))
     assert list(dict.fromkeys(rows["test"]))[0] == design.test_label(DETECTED)
     assert list(dict.fromkeys(rows["test"]))[-1] == "unmasked"
-    assert rows["separated"].sum() == 1 and len(rows) == 2 * 3 * 5
+    assert rows["separated"].sum() == 1 and len(rows) == 3 * 3 * 5
+    assert "CBAM − plain, upper face" in set(rows["comparison"])
 
 
 class _Links(HTMLParser):

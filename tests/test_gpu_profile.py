@@ -73,7 +73,7 @@ def test_every_gpu_profile_network_trains_embeds_and_explains(gpu_config, synthe
 def test_gpu_profile_pretrained_track_steps(gpu_config, synthetic_faces, tmp_path):
     csv, root = synthetic_faces
     runs = track.track_runs(gpu_config)
-    assert sum(r.kind == track.FINETUNED for r in runs.values()) == 3 * len(design.seeds(gpu_config))
+    assert sum(r.kind == track.FINETUNED for r in runs.values()) == 6 * len(design.seeds(gpu_config))  # whole, upper
     rows = track.training_rows(csv, root, gpu_config["pretrained_twins"])
     for run in runs.values():
         if run.config is None or run.seed != gpu_config["seed"]:

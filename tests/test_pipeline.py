@@ -258,6 +258,17 @@ def test_smoke_run_of_notebook_03_training(smoke_run):
         assert (run / "outputs" / "checkpoints" / name / "log.csv").is_file()
     assert (run / "figures" / "03_learning_curves.png").is_file() and (run / "figures" / "03_accuracy.png").is_file()
     assert (run / "tables" / "01_masked_detection.csv").is_file()
+    if teacher:  # the pretrained track: full strength, gated, upper face over seeds; the clean-crop control
+        track_differences = pd.read_csv(run / "tables" / "03_track_differences.csv")
+        assert {"ft_se - ft_plain", "ft_cbam - ft_plain", "ft_cbam_gated - ft_plain",
+                "ft_upper_cbam - ft_upper_plain"} <= set(track_differences["comparison"])
+        assert (track_differences["seeds"] == 2).all()
+        upper = pd.read_csv(run / "tables" / "03_track_upper_face.csv")
+        assert set(upper["comparison"]) == {"ft_upper_plain - ft_plain"} and (upper["seeds"] == 2).all()
+        control = pd.read_csv(run / "tables" / "03_track_clean_control.csv")
+        assert set(control["comparison"]) == {"ft_plain_clean_seed0 - ft_plain_seed0",
+                                              "ft_plain_clean_seed0 - dlib_resnet29_pretrained"}
+        assert "mfr2" in set(control["test"])
 
 
 @pytest.mark.slow
@@ -286,6 +297,23 @@ def test_smoke_run_of_notebook_05_gradcam(smoke_run):
     differences = pd.read_csv(base / "run" / "tables" / "05_attention_differences.csv")
     assert {"cbam - plain", "se - plain"} <= set(differences["comparison"])
     assert (base / "run" / "figures" / "05_cams_masked.png").is_file()
+    # the attention blocks read directly: strength of every SE / CBAM model, CBAM's own map per block
+    strength = pd.read_csv(base / "run" / "tables" / "05_attention_strength.csv")
+    teacher = importlib.util.find_spec("dlib") is not None
+    expected = {"se", "cbam"} | ({"ft_se", "ft_cbam", "ft_se_gated", "ft_cbam_gated", "ft_upper_se", "ft_upper_cbam"}
+                                 if teacher else set())
+    assert set(strength["model"]) == expected and set(strength["input"]) == {"masked", "unmasked"}
+    overall = strength[strength["block"] == "all blocks"]
+    assert (overall["seeds"] == 2).all() and overall["strength"].between(0, 10).all()
+    assert overall[overall["model"].str.endswith("_gated")]["gate_min"].notna().all()
+    spatial = pd.read_csv(base / "run" / "tables" / "05_cbam_spatial.csv")
+    assert set(spatial["model"]) == {m for m in expected if "cbam" in m}
+    assert spatial[["eye_weight", "mask_weight"]].stack().between(0, 1).all()
+    maps = pd.read_csv(base / "run" / "tables" / "05_cbam_spatial_differences.csv")
+    assert set(maps["measure"]) == {"mask_effect", "eye_effect", "mask_minus_eye"}
+    assert (maps["p_holm"] >= maps["p_value"] - 1e-12).all()
+    assert (base / "run" / "figures" / "05_cbam_spatial_maps.png").is_file()
+    assert (base / "run" / "figures" / "05_attention_strength.png").is_file()
 
 
 @pytest.mark.slow

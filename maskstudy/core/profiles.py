@@ -133,7 +133,13 @@ BASE: dict[str, Any] = {
     # the pretrained track (notebook 03, maskstudy.study.pretrained_track): dlib's ResNet-29 (teacher extra) fine-tuned on
     # the training rows' clean crops and masked twins toward the frozen network's clean embedding; False = skip
     "pretrained_track": True,
-    "pretrained_attention": ["none", "se", "cbam"],  # each over the study's seeds, inserted gated at identity
+    # each over the study's seeds, at full strength (started near the identity through the sigmoid biases)
+    "pretrained_attention": ["none", "se", "cbam"],
+    "pretrained_gated": False,  # also SE and CBAM behind a scalar gate from 0 (the study's earlier form), over seeds
+    # every block of pretrained_attention also fine-tuned and tested on the upper face (the chip's lower half
+    # blanked; cropping + attention, Li et al. 2021), over seeds
+    "pretrained_upper_face": True,
+    "pretrained_clean_control": True,  # the plain network fine-tuned on the clean crops alone (main seed)
     "pretrained_frozen_stages": 3,  # stem + 3 stages frozen (their outputs cached per crop); the 256-channel ones train
     "pretrained_epochs": 2,
     "pretrained_batch_size": 64,  # training rows per step (each gives its clean crop and its twin)
@@ -143,9 +149,8 @@ BASE: dict[str, Any] = {
     "pretrained_grad_clip": 1.0,
     "pretrained_distill_weight": 1.0,  # 1 - cos(student(x), frozen teacher(clean photo))
     "pretrained_margin_weight": 0.0,  # > 0 adds an ArcFace head over the training identities
-    "pretrained_attention_lr_scale": 100.0,  # lr multiplier of the inserted attention (new weights, gates from 0)
+    "pretrained_attention_lr_scale": 100.0,  # lr multiplier of the inserted attention (new weights)
     "pretrained_twins": "detected",  # twins the track trains on: "detected" (on the masked photo) | "shared"
-    "pretrained_crop_baseline": True,  # the plain network fine-tuned and tested on the upper face only (main seed)
     "pretrained_max_rows": None,  # at most this many training rows (smoke runs)
     # Grad-CAM analysis (notebook 05)
     "cam_method": "hirescam",  # exact for the IR-ResNet's flatten + FC head (Draelos and Carin 2020)
@@ -192,6 +197,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pretrained_batch_size": 8,
         "pretrained_warmup_steps": 2,
         "pretrained_max_rows": 48,
+        "pretrained_gated": True,  # every path of the track, at a few steps each
     },
     "cpu": {
         # the 2-core budget goes to seeds: the margin-loss comparison runs in the gpu profile (or -p margin_losses=...)

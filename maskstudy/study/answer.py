@@ -29,7 +29,8 @@ REQUIRED_TABLES = ["01_split", "02_cleaning_summary", "03_verification", "03_ide
 OPTIONAL_TABLES = ("03_margin_losses", "03_mfr2", "04_mfr2", "03_mask_scenarios", "03_leave_one_style_out",
                    "01_masked_detection", "03_guided_differences", "03_guided_vs_reference", "03_teacher",
                    "03_teacher_coverage", "03_track_seed_table", "03_track_seed_summary", "03_track_vs_pretrained",
-                   "03_track_differences", "03_track_crop_baseline", "03_track_timing")
+                   "03_track_differences", "03_track_upper_face", "03_track_clean_control", "03_track_timing",
+                   "05_attention_strength", "05_cbam_spatial", "05_cbam_spatial_differences")
 #: What notebook 06 saves for the answer: the compact key table and the forest plot of model differences.
 KEY_TABLE = "06_answer_table"
 FOREST_FIGURE = "06_differences"
@@ -106,9 +107,50 @@ def _change_by_track(results, test: str, reference: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+def _headline_rows(table: pd.DataFrame, test: str, names: dict[str, str]) -> list[tuple[str, str, pd.Series]]:
+    """(text, block label, row) of CBAM minus plain on ``test`` (SE minus plain when there is no CBAM) for each
+    entry of ``names`` (text -> the plain model's name; the attended model is the same variant's)."""
+    out = []
+    for text, plain in names.items():
+        for block in ("cbam", "se"):
+            attended = block if plain == design.PLAIN else _variant(plain, block)
+            rows = table[(table["test"] == test) & (table["comparison"] == f"{attended} - {plain}")]
+            if len(rows):
+                out.append((text, design.BLOCK_LABELS[block], rows.iloc[0]))
+                break
+    return out
+
+
+def _variant(plain: str, block: str) -> str:
+    """The name of ``block`` in the same pretrained-track variant as the plain model ``plain``."""
+    for names in (design.TRACK_MODELS, design.TRACK_UPPER_MODELS):
+        if names.get(design.NO_ATTENTION) == plain:
+            return names[block]
+    return block
+
+
+def _strength_clause(results: Mapping[str, pd.DataFrame]) -> str:
+    """``"; CBAM changes its input by 31 % from scratch, 4.0 % at full strength ..."``: mean strength over blocks
+    on masked probes of CBAM (else SE) in each track (empty without notebook 05's readout)."""
+    strength = _table(results, "05_attention_strength")
+    if strength is None:
+        return ""
+    rows = strength[(strength["block"] == "all blocks") & (strength["input"] == "masked")].set_index("model")
+    for block in ("cbam", "se"):
+        shown = [(name, words) for name, words in ((block, "from scratch"), (design.TRACK_MODELS[block], "at full strength"),
+                                                    (design.TRACK_UPPER_MODELS[block], "on the upper face"),
+                                                    (design.TRACK_GATED_MODELS[block], "gated")) if name in rows.index]
+        if shown:
+            return (f"; {design.BLOCK_LABELS[block]} changes its input by "
+                    + ", ".join(f"{100 * rows.loc[n, 'strength']:.1f} % {w}" for n, w in shown)
+                    + " (|A(x) − x| / |x|)")
+    return ""
+
+
 def attention_verdict(results: Mapping[str, pd.DataFrame]) -> str | None:
-    """How many attention comparisons Holm's correction separates in each track (the first two named), and CBAM
-    (else the first block) minus plain on the key test in each."""
+    """How many attention comparisons Holm's correction separates in each track (the first two named), CBAM (else
+    SE) minus plain on the key test from scratch, at full strength and on the upper face in the pretrained track,
+    and how strongly the attention acts (notebook 05's readout)."""
     tables = {name: _table(results, table_name) for name, _, table_name in TRACK_TABLES.values()}
     tables = {name: table for name, table in tables.items() if table is not None}
     if not tables:
@@ -124,17 +166,16 @@ def attention_verdict(results: Mapping[str, pd.DataFrame]) -> str | None:
         lead = f"Separated after Holm's correction: {counts} ({named}{'; ...' if len(separated) > 2 else ''})"
     shown = []
     for name, table in tables.items():
-        rows = table[(table["test"] == test)
-                     & table["comparison"].map(lambda c: design.comparison_label(c).endswith("− plain"))]
-        if len(rows):
-            rows = rows.assign(order=rows["comparison"].map(lambda c: not design.comparison_label(c).startswith("CBAM")))
-            r = rows.sort_values("order").iloc[0]
-            shown.append((design.comparison_label(r["comparison"]), f"{_interval(*difference_interval(r))} {name}"))
+        names = ({"from scratch": design.PLAIN} if name == TRACK_TABLES[SCRATCH][0] else
+                 {"at full strength": design.TRACK_MODELS[design.NO_ATTENTION],
+                  "on the upper face": design.TRACK_UPPER_MODELS[design.NO_ATTENTION]})
+        shown += [(block, f"{_interval(*difference_interval(r))} {text}")
+                  for text, block, r in _headline_rows(table, test, names)]
     if not shown:
-        return lead + "."
-    label = shown[0][0] if len({c for c, _ in shown}) == 1 else "against plain"
+        return lead + _strength_clause(results) + "."
+    label = f"{shown[0][0]} − plain" if len({b for b, _ in shown}) == 1 else "against plain"
     return (f"{lead}; {label} on {design.test_label(test, short=True)}: " + ", ".join(t for _, t in shown)
-            + " (points).")
+            + " (points)" + _strength_clause(results) + ".")
 
 
 def detection_verdict(results: Mapping[str, pd.DataFrame]) -> str | None:
@@ -179,10 +220,36 @@ def real_masks_verdict(results: Mapping[str, pd.DataFrame]) -> str:
         r = row.iloc[0]
         parts.append(f"pretrained as it is {_pct(r['reference_accuracy'])}, fine-tuned plain {_pct(r['accuracy_mean'])} "
                      f"({_interval(r['diff_main_seed'], r['boot_ci_low'], r['boot_ci_high'])} points, main seed)")
+        clean = _clean_control_clause(results)
+        if clean:
+            parts[-1] += clean
     elif MFR2 in track.columns:
         parts.append("pretrained track " + ", ".join(f"{design.model_label(m)} {_pct(v)}"
                                                       for m, v in track[MFR2].dropna().items()))
     return "Accuracy " + "; ".join(parts) + "."
+
+
+def _clean_control_clause(results: Mapping[str, pd.DataFrame]) -> str:
+    """``", on clean crops only 87.3 % (+1.6 [+0.2, +3.0] against twins): ..."``: the clean-crop control on MFR2 and
+    what it says costs MFR2 (empty without the control)."""
+    control = _table(results, "03_track_clean_control")
+    versus = _table(results, "03_track_vs_pretrained")
+    if control is None or versus is None:
+        return ""
+    twins = control[(control["test"] == MFR2) & ~control["comparison"].str.endswith(f" - {design.TRACK_REFERENCE}")]
+    reference = control[(control["test"] == MFR2) & control["comparison"].str.endswith(f" - {design.TRACK_REFERENCE}")]
+    accuracy = versus[(versus["test"] == MFR2) & (versus["model"] == design.TRACK_CLEAN_MODEL)]
+    if twins.empty or reference.empty or accuracy.empty:
+        return ""
+    t, ref = twins.iloc[0], reference.iloc[0]
+    if t["ci_low"] > 0 and ref["ci_low"] <= 0 <= ref["ci_high"]:
+        cause = "the synthetic twins cost MFR2"
+    elif ref["ci_high"] < 0:
+        cause = "fine-tuning costs MFR2 even without the twins"
+    else:
+        cause = "the twins' cost is not separated from fine-tuning alone"
+    return (f"; on clean crops only {_pct(accuracy['accuracy_mean'].iloc[0])} "
+            f"({_interval(t['diff'], t['ci_low'], t['ci_high'])} against twins): {cause}")
 
 
 def training_verdict(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> str | None:
@@ -201,16 +268,16 @@ def training_verdict(results: Mapping[str, pd.DataFrame], config: Mapping[str, A
             if len(row):
                 r = row.iloc[0]
                 parts.append(f"{text} {_interval(r['diff'], r['ci_low'], r['ci_high'])}")
-    crop = _table(results, "03_track_crop_baseline")
-    if crop is not None:
-        test = test or _key_test(crop["test"])
-        row = crop[crop["test"] == test]
+    upper = _table(results, "03_track_upper_face")
+    if upper is not None:
+        test = test or _key_test(upper["test"])
+        row = upper[upper["test"] == test]
         if len(row):
-            r = row.iloc[0]
-            parts.append(f"pretrained, upper face only vs whole face {_interval(r['diff'], r['ci_low'], r['ci_high'])}")
+            parts.append(f"pretrained, upper face only vs whole face {_interval(*difference_interval(row.iloc[0]))} "
+                         f"(over seeds)")
     if not parts:
         return None
-    return f"On {design.test_label(test, short=True)} (plain, main seed, points): {'; '.join(parts)}."
+    return f"On {design.test_label(test, short=True)} (plain, main seed unless said, points): {'; '.join(parts)}."
 
 
 def pretrained_verdict(results: Mapping[str, pd.DataFrame]) -> str | None:
@@ -270,7 +337,32 @@ def cams_verdict(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any])
     verdict = ("the eye-band share rises with " + " and ".join(rises) + " (faithfulness checks below)"
                if rises else "a move of attention to the eyes is not shown")
     return (f"Eye-band share of {config.get('cam_method')} mass on masked probes, {label}: "
-            + ", ".join(t for _, t in shown) + f" (points): {verdict}.")
+            + ", ".join(t for _, t in shown) + f" (points): {verdict}" + _map_clause(results) + ".")
+
+
+def _map_clause(results: Mapping[str, pd.DataFrame]) -> str:
+    """``"; CBAM's own map on the mask region, masked minus unmasked probes: ... from scratch, ...: it switches the
+    mask off in 2 of 8 blocks from scratch, in none ..."``: the direct reading of CBAM's spatial map per track."""
+    differences = _table(results, "05_cbam_spatial_differences")
+    if differences is None:
+        return ""
+    effect = differences[differences["measure"] == "mask_effect"]
+    parts, verdicts = [], []
+    for model, words in (("cbam", "from scratch"), (design.TRACK_MODELS["cbam"], "at full strength"),
+                         (design.TRACK_UPPER_MODELS["cbam"], "on the upper face")):
+        rows = effect[effect["model"] == model]
+        if rows.empty:
+            continue
+        overall = rows[rows["block"] == "all blocks"].iloc[0]
+        blocks = rows[rows["block"] != "all blocks"]
+        falls = int((blocks["separated"] & (blocks["ci_high"] < 0)).sum())
+        parts.append(f"{overall['difference'] + 0.0:+.3f} [{overall['ci_low'] + 0.0:+.3f}, "
+                     f"{overall['ci_high'] + 0.0:+.3f}] {words}")
+        verdicts.append(f"{falls} of {len(blocks)} blocks {words}")
+    if not parts:
+        return ""
+    return ("; CBAM's own spatial map on the mask region, masked minus unmasked probes (weight, mean over blocks): "
+            + ", ".join(parts) + "; it switches the mask off in " + ", ".join(verdicts))
 
 
 def verdicts(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> list[dict[str, str]]:

@@ -34,18 +34,34 @@ ATTENTION_NAMES = {NO_ATTENTION: PLAIN, "se": "se", "cbam": "cbam"}
 #: The transformer models notebook 04 trains beside the CNNs (one per family of :data:`config.TRANSFORMER_KEYS`).
 TRANSFORMER_MODELS = tuple(TRANSFORMER_KEYS)
 #: The pretrained track's models (:mod:`maskstudy.study.pretrained_track`): the pretrained network as it is (its reference
-#: row), each attention block fine-tuned, and the cropping baseline (the plain fine-tune on the upper face only).
+#: row); each attention block fine-tuned on the whole face, inserted at full strength (``TRACK_MODELS``) and, when the
+#: profile asks, behind a gate from 0 (``TRACK_GATED_MODELS``); each block fine-tuned on the upper face, the chip's
+#: lower half blanked (cropping + attention, Li et al. 2021: ``TRACK_UPPER_MODELS``); and the plain network fine-tuned
+#: on the clean crops alone (the control of what the synthetic twins cost, ``TRACK_CLEAN_MODEL``).
 TRACK_REFERENCE = "dlib_resnet29_pretrained"
 TRACK_MODELS = {NO_ATTENTION: "ft_plain", "se": "ft_se", "cbam": "ft_cbam"}
-TRACK_CROP_MODEL = "ft_crop"
+TRACK_GATED_MODELS = {"se": "ft_se_gated", "cbam": "ft_cbam_gated"}
+TRACK_UPPER_MODELS = {NO_ATTENTION: "ft_upper_plain", "se": "ft_upper_se", "cbam": "ft_upper_cbam"}
+TRACK_CLEAN_MODEL = "ft_plain_clean"
+#: How each track model's attention is placed, for labels: (block, variant) with variant "full", "gated" or "upper".
+TRACK_VARIANTS = {**{name: (block, "full") for block, name in TRACK_MODELS.items()},
+                  **{name: (block, "gated") for block, name in TRACK_GATED_MODELS.items()},
+                  **{name: (block, "upper") for block, name in TRACK_UPPER_MODELS.items()},
+                  TRACK_CLEAN_MODEL: (NO_ATTENTION, "clean")}
+#: Words for each variant in labels (the plain network's whole-face fine-tune needs none).
+TRACK_VARIANT_WORDS = {"full": "at full strength", "gated": "gated", "upper": "on the upper face",
+                       "clean": "on clean crops only"}
 #: Labels of the study's two tracks (``{profile}``: the run's profile).
 TRACK_LABELS = {"scratch": "from scratch (the seed's setup at {profile} scale)",
-                "pretrained": "pretrained (dlib's ResNet-29 fine-tuned on masks)"}
+                "pretrained": "pretrained (dlib's ResNet-29 fine-tuned on masks, attention at full strength)"}
+#: Label of each attention block.
+BLOCK_LABELS = {NO_ATTENTION: PLAIN, "se": "SE", "cbam": "CBAM"}
 #: Readable labels of models whose name is not already one (others are shown as they are; a guided student adds
 #: ", teacher-guided" to its model's label, :func:`model_label`).
 MODEL_LABELS = {"vit": "ViT", "se": "SE", "cbam": "CBAM", TRACK_REFERENCE: "dlib ResNet-29 as it is",
-                TRACK_MODELS[NO_ATTENTION]: "plain, fine-tuned", TRACK_MODELS["se"]: "SE, fine-tuned",
-                TRACK_MODELS["cbam"]: "CBAM, fine-tuned", TRACK_CROP_MODEL: "plain, fine-tuned on the upper face"}
+                TRACK_MODELS[NO_ATTENTION]: "plain, fine-tuned",
+                **{name: f"{BLOCK_LABELS[block]} {TRACK_VARIANT_WORDS[variant]}, fine-tuned"
+                   for name, (block, variant) in TRACK_VARIANTS.items() if name != TRACK_MODELS[NO_ATTENTION]}}
 #: The transformer of notebook 04's data-size curve, and the column of the CNN's lead over it.
 DATA_SIZE_TRANSFORMER = "vit"
 DATA_SIZE_GAP = f"cnn_minus_{DATA_SIZE_TRANSFORMER}"
@@ -142,6 +158,12 @@ def masked_tests_first(tests: Iterable[str]) -> list[str]:
 def attention_models(config: Mapping[str, Any]) -> dict[str, str]:
     """Model name -> attention block, in the profile's order: ``{"plain": "none", "se": "se", "cbam": "cbam"}``."""
     return {ATTENTION_NAMES.get(a, a): a for a in config["attention_variants"]}
+
+
+def attention_block(model: str, config: Mapping[str, Any]) -> str:
+    """The attention block (``none``, ``se``, ``cbam``) of a model of either track; ``none`` for other models
+    (transformers, baselines)."""
+    return attention_models(config).get(model, TRACK_VARIANTS.get(model, (NO_ATTENTION,))[0])
 
 
 def plain_model(config: Mapping[str, Any]) -> str | None:
@@ -452,17 +474,33 @@ def model_label(model: str) -> str:
     return MODEL_LABELS.get(model, model)
 
 
+def _block_label(block: str) -> str:
+    return BLOCK_LABELS.get(block, block)
+
+
 def attention_label(model: str) -> str:
-    """The attention block of a model of either track, as a label (``se``, ``ft_se`` -> ``SE``; ``plain``,
-    ``ft_plain`` -> ``plain``): how the forest plot names comparisons inside a track."""
-    by_track = {name: ATTENTION_NAMES.get(block, block) for block, name in TRACK_MODELS.items()}
-    return model_label(by_track.get(model, model))
+    """The attention block of a model of either track, as a label, with how the pretrained track placed it when
+    that is not its default, full strength on the whole face (``se``, ``ft_se`` -> ``SE``; ``ft_plain`` ->
+    ``plain``; ``ft_cbam_gated`` -> ``CBAM gated``; ``ft_upper_se`` -> ``SE on the upper face``): how the forest
+    plot names comparisons inside a track (whose label says "attention at full strength")."""
+    if model in TRACK_VARIANTS:
+        block, variant = TRACK_VARIANTS[model]
+        return _block_label(block) if variant == "full" else f"{_block_label(block)} {TRACK_VARIANT_WORDS[variant]}"
+    return model_label(model)
 
 
 def comparison_label(comparison: str) -> str:
-    """``"ft_cbam - ft_plain"`` -> ``"CBAM − plain"`` (a difference of two models, by attention block)."""
+    """``"ft_cbam - ft_plain"`` and ``"cbam - plain"`` -> ``"CBAM − plain"``; two models of one other variant name
+    it once (``"ft_upper_cbam - ft_upper_plain"`` -> ``"CBAM − plain, upper face"``; ``"ft_cbam_gated - ft_plain"``
+    -> ``"CBAM gated − plain"``)."""
     first, _, second = comparison.partition(" - ")
-    return f"{attention_label(first)} − {attention_label(second)}" if second else comparison
+    if not second:
+        return comparison
+    a, b = TRACK_VARIANTS.get(first), TRACK_VARIANTS.get(second)
+    if a and b and a[1] == b[1] and a[1] != "full":
+        words = TRACK_VARIANT_WORDS[a[1]].removeprefix("on the ")
+        return f"{_block_label(a[0])} − {_block_label(b[0])}, {words}"
+    return f"{attention_label(first)} − {attention_label(second)}"
 
 
 def display_name(run: str) -> str:

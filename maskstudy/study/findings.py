@@ -65,6 +65,8 @@ def study_findings(results: Mapping[str, pd.DataFrame], split: Mapping[str, Any]
     groups["pretrained"] += track["pretrained"]
     groups["attention"] += track["attention"]
     groups["training"] += track["training"]
+    groups["real_masks"] += track["real_masks"]
+    groups["attention"] += strength_findings(results, config)
     vit = results["04_vit"].set_index(["model", "scenario"])
     keys = [(model, MASKED_UNMASKED) for model in design.TRANSFORMER_MODELS]
     if all(key in vit.index for key in keys):
@@ -239,11 +241,58 @@ def _teacher_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
     return out
 
 
+def clean_control_finding(results: Mapping[str, pd.DataFrame]) -> str | None:
+    """What costs MFR2 after fine-tuning: the plain network fine-tuned on the clean crops alone (no twins) against
+    the twin-trained one and the pretrained network as it is (main seed, identity bootstrap), on MFR2."""
+    control = results.get("03_track_clean_control")
+    if control is None or not len(control):
+        return None
+    mfr2 = control[control["test"] == MFR2]
+    versus_twins = mfr2[~mfr2["comparison"].str.endswith(f" - {design.TRACK_REFERENCE}")]
+    versus_reference = mfr2[mfr2["comparison"].str.endswith(f" - {design.TRACK_REFERENCE}")]
+    if versus_twins.empty or versus_reference.empty:
+        return None
+    twins, reference = versus_twins.iloc[0], versus_reference.iloc[0]
+    if twins["ci_low"] > 0 and reference["ci_low"] <= 0 <= reference["ci_high"]:
+        cause = ("what costs MFR2 is training on the synthetic twins: without them fine-tuning leaves MFR2 where the "
+                 "pretrained network has it")
+    elif twins["ci_low"] > 0:
+        cause = "training on the synthetic twins costs MFR2, and fine-tuning on clean crops alone moves it too"
+    elif reference["ci_high"] < 0:
+        cause = "fine-tuning costs MFR2 with or without the synthetic twins"
+    else:
+        cause = "the cost of the synthetic twins on MFR2 is not separated from fine-tuning on clean crops alone"
+    return (f"Fine-tuned on the clean crops alone (no twins, main seed), on {label(MFR2)}: {_pts(twins['diff'])} "
+            f"points [{_pts(twins['ci_low'])}, {_pts(twins['ci_high'])}] against the twin-trained plain fine-tune and "
+            f"{_pts(reference['diff'])} [{_pts(reference['ci_low'])}, {_pts(reference['ci_high'])}] against the "
+            f"pretrained network as it is: {cause}.")
+
+
+def strength_findings(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> list[str]:
+    """One sentence per track: how strongly the attention blocks act (notebook 05's ``05_attention_strength``)."""
+    from ..explain.attention_summary import strength_sentence
+
+    strength = results.get("05_attention_strength")
+    if strength is None or not len(strength):
+        return []
+    out = []
+    scratch = strength_sentence(strength, design.attended_models(config), design.model_label)
+    track_models = [m for m, (block, _) in design.TRACK_VARIANTS.items() if block != design.NO_ATTENTION]
+    pretrained = strength_sentence(strength, track_models, design.attention_label)
+    intervals = "; ".join(strength[strength["block"] == "all blocks"]["interval"].unique())
+    for name, sentence in (("from scratch", scratch), ("in the pretrained track", pretrained)):
+        if sentence:
+            out.append(f"How strongly attention acts {name} (|A(x) − x| / |x| on masked probes, mean over blocks; "
+                       f"95 % intervals: {intervals}): {sentence}.")
+    return out
+
+
 def track_findings(results: Mapping[str, pd.DataFrame]) -> dict[str, list[str]]:
     """Sentences on the pretrained track (:mod:`maskstudy.study.pretrained_track`), by question: the fine-tuned models
     against the pretrained network (``pretrained``), attention among them, Holm over the track's family
-    (``attention``), and the cropping baseline (``training``)."""
-    out: dict[str, list[str]] = {"pretrained": [], "attention": [], "training": []}
+    (``attention``), the upper face against the whole face (``training``) and the clean-crop control
+    (``real_masks``)."""
+    out: dict[str, list[str]] = {"pretrained": [], "attention": [], "training": [], "real_masks": []}
     versus = results.get("03_track_vs_pretrained")
     if versus is None or not len(versus):
         return out
@@ -268,12 +317,15 @@ def track_findings(results: Mapping[str, pd.DataFrame]) -> dict[str, list[str]]:
             "after Holm's correction" + (": " + "; ".join(
                 f"{comparison_label(r.comparison)} on {label(r.test)} ({_pts(r.diff_seed_mean)})"
                 for r in separated.itertuples()) + "." if len(separated) else "."))
-    crop = results.get("03_track_crop_baseline")
-    if crop is not None and len(crop):
-        for row in crop[crop["test"].isin([UNMASKED_UNMASKED, DETECTED, MFR2])].itertuples():
-            out["training"].append(f"Cropping baseline (upper face only) minus the plain fine-tune on "
-                                   f"{label(row.test)}: {_pts(row.diff)} points [{_pts(row.ci_low)}, "
-                                   f"{_pts(row.ci_high)}] (main seed).")
+    upper = results.get("03_track_upper_face")
+    if upper is not None and len(upper):
+        for row in upper[upper["test"].isin([UNMASKED_UNMASKED, DETECTED, MFR2])].itertuples():
+            out["training"].append(f"Pretrained track, the upper face only (plain, the chip's lower half blanked) "
+                                   f"minus the whole face on {label(row.test)}: {_pts(row.diff_seed_mean)} points "
+                                   f"{_seed_interval(row)}.")
+    control = clean_control_finding(results)
+    if control:
+        out["real_masks"].append(control)
     return out
 
 
@@ -285,8 +337,7 @@ def cam_pairs(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) ->
         return []
     plain = design.plain_model(config)
     scratch = [(m, plain) for m in design.attended_models(config) if plain is not None]
-    track = [(r.model, r.baseline) for r in differences.itertuples()
-             if r.model in design.TRACK_MODELS.values() or r.model == design.TRACK_CROP_MODEL]
+    track = [(r.model, r.baseline) for r in differences.itertuples() if r.model in design.TRACK_VARIANTS]
     return list(dict.fromkeys(scratch + track))
 
 
@@ -309,11 +360,12 @@ def cam_findings(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any],
     if pairs:
         from ..explain.verdict import attention_verdict
 
-        track = set(design.TRACK_MODELS.values())
+        track = set(design.TRACK_VARIANTS)
         out += [("Pretrained track: " if model in track else "") + attention_verdict(
             results["05_attention_differences"], results["05_faithfulness_contrasts"],
             results["05_randomization_check"], model=model, baseline=baseline, method=method, label=design.attention_label)
             for model, baseline in pairs]
+    out += cbam_map_findings(results)
     geometry = results.get("05_cam_geometry")
     coarse = geometry[geometry["eye_band_height_in_cells"] < 1.5] if geometry is not None and len(geometry) else []
     if len(coarse):
@@ -322,3 +374,17 @@ def cam_findings(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any],
                                     f"{r.eye_band_height_in_cells:.2f} cells tall)" for r in coarse.itertuples())
                         + "; the attention verdict is limited by that.")
     return out
+
+
+def cbam_map_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
+    """Per CBAM model, whether its own spatial map switches the mask off (notebook 05's ``05_cbam_spatial_*``)."""
+    from ..explain.attention_summary import map_verdict
+
+    differences, summary = results.get("05_cbam_spatial_differences"), results.get("05_cbam_spatial")
+    if differences is None or not len(differences):
+        return []
+    track = set(design.TRACK_VARIANTS)
+    return [map_verdict(differences, summary, model,
+                        label=lambda m: ("Pretrained track, " if m in track else "From scratch, ")
+                        + design.attention_label(m))
+            for model in dict.fromkeys(differences["model"])]

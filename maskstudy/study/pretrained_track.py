@@ -3,10 +3,17 @@
 The from-scratch track (the seed study's setup at cpu scale) asks whether attention helps networks that reach
 about 82 % on unmasked LFW. This track asks it of a recogniser in use (99 %): the pretrained network as it is
 (the reference row ``dlib_resnet29_pretrained``), fine-tuned on the study's training rows (clean crops and their
-masked twins, :mod:`maskstudy.train.finetune`) as ``ft_plain``, ``ft_se`` and ``ft_cbam`` over the study's seeds,
-and the cropping baseline ``ft_crop`` (upper face only, main seed). Every model meets every test of
-:mod:`maskstudy.study.testsets` on the kit's own crops (cut to dlib's chip geometry inside the model), through the
-frozen stages' features computed once per crop.
+masked twins, :mod:`maskstudy.train.finetune`) over the study's seeds
+
+* on the whole face: ``ft_plain``, and ``ft_se`` / ``ft_cbam`` with the attention at full strength (started near
+  the identity, free to act), plus ``ft_se_gated`` / ``ft_cbam_gated`` behind a gate from 0 when
+  ``pretrained_gated`` asks;
+* on the upper face, the chip's lower half blanked in training and tests (cropping + attention, the seed's
+  reference [2]: Li et al., Applied Intelligence 2021): ``ft_upper_plain``, ``ft_upper_se``, ``ft_upper_cbam``;
+
+and, main seed only, the control ``ft_plain_clean``: the same fine-tuning on the clean crops alone (no synthetic
+twins). Every model meets every test of :mod:`maskstudy.study.testsets` on the kit's own crops (cut to dlib's chip
+geometry inside the model), through the frozen stages' features computed once per crop.
 """
 
 from __future__ import annotations
@@ -25,15 +32,19 @@ import torch.nn.functional as F
 
 from ..models.dlib_chip import CHIP_SIZE as DLIB_CHIP_SIZE
 from ..train.finetune import FeatureStore, FinetuneConfig, FinetuneValidation, build_student, head_embeddings
-from .design import TRACK_CROP_MODEL as CROP_MODEL
+from .design import NO_ATTENTION
+from .design import TRACK_CLEAN_MODEL as CLEAN_MODEL
+from .design import TRACK_GATED_MODELS as GATED_MODELS
 from .design import TRACK_MODELS as MODELS
 from .design import TRACK_REFERENCE as REFERENCE
+from .design import TRACK_UPPER_MODELS as UPPER_MODELS
 
-# The track's model names (the reference row, each attention block, the cropping baseline) are the design's
-# (:mod:`maskstudy.study.design`), with their display labels.
-MODEL_NAMES = (*MODELS.values(), CROP_MODEL)
-#: Run kinds (the ``kind`` column of the track's tables).
-FINETUNED, CROPPED, PRETRAINED = "finetuned", "cropped", "pretrained"
+# The track's model names (the reference row, each attention block in each form, the upper face, the control) are
+# the design's (:mod:`maskstudy.study.design`), with their display labels.
+MODEL_NAMES = (*MODELS.values(), *GATED_MODELS.values(), *UPPER_MODELS.values(), CLEAN_MODEL)
+#: Run kinds (the ``kind`` column of the track's tables): the models trained over seeds, the clean-crop control,
+#: the pretrained network as it is.
+FINETUNED, CONTROL, PRETRAINED = "finetuned", "control", "pretrained"
 #: Profile keys of the track (``pretrained_<FinetuneConfig field>`` and the rest).
 SETTING_KEYS = ("frozen_stages", "epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip",
                 "distill_weight", "margin_weight", "attention_lr_scale")
@@ -63,27 +74,39 @@ def finetune_config(config: Mapping[str, Any], attention: str = "none", seed: in
     return FinetuneConfig(**fields)
 
 
+def seeded_models(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Model name -> its fine-tuning changes, for the models trained over the study's seeds, in order: each block of
+    ``pretrained_attention`` at full strength on the whole face, the gated blocks (``pretrained_gated``), then each
+    block on the upper face (``pretrained_upper_face``)."""
+    blocks = list(config["pretrained_attention"])
+    models = {MODELS[b]: {"attention": b} for b in blocks}
+    if config.get("pretrained_gated"):
+        models.update({GATED_MODELS[b]: {"attention": b, "attention_form": "gated"} for b in blocks
+                       if b != NO_ATTENTION})
+    if config.get("pretrained_upper_face"):
+        models.update({UPPER_MODELS[b]: {"attention": b, "blank_lower": True} for b in blocks})
+    return models
+
+
 def track_runs(config: Mapping[str, Any]) -> dict[str, TrackRun]:
-    """Every model of the track by run name: the reference, each attention block over the study's seeds (main seed
-    first), and the cropping baseline (main seed) when ``pretrained_crop_baseline``."""
+    """Every model of the track by run name: the reference, each model of :func:`seeded_models` over the study's
+    seeds (main seed first), and the clean-crop control (main seed) when ``pretrained_clean_control``."""
     from .design import seeds
 
     main = int(config["seed"])
     runs = {REFERENCE: TrackRun(REFERENCE, REFERENCE, main, PRETRAINED, None)}
     for seed in seeds(config):
-        for block in config["pretrained_attention"]:
-            model = MODELS[block]
+        for model, changes in seeded_models(config).items():
             name = f"{model}_seed{seed}"
-            runs[name] = TrackRun(name, model, seed, FINETUNED, finetune_config(config, block, seed))
-    if config.get("pretrained_crop_baseline"):
-        name = f"{CROP_MODEL}_seed{main}"
-        runs[name] = TrackRun(name, CROP_MODEL, main, CROPPED, finetune_config(config, "none", main,
-                                                                              blank_lower=True))
+            runs[name] = TrackRun(name, model, seed, FINETUNED, finetune_config(config, seed=seed, **changes))
+    if config.get("pretrained_clean_control"):
+        name = f"{CLEAN_MODEL}_seed{main}"
+        runs[name] = TrackRun(name, CLEAN_MODEL, main, CONTROL, finetune_config(config, "none", main, twins=False))
     return runs
 
 
 def finetuned_runs(config: Mapping[str, Any]) -> list[TrackRun]:
-    """The fine-tuned attention variants over seeds (empty when the track is off)."""
+    """The fine-tuned models over seeds (empty when the track is off)."""
     return [r for r in track_runs(config).values() if r.kind == FINETUNED] if enabled(config) else []
 
 
@@ -100,10 +123,35 @@ def load_run(path: str | os.PathLike):
 
 
 def comparisons(config: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The attention comparisons of the track (SE and CBAM against plain, CBAM against SE), among those trained."""
-    present = [MODELS[b] for b in config["pretrained_attention"]]
-    pairs = [(MODELS["se"], MODELS["none"]), (MODELS["cbam"], MODELS["none"]), (MODELS["cbam"], MODELS["se"])]
+    """The attention comparisons of the track, one Holm family, among the models trained: on the whole face SE and
+    CBAM at full strength against plain and CBAM against SE, the gated blocks against plain, and on the upper face SE
+    and CBAM against plain and CBAM against SE."""
+    present = set(seeded_models(config))
+    pairs = []
+    for names in (MODELS, UPPER_MODELS):
+        pairs += [(names["se"], names[NO_ATTENTION]), (names["cbam"], names[NO_ATTENTION]), (names["cbam"], names["se"])]
+        if names is MODELS:
+            pairs += [(GATED_MODELS["se"], MODELS[NO_ATTENTION]), (GATED_MODELS["cbam"], MODELS[NO_ATTENTION])]
     return [(a, b) for a, b in pairs if a in present and b in present]
+
+
+def upper_face_comparisons(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What cropping to the upper face changes, over seeds: the plain upper-face fine-tune against the whole-face
+    one (when both are trained)."""
+    present = set(seeded_models(config))
+    pair = (UPPER_MODELS[NO_ATTENTION], MODELS[NO_ATTENTION])
+    return [pair] if set(pair) <= present else []
+
+
+def clean_control_comparisons(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Run pairs of the clean-crop control (main seed): the control against the twin-trained plain fine-tune and
+    against the pretrained network as it is."""
+    runs = track_runs(config)
+    control = [n for n, r in runs.items() if r.kind == CONTROL]
+    plain = f"{MODELS[NO_ATTENTION]}_seed{int(config['seed'])}"
+    if not control or plain not in runs:
+        return []
+    return [(control[0], plain), (control[0], REFERENCE)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,4 +338,5 @@ def describe(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def model_names(config: Mapping[str, Any]) -> Sequence[str]:
-    return [MODELS[b] for b in config["pretrained_attention"]]
+    """The models trained over seeds, in :func:`seeded_models` order."""
+    return list(seeded_models(config))
