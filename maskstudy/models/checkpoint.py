@@ -74,8 +74,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     ``FileNotFoundError``; a corrupt file, another format or missing fields raise :class:`CheckpointError`.
     """
     path = Path(path)
+    checkpoint = read_torch_file(path, map_location)
+    check_fields(checkpoint, path)
+    return checkpoint
+
+
+def read_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """What ``torch.load(path, weights_only=True)`` reads, with one clear error for every way it fails: a missing
+    file raises ``FileNotFoundError``, a corrupt file or one holding other objects than tensors and plain
+    containers :class:`CheckpointError` naming it."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found: {path}" if not path.exists() else
+                                f"checkpoint {path} is not a file")
     is_zip = zipfile.is_zipfile(path)  # torch.save writes zip archives (since torch 1.6)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
@@ -92,11 +103,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     except Exception as error:  # zip/EOF errors of a damaged or truncated file
         raise CheckpointError(f"cannot load checkpoint {path}: corrupt or not a torch file "
                               f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from error
-    _check_fields(checkpoint, path)
     return checkpoint
 
 
-def _check_fields(checkpoint: Any, path: Path) -> None:
+def check_fields(checkpoint: Any, path: Path) -> None:
+    """Refuse (:class:`CheckpointError`) anything but a ``maskstudy-checkpoint-v1`` dict with its fields."""
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} is not a maskstudy checkpoint: expected a dict, got {type(checkpoint).__name__}")
     found = checkpoint.get("format")

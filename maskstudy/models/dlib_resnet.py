@@ -354,6 +354,19 @@ def _dlib_builder(attention: str):
     return build
 
 
+def student_network(attention: str = "none", frozen_stages: int = 3, attention_form: str = "full",
+                    blank_lower: bool = False, pretrained: bool = True) -> DlibResNet:
+    """dlib's network as the pretrained track fine-tunes it: ``attention`` in every block of the stages from
+    ``frozen_stages`` on (in ``attention_form``), the chip's lower half blanked when ``blank_lower``, with dlib's
+    weights when ``pretrained``."""
+    name = "dlib_resnet29" if attention in ("none", "", None) else f"dlib_resnet29_{attention}"
+    model = _dlib_builder(attention or "none")(pretrained=pretrained, attention_stages=tuple(range(frozen_stages, 5)),
+                                               attention_form=attention_form)
+    model.blank_lower = bool(blank_lower)
+    model.registered_name = name
+    return model
+
+
 for _attention in ("none", "se", "cbam"):
     register_backbone("dlib_resnet29" if _attention == "none" else f"dlib_resnet29_{_attention}")(
         _dlib_builder(_attention))

@@ -46,8 +46,7 @@ from torch import nn
 from ..core import storage
 from ..evaluate.embed import EVAL_CHANNELS_LAST, forward_chunk
 from ..faces.preprocess import DecodedCrops, load_crops, to_input
-from ..models import build_backbone
-from ..models.dlib_resnet import ATTENTION_FORMS, DlibResNet
+from ..models.dlib_resnet import ATTENTION_FORMS, DlibResNet, student_network
 
 FORMAT = "maskstudy-finetune-v1"
 FEATURES_FORMAT = "maskstudy-prefix-features-v1"
@@ -101,10 +100,8 @@ class FinetuneConfig:
 def build_student(config: FinetuneConfig, pretrained: bool = True) -> DlibResNet:
     """The pretrained network with ``config``'s attention in the trained stages (seeded initialisation)."""
     torch.manual_seed(config.seed)
-    model = build_backbone(config.backbone, input_size=112, embedding_size=128, pretrained=pretrained,
-                           attention_stages=tuple(range(config.frozen_stages, 5)), attention_form=config.attention_form)
-    model.blank_lower = config.blank_lower
-    return model
+    return student_network(config.attention, config.frozen_stages, config.attention_form, config.blank_lower,
+                           pretrained)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,6 +206,7 @@ class FinetuneValidation:
     def __init__(self, identities: Sequence[str], clean: torch.Tensor, masked: torch.Tensor, pairs: int = 600,
                  seed: int = 0):
         identities = np.asarray(identities)
+        self.identities = identities
         rng = np.random.default_rng(seed)
         n = len(identities)
         positives, negatives = [], []
@@ -239,14 +237,24 @@ class FinetuneValidation:
     @torch.no_grad()
     def accuracy(self, model: DlibResNet, start: int) -> float:
         """Best-threshold accuracy of the pairs for ``model``'s upper stages from ``start``; NaN without pairs."""
+        return self.best(model, start)[0]
+
+    @torch.no_grad()
+    def scores(self, model: DlibResNet, start: int) -> np.ndarray:
+        """Cosine scores of the pairs for ``model``'s upper stages from ``start``."""
+        clean = F.normalize(head_embeddings(model, self.clean, start), dim=1).numpy()
+        masked = F.normalize(head_embeddings(model, self.masked, start), dim=1).numpy()
+        return (clean[self.a] * masked[self.b]).sum(axis=1)
+
+    @torch.no_grad()
+    def best(self, model: DlibResNet, start: int) -> tuple[float, float]:
+        """(best-threshold accuracy, that threshold) of the pairs; NaNs without pairs."""
         from ..evaluate.metrics import best_threshold
 
         if self.size == 0:
-            return float("nan")
-        clean = F.normalize(head_embeddings(model, self.clean, start), dim=1).numpy()
-        masked = F.normalize(head_embeddings(model, self.masked, start), dim=1).numpy()
-        scores = (clean[self.a] * masked[self.b]).sum(axis=1)
-        return float(best_threshold(scores, self.labels)[1])
+            return float("nan"), float("nan")
+        threshold, accuracy = best_threshold(self.scores(model, start), self.labels)
+        return float(accuracy), float(threshold)
 
 
 @torch.no_grad()
@@ -289,7 +297,8 @@ class FinetuneResult:
     config: FinetuneConfig
 
 
-HISTORY_COLUMNS = ["epoch", "loss", "distill_loss", "margin_loss", "val_acc", "gates", "seconds", "rows_per_s"]
+HISTORY_COLUMNS = ["epoch", "loss", "distill_loss", "margin_loss", "val_acc", "val_threshold", "gates", "seconds",
+                   "rows_per_s"]
 
 
 def _lr(config: FinetuneConfig, step: int, total: int) -> float:
@@ -381,10 +390,11 @@ def finetune(config: FinetuneConfig, clean: torch.Tensor, masked: torch.Tensor, 
             optimizer.step()
             sums += [loss.item(), distill.item(), margin.item()]
         seconds = time.perf_counter() - started
-        val = validation.accuracy(model, start) if validation is not None else float("nan")
+        val, threshold = validation.best(model, start) if validation is not None else (float("nan"), float("nan"))
         means = [float(v) for v in sums / steps_per_epoch]  # plain floats: checkpoints load with weights_only
         history.append({"epoch": epoch + 1, "loss": means[0], "distill_loss": means[1], "margin_loss": means[2],
-                        "val_acc": float(val), "gates": _gates(model), "seconds": seconds,
+                        "val_acc": float(val), "val_threshold": float(threshold), "gates": _gates(model),
+                        "seconds": seconds,
                         "rows_per_s": steps_per_epoch * config.batch_size / seconds})
         save_checkpoint(checkpoint, config, model, head, optimizer, epoch + 1, history)
         log(f"finetune {config.backbone} seed {config.seed}: epoch {epoch + 1}/{config.epochs} loss "
