@@ -1,5 +1,6 @@
-"""Command line: ``python -m maskstudy run ...`` (the study pipeline), ``python -m maskstudy verify ...``,
-``python -m maskstudy readme --run reports/cpu`` (the README's results section from a finished run)."""
+"""Command line: ``python -m maskstudy run ...`` (the study pipeline), ``python -m maskstudy verify ...`` (a model on
+a pair file), ``python -m maskstudy compare a.jpg b.jpg`` (two photos), ``python -m maskstudy readme --run
+reports/cpu`` (the README's results section from a finished run)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ def _readme(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_checkpoint():
+    """The model ``compare`` uses when none is named: the mask-aware recogniser of the last cpu run."""
+    from .datasets.build import project_root
+    from .study.mask_aware import model_file
+
+    return model_file(project_root() / "reports" / "cpu" / "outputs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m maskstudy", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_verify_arguments(commands.add_parser(
         "verify", help="10-fold verification accuracy of a checkpoint on a pair file (aligned crops or raw photos)"))
+    from .evaluate.compare import add_compare_arguments
+
+    add_compare_arguments(commands.add_parser(
+        "compare", help="are two photos the same person? (default model: the mask-aware recogniser of the last cpu "
+                        "run)"), default_checkpoint)
     readme = commands.add_parser("readme", help="rewrite the README's results section from a finished run")
     readme.add_argument("--run", default="reports/cpu", help="run folder (default: reports/cpu)")
     readme.set_defaults(handler=_readme)

@@ -447,6 +447,69 @@ def test_verify_errors_are_one_line_with_status_2(verify_case, capsys, problem):
     assert words in err
 
 
+@pytest.mark.parametrize("problem", ["outside root", "foreign model file", "damaged model file", "missing model"])
+def test_verify_refuses_bad_pairs_and_model_files_in_one_line(verify_case, capsys, problem):
+    """A pair file naming a photo outside --root, and model files that are not the study's: one line, status 2."""
+    tmp_path, root = verify_case
+    extra: list[str] = []
+    if problem == "outside root":
+        (tmp_path / "secret.jpg").write_bytes((root / "a.jpg").read_bytes())
+        (tmp_path / "pairs.txt").write_text("a.jpg ../secret.jpg 1\n")
+    elif problem == "foreign model file":
+        torch.save({"format": "someone-elses-v3", "weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+        extra = ["--checkpoint", str(tmp_path / "foreign.pt")]
+    elif problem == "damaged model file":
+        data = _checkpoint(tmp_path / "cut.pt").read_bytes()
+        (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
+        extra = ["--checkpoint", str(tmp_path / "cut.pt")]
+    else:
+        extra = ["--checkpoint", str(tmp_path / "nowhere.pt")]
+    status, err = _verify(capsys, verify_case, *extra)
+    assert status == 2 and err.startswith("maskstudy verify: ") and err.count("\n") == 1
+    words = {"outside root": "outside --root", "foreign model file": "not a model file of this study",
+             "damaged model file": "cut.pt", "missing model": "nowhere.pt"}[problem]
+    assert words in err
+
+
+def _compare(capsys, *argv: str) -> tuple[int, str, str]:
+    from maskstudy.__main__ import main
+
+    status = main(["compare", *argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize("problem", ["missing photo", "no face", "damaged model file", "foreign model file",
+                                     "no default model"])
+def test_compare_refuses_bad_input_with_one_line_and_its_status(tmp_path, capsys, monkeypatch, problem):
+    """``compare``: a missing photo, a damaged or foreign model file, no model file at all: status 2; a photo
+    without a face: status 3; each one line, no traceback."""
+    rng = np.random.default_rng(0)
+    blank = tmp_path / "wall.png"
+    Image.fromarray(np.full((160, 160, 3), 128, np.uint8)).save(blank)  # no face anywhere
+    other = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)).save(other)
+    model = _checkpoint(tmp_path / "model.pt")
+    argv = [str(blank), str(other), "--checkpoint", str(model), "--device", "cpu"]
+    expected = {"missing photo": (2, "photo not found"), "no face": (3, "no face found in"),
+                "damaged model file": (2, "model.pt"), "foreign model file": (2, "not a model file of this study"),
+                "no default model": (2, "no --checkpoint given")}[problem]
+    if problem == "missing photo":
+        argv[0] = str(tmp_path / "absent.jpg")
+    elif problem == "damaged model file":
+        model.write_bytes(model.read_bytes()[:100])
+    elif problem == "foreign model file":
+        torch.save({"format": "someone-elses-v3"}, model)
+    elif problem == "no default model":
+        import maskstudy.__main__ as cli
+
+        monkeypatch.setattr(cli, "default_checkpoint", lambda: tmp_path / "reports" / "ft_mask_aware.pt")
+        argv = argv[:2]
+    status, _, err = _compare(capsys, *argv)
+    assert (status, err.count("\n")) == (expected[0], 1) and "Traceback" not in err
+    assert err.startswith("maskstudy compare: ") and expected[1] in err
+
+
 def test_run_with_a_yaml_error_in_a_parameter_is_one_line(capsys):
     from maskstudy.__main__ import main
 

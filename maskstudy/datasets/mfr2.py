@@ -92,7 +92,9 @@ def pair_kinds(pairs: pd.DataFrame, labels: pd.DataFrame) -> pd.Series:
 
 
 def aligned_name(image: str) -> str:
-    return os.path.splitext(image)[0] + ".jpg"
+    """The crop's name: lossless (PNG), so that a model evaluated on the crops gives what it gives on the photos
+    themselves (``python -m maskstudy verify`` on MFR2's raw photos reproduces the study's MFR2 numbers)."""
+    return os.path.splitext(image)[0] + ".png"
 
 
 def prepare(root: str | os.PathLike, out: str | os.PathLike, detector, crop_size: int = CROP_SIZE,
@@ -114,7 +116,8 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, detector, crop_size
     for row in labels.to_dict("records"):
         row["sha1"] = file_digest(root / row["image"]) if (root / row["image"]).is_file() else ""
         hit = cached.get(row["image"])
-        if hit and hit["sha1"] == row["sha1"] and hit["aligned"] and (out / "aligned" / hit["aligned"]).is_file():
+        if (hit and hit["sha1"] == row["sha1"] and hit["aligned"] == aligned_name(row["image"])
+                and (out / "aligned" / hit["aligned"]).is_file()):
             rows.append({**row, "aligned": hit["aligned"], "face_found": hit["face_found"] == "True",
                          "fallback": hit["fallback"] == "True"})
         else:

@@ -16,10 +16,11 @@ closed-set rank-1 identification of masked probes against an unmasked gallery.
   validation, evaluation and Grad-CAM call it with their own flip / precision / normalisation), and
   :func:`embed_crops`, its evaluation setting.
 * :mod:`.verification` (:func:`evaluate_pairs`) and :mod:`.identification` (:func:`identification_rank1`).
-* :mod:`.recognizer`: :class:`FaceRecognizer` turns raw photos into embeddings (MTCNN detection, 5-point
-  alignment onto the ArcFace 112x112 template, embedding) from a ``maskstudy-checkpoint-v1`` file
-  (:mod:`maskstudy.models.checkpoint`).
-* :mod:`.cli`: :func:`verify_command`, behind ``python -m maskstudy verify``.
+* :mod:`.recognizer`: :class:`FaceRecognizer` turns raw photos into vectors (MTCNN detection, 5-point
+  alignment onto the ArcFace 112x112 template, encoding) with any model file of the study
+  (:mod:`maskstudy.models.model_file`).
+* :mod:`.cli`: :func:`verify_command`, behind ``python -m maskstudy verify``; :mod:`.compare`:
+  :func:`compare_command`, behind ``python -m maskstudy compare``.
 * :mod:`.store`: evaluation embeddings kept on disk; :mod:`.statistics`: cluster bootstrap, Holm's correction,
   seed spread and fixed-threshold error rates, for every stage that compares numbers.
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..faces.preprocess import DecodedCrops
+from ..models.model_file import COSINE
 from .embed import embed_paths
 from .metrics import bootstrap_ci
 
@@ -18,7 +19,7 @@ def identification_rank1(model: nn.Module, input_size: int, images: pd.DataFrame
                          seed: int = 0, crops_cache: dict | None = None, batch_size: int = 256,
                          device: torch.device | str | None = None, flip: bool = True, progress: bool = False,
                          n_boot: int = 2000, distractors: pd.DataFrame | None = None,
-                         decoded_crops: DecodedCrops | None = None) -> dict:
+                         decoded_crops: DecodedCrops | None = None, similarity=None) -> dict:
     """Closed-set rank-1 identification of masked probes against an unmasked gallery (the seed study's Id).
 
     ``images``: DataFrame[identity, aligned, masked], crop paths relative to ``aligned_root``. Only identities
@@ -28,7 +29,8 @@ def identification_rank1(model: nn.Module, input_size: int, images: pd.DataFrame
 
     ``distractors`` (DataFrame[identity, aligned]): extra gallery entries of other people (e.g. identities with
     a single photo), which can only make a probe's nearest neighbour wrong. ``decoded_crops``: crop files read
-    through this in-memory store (:class:`~maskstudy.faces.preprocess.DecodedCrops`).
+    through this in-memory store (:class:`~maskstudy.faces.preprocess.DecodedCrops`). ``similarity``: how cached
+    vectors are compared (``matrix(a, b)``; default the cosine of unit vectors).
 
     Returns ``rank1`` (share of correct probes), ``rank1_per_identity`` (the mean over probe identities of each
     identity's rank-1, so that people with many photos do not dominate), ``probes``, ``gallery`` and
@@ -67,7 +69,7 @@ def identification_rank1(model: nn.Module, input_size: int, images: pd.DataFrame
                         decoded_crops=decoded_crops)
     gallery = np.stack([cache[r] for r in gallery_rel])
     probes = np.stack([cache[r] for r in probe_rel])
-    best = np.argmax(probes @ gallery.T, axis=1)
+    best = np.argmax((similarity or COSINE).matrix(probes, gallery), axis=1)
     correct = np.asarray(gallery_ids, dtype=object)[best] == np.asarray(probe_ids, dtype=object)
     correct = correct.astype(bool)
     per_identity = pd.Series(correct).groupby(np.asarray(probe_ids, dtype=object)).mean()

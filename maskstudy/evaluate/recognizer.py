@@ -1,7 +1,9 @@
-"""Raw photos -> identity embeddings with a trained backbone: :class:`FaceRecognizer`.
+"""Raw photos -> identity vectors with any network of the study: :class:`FaceRecognizer`.
 
-Per photo: load, detect with MTCNN, align the 5 landmarks onto the ArcFace 112x112 template, embed with flip
-fusion (:func:`~maskstudy.evaluate.embed.embed_crops`), from a ``maskstudy-checkpoint-v1`` file.
+Per photo: load, detect with MTCNN, align the 5 landmarks onto the ArcFace 112x112 template, encode as the study
+evaluates that kind of network (:mod:`maskstudy.models.model_file`: from-scratch networks with flip fusion,
+:func:`~maskstudy.evaluate.embed.embed_crops`; dlib's network and its fine-tunes without flip; the mask-aware
+recogniser into its own vectors), from any model file of the study or the pretrained network by name.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import torch
 from torch import nn
 
 from ..faces.align import CROP_SIZE
-from ..models.checkpoint import backbone_from_checkpoint, load_checkpoint
+from ..faces.preprocess import load_crops
+from ..models.model_file import COSINE, LoadedModel, load_model
 from .embed import embed_crops, progress_bar
 
 
@@ -74,7 +77,8 @@ class FaceRecognizer:
     """
 
     def __init__(self, model: nn.Module, input_size: int, device: torch.device | str | None = None,
-                 detector=None, batch_size: int = 64, flip: bool = True, config: dict | None = None):
+                 detector=None, batch_size: int = 64, flip: bool = True, config: dict | None = None,
+                 loaded: LoadedModel | None = None):
         self.device = torch.device(device) if device is not None else (
             torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
         self.model = model.to(self.device).eval()
@@ -83,17 +87,20 @@ class FaceRecognizer:
         self.flip = bool(flip)
         self.config = dict(config or {})
         self._detector = detector
+        #: the model file's kind, threshold and encoding (None: a from-scratch backbone given directly)
+        self.loaded = loaded
+        #: how two vectors are compared (``pairs(a, b)``, ``matrix(a, b)``): cosine, or the model's own
+        self.scorer = loaded.similarity if loaded is not None else COSINE
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: torch.device | str | None = None, detector=None,
                         **kw) -> FaceRecognizer:
-        """Load a ``maskstudy-checkpoint-v1`` (see :func:`load_checkpoint`; ``weights_only=True``) and rebuild
-        its backbone from the stored config."""
-        checkpoint = load_checkpoint(path, map_location="cpu")
-        model = backbone_from_checkpoint(checkpoint, path)
-        return cls(model, model.input_size if hasattr(model, "input_size") else
-                   int(checkpoint["config"].get("input_size", CROP_SIZE)),
-                   device=device, detector=detector, config=checkpoint["config"], **kw)
+        """Load any model file of the study, or ``"pretrained"`` for dlib's network as it is
+        (:func:`maskstudy.models.model_file.load_model`; ``weights_only=True``; a damaged or foreign file raises
+        :class:`~maskstudy.models.checkpoint.CheckpointError` naming it)."""
+        loaded = load_model(path)
+        return cls(loaded.model, loaded.input_size, device=device, detector=detector, flip=loaded.flip,
+                   config=loaded.config, loaded=loaded, **kw)
 
     @property
     def detector(self):
@@ -113,9 +120,18 @@ class FaceRecognizer:
         return crops, found, fallback
 
     def embed_aligned(self, crops: np.ndarray | Sequence[str | os.PathLike], progress: bool = False) -> np.ndarray:
-        """Embeddings of crops that are already aligned (array or crop files); see :func:`embed_crops`."""
-        return embed_crops(self.model, crops, self.input_size, batch_size=self.batch_size, device=self.device,
-                           flip=self.flip, progress=progress)
+        """Vectors of crops that are already aligned (array or crop files): :func:`embed_crops` for a from-scratch
+        network, the model file's own encoding otherwise (:meth:`~maskstudy.models.model_file.LoadedModel.encode`)."""
+        if self.loaded is None or self.loaded.kind == "scratch":
+            return embed_crops(self.model, crops, self.input_size, batch_size=self.batch_size, device=self.device,
+                               flip=self.flip, progress=progress)
+        if not isinstance(crops, np.ndarray):
+            crops = load_crops(list(crops))
+        return self.loaded.encode(crops, self.batch_size, self.device)
+
+    def mask_probability(self, vectors: np.ndarray) -> np.ndarray | None:
+        """Per vector, the probability that a mask was found (mask-aware recogniser only; else ``None``)."""
+        return None if self.loaded is None else self.loaded.mask_probability(vectors)
 
     def embed(self, images, progress: bool = False) -> EmbedResult:
         """Embed raw photos (paths, PIL images or uint8 HxWx3 arrays; a single one is accepted too).
@@ -140,18 +156,20 @@ class FaceRecognizer:
                            np.concatenate(fallback))
 
     def similarity(self, a, b) -> float:
-        """Cosine similarity of two photos' embeddings; warns (``UserWarning``) when a photo had no usable face
-        and its centre crop was compared instead (use :meth:`embed` to get the flags)."""
-        return pair_similarity(self.embed([a, b]), (a, b), "centre crop")
+        """Similarity of two photos (the cosine of their embeddings, or the model's own score); warns
+        (``UserWarning``) when a photo had no usable face and its centre crop was compared instead (use
+        :meth:`embed` to get the flags)."""
+        return pair_similarity(self.embed([a, b]), (a, b), "centre crop", self.scorer)
 
 
-def pair_similarity(result: EmbedResult, photos: tuple, stand_in: str) -> float:
-    """Cosine similarity of the two unit-length embeddings of ``result``; warns (``UserWarning``, naming the photo)
-    for each photo that had no usable face, whose ``stand_in`` (e.g. its centre crop) was compared instead."""
+def pair_similarity(result: EmbedResult, photos: tuple, stand_in: str, scorer=COSINE) -> float:
+    """Similarity of the two vectors of ``result`` (``scorer.pairs``; default: the cosine of unit vectors); warns
+    (``UserWarning``, naming the photo) for each photo that had no usable face, whose ``stand_in`` (e.g. its centre
+    crop) was compared instead."""
     import warnings
 
     for label, item, fallback in zip("ab", photos, result.fallback):
         if fallback:
             shown = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"photo {label}"
             warnings.warn(f"no face found in {shown}: its {stand_in} was compared instead", UserWarning, stacklevel=3)
-    return float(np.dot(result.embeddings[0].astype(np.float64), result.embeddings[1]))
+    return float(scorer.pairs(result.embeddings[:1], result.embeddings[1:2])[0])

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..faces.preprocess import DecodedCrops
+from ..models.model_file import COSINE
 from .embed import embed_paths
 from .metrics import bootstrap_ci, kfold_with_thresholds, roc_metrics
 from .statistics import cluster_bootstrap_ci
@@ -19,7 +20,8 @@ from .statistics import cluster_bootstrap_ci
 def evaluate_pairs(model: nn.Module, input_size: int, pairs: pd.DataFrame, aligned_root: str | os.PathLike,
                    crops_cache: dict | None = None, batch_size: int = 256, device: torch.device | str | None = None,
                    flip: bool = True, progress: bool = False, n_boot: int = 2000, seed: int = 0,
-                   clusters: Sequence | None = None, decoded_crops: DecodedCrops | None = None) -> dict:
+                   clusters: Sequence | None = None, decoded_crops: DecodedCrops | None = None,
+                   similarity=None) -> dict:
     """Verify a pair list: DataFrame[fold, a, b, label] with ``a``/``b`` relative to ``aligned_root``.
 
     Each unique crop is embedded once (:func:`embed_crops`); ``crops_cache`` (rel path -> embedding) lets
@@ -30,7 +32,9 @@ def evaluate_pairs(model: nn.Module, input_size: int, pairs: pd.DataFrame, align
     :func:`maskstudy.evaluate.statistics.cluster_bootstrap_ci`), and per pair ``scores``, ``labels``, ``folds``,
     ``correct`` and ``clusters`` (arrays, for paired bootstrap comparisons; ``clusters`` is one per pair when
     none are given). ``decoded_crops``: crop files read through this in-memory store
-    (:class:`~maskstudy.faces.preprocess.DecodedCrops`).
+    (:class:`~maskstudy.faces.preprocess.DecodedCrops`). ``similarity``: how two cached vectors are compared
+    (``pairs(a, b)``; default the cosine of unit vectors, :data:`maskstudy.models.model_file.COSINE`; the mask-aware
+    recogniser's vectors have their own, :class:`maskstudy.models.mask_aware.MaskAwareSimilarity`).
     """
     missing = {"a", "b", "label"} - set(pairs.columns)
     if missing:
@@ -44,7 +48,7 @@ def evaluate_pairs(model: nn.Module, input_size: int, pairs: pd.DataFrame, align
                         decoded_crops=decoded_crops)
     ea = np.stack([cache[r] for r in a]) if a else np.zeros((0, 1), np.float32)
     eb = np.stack([cache[r] for r in b]) if b else np.zeros((0, 1), np.float32)
-    scores = np.sum(ea.astype(np.float64) * eb, axis=1)
+    scores = (similarity or COSINE).pairs(ea, eb)
     accuracy, pair_threshold = kfold_with_thresholds(scores, labels, folds)
     correct = (scores > pair_threshold) == (labels == 1)
     if clusters is None:

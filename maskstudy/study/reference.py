@@ -393,10 +393,10 @@ def _check_covered(cache: Mapping[str, np.ndarray], rels, what: str) -> None:
 def evaluate_embeddings(tests: TestSets, lfw: Mapping[str, np.ndarray], mfr2: Mapping[str, np.ndarray] | None = None,
                         scenarios: Sequence[str] | None = None, identification: bool = True, use_mfr2: bool = True,
                         fixed_fmr: Sequence[float] = (1e-3, 1e-2), n_boot: int = 2000,
-                        seed: int = 0) -> ModelResults:
-    """:func:`maskstudy.study.testsets.evaluate_embeddings` on given embeddings (crop rel -> unit vector) instead of a
+                        seed: int = 0, similarity=None) -> ModelResults:
+    """:func:`maskstudy.study.testsets.evaluate_embeddings` on given embeddings (crop rel -> vector) instead of a
     model: the same pairs, folds, thresholds, bootstraps and tables; a crop without an embedding raises
-    ``KeyError``."""
+    ``KeyError``. ``similarity``: how two vectors are compared (default: cosine)."""
     needed = crops_of_tests(tests, scenarios=scenarios, identification=identification)
     _check_covered(lfw, needed, "LFW")
     with_mfr2 = use_mfr2 and tests.mfr2_pairs is not None
@@ -405,7 +405,8 @@ def evaluate_embeddings(tests: TestSets, lfw: Mapping[str, np.ndarray], mfr2: Ma
             raise ValueError("the tests include MFR2 but no MFR2 embeddings were given (or use_mfr2=False)")
         _check_covered(mfr2, tests.mfr2_pairs["a"].tolist() + tests.mfr2_pairs["b"].tolist(), "MFR2")
     return testsets.evaluate_embeddings(tests, dict(lfw), dict(mfr2) if with_mfr2 else None, None, 0, scenarios,
-                                        identification, use_mfr2, fixed_fmr, n_boot=n_boot, seed=seed)
+                                        identification, use_mfr2, fixed_fmr, n_boot=n_boot, seed=seed,
+                                        similarity=similarity)
 
 
 def evaluate_teacher(

@@ -116,11 +116,13 @@ def evaluate_embeddings(tests: TestSets, lfw_cache: dict, mfr2_cache: dict | Non
                         model: nn.Module | None = None, input_size: int = 0, scenarios: Sequence[str] | None = None,
                         identification: bool = True, use_mfr2: bool = True,
                         fixed_fmr: Sequence[float] = (1e-3, 1e-2), batch_size: int = 256, n_boot: int = 2000,
-                        seed: int = 0) -> ModelResults:
+                        seed: int = 0, similarity=None) -> ModelResults:
     """Every test of :class:`TestSets` from embedding caches (crop rel -> unit vector; LFW crops and MFR2 crops),
     the crops missing from them embedded by ``model`` and added. With ``model=None`` every crop must have an
-    embedding already (e.g. a pretrained recogniser's, :mod:`maskstudy.study.reference`)."""
-    kw = {"batch_size": batch_size, "n_boot": n_boot, "seed": seed, "decoded_crops": tests.decoded_crops}
+    embedding already (e.g. a pretrained recogniser's, :mod:`maskstudy.study.reference`). ``similarity``: how two
+    vectors are compared (default: cosine; see :func:`maskstudy.evaluate.evaluate_pairs`)."""
+    kw = {"batch_size": batch_size, "n_boot": n_boot, "seed": seed, "decoded_crops": tests.decoded_crops,
+          "similarity": similarity}
     rows, per_pair = [], {}
     for scenario in scenarios or tests.scenarios:
         pairs = scenario_pairs(tests, scenario)
