@@ -387,6 +387,61 @@ study.save_table(track_history, "03_track_training_log")
 study.save_table(track_timing, "03_track_timing")
 track_timing
 
+# %% [markdown]
+# ### A mask-aware recogniser: the whole face, or the upper face when a mask is there
+#
+# The whole-face fine-tune is best on unmasked pairs, the upper-face fine-tune on masked ones. A mask-aware
+# recogniser puts a **mask detector** in front of them (as masked-face systems in use do): a logistic head on the
+# frozen stages' features, fitted on the training rows' clean crops against their twins (aligned with the clean
+# photo's landmarks and detected on the masked photo, every training style). A pair takes the upper-face score when
+# either photo is masked (or a mix weighted by the mask probability), each score z-normalised against its own
+# impostors so that one threshold serves both; the rule, the statistics and the threshold are chosen on pairs of the
+# held-out training identities, never on a test. It is saved as a model file (`outputs/checkpoints/ft_mask_aware.pt`)
+# that `python -m maskstudy compare` and `verify` load, and meets every test below as a model of the track (main seed).
+
+# %%
+from maskstudy.study import mask_aware
+from maskstudy.study.reference import evaluate_embeddings
+
+mask_aware_ready = track_ready and mask_aware.enabled(cfg)
+presence, mask_aware_build = pd.DataFrame(), None
+if mask_aware_ready:
+    mask_aware_build = mask_aware.build(cfg, train_csv, study.data_dir, study.outputs)
+    recognizer = mask_aware_build.recognizer
+    frozen = int(cfg["pretrained_frozen_stages"])
+    feature_store = study.data_dir / "pretrained_track" / "features"
+    lfw_vectors, mfr2_vectors, p_lfw, p_mfr2 = mask_aware.test_vectors(
+        recognizer, tests, track.test_features(tests, feature_store, frozen, False),
+        track.test_features(tests, feature_store, frozen, True), study.outputs / "track_embeddings")
+    mask_aware_run = f"{design.TRACK_MASK_AWARE_MODEL}_seed{main_seed}"
+    track_results[mask_aware_run] = evaluate_embeddings(
+        tests, lfw_vectors, mfr2_vectors, use_mfr2=mfr2_vectors is not None, fixed_fmr=cfg["fixed_fmr"],
+        n_boot=cfg["bootstrap_samples"], seed=cfg["seed"], similarity=recognizer.similarity)
+    track_runs[mask_aware_run] = track.TrackRun(mask_aware_run, design.TRACK_MASK_AWARE_MODEL, main_seed,
+                                                track.COMBINED, None)
+    presence = mask_aware.presence_table(p_lfw, p_mfr2, tests, cfg["bootstrap_samples"], cfg["seed"])
+    study.save_table(mask_aware_build.presence, "03_mask_presence_fit")
+    study.save_table(mask_aware_build.fusion, "03_mask_aware_fusion")
+    display(Markdown(f"Saved to `{mask_aware.model_file(study.outputs)}`. **Mask presence**, grids tried on held-out "
+                     "training identities:"), mask_aware_build.presence.round(4),
+            Markdown("**Fusion rules** on held-out training identities' pairs (one threshold for all kinds):"),
+            mask_aware_build.fusion.round(4), Markdown("**Is a mask there?** On the test crops (95 % intervals, "
+                                                        "bootstrap over identities):"), presence.round(4))
+    errors = mask_aware.presence_errors(p_lfw, p_mfr2, tests)
+    if errors:
+        fig, axes = plt.subplots(1, len(errors), figsize=(1.7 * len(errors), 2.1), squeeze=False)
+        for ax, (path, label, p) in zip(axes[0], errors):
+            ax.imshow(plt.imread(path)); ax.axis("off")
+            ax.set_title(f"{label}\np(mask) = {p:.2f}", fontsize=7)
+        fig.suptitle("The mask detector's most confident errors", fontsize=9)
+        fig.tight_layout()
+        study.save_figure(fig, "03_mask_presence_errors")
+        plt.show()
+else:
+    display(Markdown("*No mask-aware recogniser in this run (it needs the pretrained track with the plain network on "
+                     "the whole and the upper face, and `pretrained_mask_aware`).*"))
+study.save_table(presence, "03_mask_presence")
+
 # %%
 track_long = pd.DataFrame()
 if track_ready:
@@ -402,14 +457,14 @@ if track_ready:
                             for n, r in track_results.items()], ignore_index=True)
     track_long = comparisons.accuracy_long(track_verification, track_mfr2 if len(track_mfr2) else None)
     track_per_pair = {n: r.per_pair for n, r in track_results.items()}
-    track_kinds = [track.FINETUNED, track.CONTROL, track.PRETRAINED]
+    track_kinds = [track.FINETUNED, track.CONTROL, track.COMBINED, track.PRETRAINED]
     track_table = comparisons.seed_table(track_long, track_identification, design.table_tests(track_long["test"]),
                                          track_kinds)
     track_spread = comparisons.seed_summary(track_long, track_kinds)
     track_differences = comparisons.differences(track_long, track_per_pair, track.comparisons(cfg), main_seed,
                                                 n_boot=cfg["bootstrap_samples"], seed=cfg["seed"],
                                                 kinds=[track.FINETUNED])
-    control_models = list(dict.fromkeys(r.model for r in track_runs.values() if r.kind == track.CONTROL))
+    control_models = list(dict.fromkeys(r.model for r in track_runs.values() if r.kind in (track.CONTROL, track.COMBINED)))
     track_versus = comparisons.against_reference(track_long, track_per_pair, list(track.model_names(cfg)) + control_models,
                                                  track.REFERENCE, design.table_tests(track_long["test"]), main_seed,
                                                  n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
@@ -418,11 +473,15 @@ if track_ready:
                                           n_boot=cfg["bootstrap_samples"], seed=cfg["seed"], kinds=[track.FINETUNED])
     track_clean = comparisons.baseline_differences(track_per_pair, track.clean_control_comparisons(cfg),
                                                    n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
+    track_mask_aware = comparisons.baseline_differences(
+        track_per_pair, [(mask_aware_run, other) for other in (track.REFERENCE, f"{track.MODELS[design.NO_ATTENTION]}_seed{main_seed}")]
+        if mask_aware_ready else [], n_boot=cfg["bootstrap_samples"], seed=cfg["seed"])
     for frame, table in [(track_verification, "03_track_verification"), (track_mfr2, "03_track_mfr2"),
                          (track_identification, "03_track_identification"), (track_fnmr, "03_track_fnmr"),
                          (track_table, "03_track_seed_table"), (track_spread, "03_track_seed_summary"),
                          (track_differences, "03_track_differences"), (track_versus, "03_track_vs_pretrained"),
-                         (track_upper, "03_track_upper_face"), (track_clean, "03_track_clean_control")]:
+                         (track_upper, "03_track_upper_face"), (track_clean, "03_track_clean_control"),
+                         (track_mask_aware, "03_track_mask_aware")]:
         study.save_table(frame, table)
     np.savez_compressed(study.outputs / "03_track_pair_scores.npz", **{
         f"{name}__{test}__{key}": value[key] for name, tests_ in track_per_pair.items()
@@ -437,4 +496,6 @@ if track_ready:
             Markdown("**The upper face** (plain, chip's lower half blanked) minus the whole face, paired by seed:"),
             track_upper.round(4),
             Markdown("**Control: fine-tuned on the clean crops alone** (no twins) against the twin-trained plain "
-                     "fine-tune and the pretrained network, main seed:"), track_clean.round(4))
+                     "fine-tune and the pretrained network, main seed:"), track_clean.round(4),
+            Markdown("**The mask-aware recogniser** against the pretrained network and the whole-face fine-tune (main "
+                     "seed, identity bootstrap):"), track_mask_aware.round(4))

@@ -54,6 +54,13 @@ if "03_track_seed_table" in results:
             results.get("03_track_upper_face", pd.DataFrame()).round(4),
             Markdown("**Fine-tuned on clean crops alone** (main seed, identity bootstrap):"),
             results.get("03_track_clean_control", pd.DataFrame()).round(4))
+    if "03_track_mask_aware" in results:
+        from maskstudy.study.findings import recognizer_findings
+
+        display(Markdown("**The mask-aware recognizer** against the pretrained network and the whole-face fine-tune "
+                         "(main seed, identity bootstrap), and how often its mask detector is right:"),
+                results["03_track_mask_aware"].round(4), results.get("03_mask_presence", pd.DataFrame()).round(4),
+                Markdown("\n\n".join(recognizer_findings(results))))
 else:
     display(Markdown("*No pretrained track in this run (off in the profile, or the `teacher` extra is missing).*"))
 

@@ -84,8 +84,23 @@ def synthetic_results() -> dict[str, pd.DataFrame]:
         "01_split": pd.DataFrame({"train_images": [6300]}),
         "03_seed_summary": _spread({"plain": 0.82, "se": 0.818, "cbam": 0.813}, 3),
         "03_differences": _differences([("se", "plain"), ("cbam", "plain"), ("cbam", "se")]),
-        "03_track_seed_summary": _spread({ref: 0.99, ft["none"]: 0.985, ft["se"]: 0.984, ft["cbam"]: 0.983,
-                                          up["none"]: 0.9, up["se"]: 0.9, up["cbam"]: 0.9}, 3),
+        "03_track_seed_summary": pd.concat([
+            _spread({ref: 0.99, ft["none"]: 0.985, ft["se"]: 0.984, ft["cbam"]: 0.983, up["none"]: 0.9,
+                     up["se"]: 0.9, up["cbam"]: 0.9}, 3),
+            _spread({design.TRACK_MASK_AWARE_MODEL: 0.99}, 1)], ignore_index=True),
+        "03_track_mask_aware": pd.DataFrame({
+            "comparison": [f"{design.TRACK_MASK_AWARE_MODEL}_seed0 - {other}" for other in (ref, f"{ft['none']}_seed0")
+                           for _ in (DETECTED, "mfr2")], "test": [DETECTED, "mfr2"] * 2, "pairs": [6000, 848] * 2,
+            "diff": [0.05, 0.03, 0.021, 0.04], "ci_low": [0.04, 0.01, 0.011, 0.02], "ci_high": [0.06, 0.05, 0.031, 0.06],
+            "p_value": [0.001] * 4, "p_holm": [0.004] * 4}),
+        "03_mask_presence": pd.DataFrame({
+            "test_set": ["LFW test crops", "LFW test crops", "MFR2 photos (real masks)"],
+            "subset": ["clean", "detected", "all photos"], "photos": [5000, 5000, 269], "masked": [0, 5000, 200],
+            "accuracy": [0.99, 0.97, 0.955], "ci_low": [0.98, 0.96, 0.93], "ci_high": [1.0, 0.98, 0.975],
+            "mean_probability": [0.02, 0.95, 0.7]}),
+        "03_mask_aware_fusion": pd.DataFrame({"rule": ["switch", "mix"], "pairs": [1800, 1800],
+                                              "accuracy": [0.93, 0.92], "threshold": [2.1, 2.0],
+                                              "chosen": [True, False]}),
         "03_track_differences": _differences([(ft["se"], ft["none"]), (ft["cbam"], ft["none"]), (ft["cbam"], ft["se"]),
                                               (up["se"], up["none"]), (up["cbam"], up["none"]), (up["cbam"], up["se"])],
                                              separated=(f"{ft['cbam']} - {ft['none']}", "mfr2")),
@@ -187,6 +202,12 @@ def test_one_verdict_per_question_with_both_tracks_and_their_intervals():
                             "mean over blocks): -0.020 [-0.030, -0.010] from scratch, -0.020 [-0.030, -0.010] at full "
                             "strength; it switches the mask off in 1 of 2 blocks from scratch, 0 of 1 blocks at full "
                             "strength.")
+    assert text["recognizer"] == ("The mask-aware recognizer (whole face, upper face when a mask is found): 99.0 % "
+                                  "unmasked, 93.0 % masked-unmasked, detected, 91.0 % MFR2 real masks (against the "
+                                  "whole-face fine-tune: +2.1 [+1.1, +3.1] masked-unmasked, detected, +4.0 [+2.0, +6.0] "
+                                  "MFR2 real masks points, main seed); its mask detector is right on 95.5 % [93.0, "
+                                  "97.5] of MFR2's photos: the model to use on photos with or without masks "
+                                  "(`python -m maskstudy compare`).")
     assert all(len(v["text"]) < 500 for v in verdicts)  # a few lines each
 
 
@@ -209,7 +230,8 @@ def test_key_table_has_both_tracks_and_the_answer_tests():
     assert table["model"].tolist()[3:] == ["dlib ResNet-29 as it is", "plain, fine-tuned",
                                            "SE at full strength, fine-tuned", "CBAM at full strength, fine-tuned",
                                            "plain on the upper face, fine-tuned", "SE on the upper face, fine-tuned",
-                                           "CBAM on the upper face, fine-tuned"]
+                                           "CBAM on the upper face, fine-tuned",
+                                           "mask-aware (upper face when a mask is found)"]
     assert table.iloc[0]["unmasked"] == "82.0 ± 0.4" and table.iloc[3]["unmasked"] == "99.0"
 
 
@@ -217,8 +239,9 @@ def test_forest_rows_put_masked_tests_first():
     rows = answer.forest_rows(synthetic_results(), resolve_config("cpu"))
     assert list(dict.fromkeys(rows["test"]))[0] == design.test_label(DETECTED)
     assert list(dict.fromkeys(rows["test"]))[-1] == "unmasked"
-    assert rows["separated"].sum() == 1 and len(rows) == 3 * 3 * 5
+    assert rows["separated"].sum() == 1 + 4 and len(rows) == 3 * 3 * 5 + 4
     assert "CBAM − plain, upper face" in set(rows["comparison"])
+    assert {"mask-aware − pretrained as it is", "mask-aware − plain fine-tune"} <= set(rows["comparison"])
 
 
 class _Links(HTMLParser):

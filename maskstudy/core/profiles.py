@@ -140,6 +140,9 @@ BASE: dict[str, Any] = {
     # blanked; cropping + attention, Li et al. 2021), over seeds
     "pretrained_upper_face": True,
     "pretrained_clean_control": True,  # the plain network fine-tuned on the clean crops alone (main seed)
+    # the mask-aware recogniser: the main seed's plain whole-face and upper-face fine-tunes behind a mask detector
+    # (maskstudy.study.mask_aware), evaluated as a model of the track and saved as a model file
+    "pretrained_mask_aware": True,
     "pretrained_frozen_stages": 3,  # stem + 3 stages frozen (their outputs cached per crop); the 256-channel ones train
     "pretrained_epochs": 2,
     "pretrained_batch_size": 64,  # training rows per step (each gives its clean crop and its twin)

@@ -30,7 +30,8 @@ OPTIONAL_TABLES = ("03_margin_losses", "03_mfr2", "04_mfr2", "03_mask_scenarios"
                    "01_masked_detection", "03_guided_differences", "03_guided_vs_reference", "03_teacher",
                    "03_teacher_coverage", "03_track_seed_table", "03_track_seed_summary", "03_track_vs_pretrained",
                    "03_track_differences", "03_track_upper_face", "03_track_clean_control", "03_track_timing",
-                   "05_attention_strength", "05_cbam_spatial", "05_cbam_spatial_differences")
+                   "05_attention_strength", "05_cbam_spatial", "05_cbam_spatial_differences", "03_mask_presence",
+                   "03_track_mask_aware", "03_mask_aware_fusion")
 #: What notebook 06 saves for the answer: the compact key table and the forest plot of model differences.
 KEY_TABLE = "06_answer_table"
 FOREST_FIGURE = "06_differences"
@@ -365,13 +366,40 @@ def _map_clause(results: Mapping[str, pd.DataFrame]) -> str:
             + ", ".join(parts) + "; it switches the mask off in " + ", ".join(verdicts))
 
 
+def recognizer_verdict(results: Mapping[str, pd.DataFrame]) -> str | None:
+    """The mask-aware recogniser's accuracy on the unmasked, detected-mask and MFR2 tests, against the whole-face
+    fine-tune on the masked ones, how often its mask detector is right on MFR2, and what to use it for."""
+    spread = _table(results, "03_track_seed_summary")
+    if spread is None or design.TRACK_MASK_AWARE_MODEL not in set(spread["model"]):
+        return None
+    mine = spread[spread["model"] == design.TRACK_MASK_AWARE_MODEL].set_index("test")["accuracy_mean"]
+    shown = [f"{_pct(mine[t])} {design.test_label(t, short=True)}" for t in (UNMASKED_UNMASKED, design.DETECTED, MFR2)
+             if t in mine.index]
+    text = f"The mask-aware recognizer (whole face, upper face when a mask is found): {', '.join(shown)}"
+    versus = _table(results, "03_track_mask_aware")
+    if versus is not None:
+        plain = versus[~versus["comparison"].str.endswith(f" - {design.TRACK_REFERENCE}")]
+        parts = [f"{_interval(r.diff, r.ci_low, r.ci_high)} {design.test_label(r.test, short=True)}"
+                 for r in plain.itertuples() if r.test in (design.DETECTED, MFR2)]
+        if parts:
+            text += f" (against the whole-face fine-tune: {', '.join(parts)} points, main seed)"
+    presence = _table(results, "03_mask_presence")
+    if presence is not None:
+        mfr2 = presence[presence["subset"] == "all photos"]
+        if len(mfr2):
+            r = mfr2.iloc[0]
+            text += (f"; its mask detector is right on {_pct(r['accuracy'])} [{100 * r['ci_low']:.1f}, "
+                     f"{100 * r['ci_high']:.1f}] of MFR2's photos")
+    return text + ": the model to use on photos with or without masks (`python -m maskstudy compare`)."
+
+
 def verdicts(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> list[dict[str, str]]:
     """One sentence per question the run can answer: ``{"question", "heading", "text"}`` in
     :data:`maskstudy.study.design.QUESTIONS` order."""
     sentences = {"attention": attention_verdict(results), "detection": detection_verdict(results),
                  "unseen": unseen_verdict(results, config), "real_masks": real_masks_verdict(results),
                  "training": training_verdict(results, config), "pretrained": pretrained_verdict(results),
-                 "cams": cams_verdict(results, config)}
+                 "cams": cams_verdict(results, config), "recognizer": recognizer_verdict(results)}
     return [{"question": key, "heading": heading, "text": sentences[key]}
             for key, heading in design.QUESTIONS.items() if sentences.get(key)]
 
@@ -422,7 +450,25 @@ def forest_rows(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) 
                 rows.append({"track": track_label(track, config.get("profile")), "test": design.test_label(test),
                              "comparison": design.comparison_label(r["comparison"]), "diff": 100 * diff,
                              "low": 100 * low, "high": 100 * high, "p_holm": p, "separated": bool(r["separated"])})
+    rows += _recognizer_rows(results, config, tests)
     return pd.DataFrame(rows, columns=["track", "test", "comparison", "diff", "low", "high", "p_holm", "separated"])
+
+
+def _recognizer_rows(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any], tests) -> list[dict]:
+    """Forest rows of the mask-aware recogniser against the pretrained network and the whole-face fine-tune (main
+    seed, identity bootstrap; Holm over its own table)."""
+    table = _table(results, "03_track_mask_aware")
+    if table is None:
+        return []
+    rows = []
+    for test in tests:
+        for r in table[table["test"] == test].itertuples():
+            other = ("pretrained as it is" if r.comparison.endswith(f" - {design.TRACK_REFERENCE}")
+                     else "plain fine-tune")
+            rows.append({"track": track_label(PRETRAINED, config.get("profile")), "test": design.test_label(test),
+                         "comparison": f"mask-aware − {other}", "diff": 100 * r.diff, "low": 100 * r.ci_low,
+                         "high": 100 * r.ci_high, "p_holm": r.p_holm, "separated": bool(r.p_holm < 0.05)})
+    return rows
 
 
 def short_warnings(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> list[str]:

@@ -43,6 +43,9 @@ TRACK_MODELS = {NO_ATTENTION: "ft_plain", "se": "ft_se", "cbam": "ft_cbam"}
 TRACK_GATED_MODELS = {"se": "ft_se_gated", "cbam": "ft_cbam_gated"}
 TRACK_UPPER_MODELS = {NO_ATTENTION: "ft_upper_plain", "se": "ft_upper_se", "cbam": "ft_upper_cbam"}
 TRACK_CLEAN_MODEL = "ft_plain_clean"
+#: The mask-aware recogniser built from the main seed's plain whole-face and upper-face fine-tunes
+#: (:mod:`maskstudy.study.mask_aware`).
+TRACK_MASK_AWARE_MODEL = "ft_mask_aware"
 #: How each track model's attention is placed, for labels: (block, variant) with variant "full", "gated" or "upper".
 TRACK_VARIANTS = {**{name: (block, "full") for block, name in TRACK_MODELS.items()},
                   **{name: (block, "gated") for block, name in TRACK_GATED_MODELS.items()},
@@ -61,7 +64,8 @@ BLOCK_LABELS = {NO_ATTENTION: PLAIN, "se": "SE", "cbam": "CBAM"}
 MODEL_LABELS = {"vit": "ViT", "se": "SE", "cbam": "CBAM", TRACK_REFERENCE: "dlib ResNet-29 as it is",
                 TRACK_MODELS[NO_ATTENTION]: "plain, fine-tuned",
                 **{name: f"{BLOCK_LABELS[block]} {TRACK_VARIANT_WORDS[variant]}, fine-tuned"
-                   for name, (block, variant) in TRACK_VARIANTS.items() if name != TRACK_MODELS[NO_ATTENTION]}}
+                   for name, (block, variant) in TRACK_VARIANTS.items() if name != TRACK_MODELS[NO_ATTENTION]},
+                TRACK_MASK_AWARE_MODEL: "mask-aware (upper face when a mask is found)"}
 #: The transformer of notebook 04's data-size curve, and the column of the CNN's lead over it.
 DATA_SIZE_TRANSFORMER = "vit"
 DATA_SIZE_GAP = f"cnn_minus_{DATA_SIZE_TRANSFORMER}"
@@ -114,6 +118,7 @@ QUESTIONS = {
     "training": "Training choices",
     "pretrained": "Teacher and pretrained track",
     "cams": "Where the networks look (CAMs)",
+    "recognizer": "A recognizer to use",
 }
 #: Findings that describe the setup (data, models, accuracies) rather than answer one question.
 SETUP = "setup"

@@ -67,6 +67,7 @@ def study_findings(results: Mapping[str, pd.DataFrame], split: Mapping[str, Any]
     groups["training"] += track["training"]
     groups["real_masks"] += track["real_masks"]
     groups["attention"] += strength_findings(results, config)
+    groups["recognizer"] += recognizer_findings(results)
     vit = results["04_vit"].set_index(["model", "scenario"])
     keys = [(model, MASKED_UNMASKED) for model in design.TRANSFORMER_MODELS]
     if all(key in vit.index for key in keys):
@@ -388,3 +389,49 @@ def cbam_map_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
                         label=lambda m: ("Pretrained track, " if m in track else "From scratch, ")
                         + design.attention_label(m))
             for model in dict.fromkeys(differences["model"])]
+
+
+def recognizer_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
+    """Sentences on the mask-aware recogniser (:mod:`maskstudy.study.mask_aware`): how often its mask detector is
+    right, the rule chosen on held-out identities, its accuracy against the pretrained network and the whole-face
+    fine-tune, and which model of the track is best on which test."""
+    out = []
+    presence = results.get("03_mask_presence")
+    if presence is not None and len(presence):
+        parts = [f"{r.subset.replace('_', ' ')} {_pct(r.accuracy)} [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}] "
+                 f"of {r.photos}" for r in presence.itertuples() if r.test_set.startswith("LFW")]
+        mfr2 = presence[presence["test_set"].str.startswith("MFR2")]
+        text = "Is a mask there? The mask detector (probability above 0.5) is right on LFW's test crops: " + \
+            "; ".join(parts)
+        if len(mfr2):
+            text += "; on MFR2's real photos: " + "; ".join(
+                f"{r.subset} {_pct(r.accuracy)} [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}] of {r.photos}"
+                for r in mfr2.itertuples())
+        out.append(text + " (95 % intervals over identities).")
+    fusion = results.get("03_mask_aware_fusion")
+    if fusion is not None and len(fusion):
+        chosen = fusion[fusion["chosen"].astype(str) == "True"].iloc[0]
+        others = "; ".join(f"{r.rule} {_pct(r.accuracy)}" for r in fusion.itertuples() if r.rule != chosen["rule"])
+        out.append(f"Chosen on {int(chosen['pairs']):,} pairs of held-out training identities (never a test): the "
+                   f"'{chosen['rule']}' rule, {_pct(chosen['accuracy'])} at one threshold ({chosen['threshold']:.2f}, "
+                   f"z-normalised scores)" + (f"; {others}" if others else "") + ".")
+    versus = results.get("03_track_mask_aware")
+    if versus is not None and len(versus):
+        for test in (UNMASKED_UNMASKED, DETECTED, MFR2):
+            part = versus[versus["test"] == test]
+            if len(part):
+                out.append(f"Mask-aware recognizer on {label(test)}: " + "; ".join(
+                    f"{_pts(r.diff)} points [{_pts(r.ci_low)}, {_pts(r.ci_high)}] against "
+                    + ("the pretrained network" if r.comparison.endswith(design.TRACK_REFERENCE) else
+                       "the whole-face fine-tune") + f" (Holm p {r.p_holm:.2f})" for r in part.itertuples())
+                    + " (main seed).")
+    spread = results.get("03_track_seed_summary")
+    if spread is not None and len(spread):
+        best = []
+        for test in (UNMASKED_UNMASKED, DETECTED, MFR2):
+            part = spread[spread["test"] == test]
+            if len(part):
+                r = part.sort_values("accuracy_mean", ascending=False).iloc[0]
+                best.append(f"{label(test)}: {model_label(r.model)} ({_pct(r.accuracy_mean)})")
+        out.append("Best model of the pretrained track per test (mean over seeds): " + "; ".join(best) + ".")
+    return out

@@ -43,8 +43,8 @@ from .design import TRACK_UPPER_MODELS as UPPER_MODELS
 # the design's (:mod:`maskstudy.study.design`), with their display labels.
 MODEL_NAMES = (*MODELS.values(), *GATED_MODELS.values(), *UPPER_MODELS.values(), CLEAN_MODEL)
 #: Run kinds (the ``kind`` column of the track's tables): the models trained over seeds, the clean-crop control,
-#: the pretrained network as it is.
-FINETUNED, CONTROL, PRETRAINED = "finetuned", "control", "pretrained"
+#: the mask-aware recogniser built from two of them (:mod:`maskstudy.study.mask_aware`), the pretrained network.
+FINETUNED, CONTROL, COMBINED, PRETRAINED = "finetuned", "control", "combined", "pretrained"
 #: Profile keys of the track (``pretrained_<FinetuneConfig field>`` and the rest).
 SETTING_KEYS = ("frozen_stages", "epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip",
                 "distill_weight", "margin_weight", "attention_lr_scale")
@@ -185,9 +185,12 @@ def training_rows(train_csv: str | os.PathLike, data_dir: str | os.PathLike, twi
 
 def training_features(rows: pd.DataFrame, data_dir: str | os.PathLike, store_dir: str | os.PathLike,
                       frozen_stages: int, blank_lower: bool = False, val_identities: float = 0.05,
-                      val_pairs: int = 600, seed: int = 0, progress: bool = True) -> TrainingFeatures:
+                      val_pairs: int = 600, seed: int = 0, progress: bool = True,
+                      twins_name: str = "") -> TrainingFeatures:
     """Features of ``rows`` (clean crop and twin) through the pretrained network's frozen stages (kept in
-    ``store_dir``), with ``val_identities`` of the identities (share or count) held out for validation pairs."""
+    ``store_dir``), with ``val_identities`` of the identities (share or count) held out for validation pairs (the
+    same identities for the same rows and ``seed``). ``twins_name`` names another variant of twins than the track's
+    (e.g. ``shared``), kept apart in the store."""
     data_dir = Path(data_dir)
     model = build_student(FinetuneConfig(frozen_stages=frozen_stages))
     key = f"train_k{frozen_stages}" + ("_blank" if blank_lower else "")
@@ -195,7 +198,7 @@ def training_features(rows: pd.DataFrame, data_dir: str | os.PathLike, store_dir
     clean = FeatureStore(store_dir, key + "_clean").features(
         model, [r / a for r, a in zip(root, rows["aligned"])], frozen_stages, blank_lower, progress,
         "frozen stages (training crops)")
-    masked = FeatureStore(store_dir, key + "_masked").features(
+    masked = FeatureStore(store_dir, key + "_masked" + (f"_{twins_name}" if twins_name else "")).features(
         model, [r / m for r, m in zip(root, rows["masked"])], frozen_stages, blank_lower, progress,
         "frozen stages (training twins)")
     identity = (rows["dataset"] + "/" + rows["identity"]).to_numpy()
@@ -256,8 +259,13 @@ def _embed(model, features: Mapping[str, torch.Tensor], start: int) -> dict[str,
     return dict(zip(names, unit))
 
 
-def _stored_embeddings(model, features: Mapping[str, torch.Tensor], start: int, store_dir, crop_root,
-                       variant: str) -> dict[str, np.ndarray]:
+def variant(frozen_stages: int, blank_lower: bool) -> str:
+    """The key of a track model's stored test embeddings beside its weights: the frozen prefix and the face."""
+    return f"track_k{frozen_stages}" + ("_blank" if blank_lower else "")
+
+
+def stored_embeddings(model, features: Mapping[str, torch.Tensor], start: int, store_dir, crop_root,
+                      variant: str) -> dict[str, np.ndarray]:
     """:func:`_embed`, through an :class:`~maskstudy.evaluate.store.EmbeddingStore` in ``store_dir`` when given
     (keyed by the model's weights and the features' ``variant``): a rerun embeds only crops changed since."""
     if store_dir is None:
@@ -280,9 +288,9 @@ def evaluate_run(model, frozen_stages: int, tests, features: TestFeatures, confi
     (:func:`maskstudy.study.reference.evaluate_embeddings`); the embeddings are kept in ``store_dir`` when given."""
     from .reference import evaluate_embeddings
 
-    variant = f"track_k{frozen_stages}" + ("_blank" if blank_lower else "")
-    lfw = _stored_embeddings(model, features.lfw, frozen_stages, store_dir, tests.aligned_root, variant)
-    mfr2 = (_stored_embeddings(model, features.mfr2, frozen_stages, store_dir, tests.mfr2_root / "aligned", variant)
+    key = variant(frozen_stages, blank_lower)
+    lfw = stored_embeddings(model, features.lfw, frozen_stages, store_dir, tests.aligned_root, key)
+    mfr2 = (stored_embeddings(model, features.mfr2, frozen_stages, store_dir, tests.mfr2_root / "aligned", key)
             if features.mfr2 is not None else None)
     return evaluate_embeddings(tests, lfw, mfr2, use_mfr2=mfr2 is not None, fixed_fmr=config["fixed_fmr"],
                                n_boot=config["bootstrap_samples"], seed=config["seed"])
