@@ -15,7 +15,13 @@ a CPU, ``gpu`` with CUDA):
   evaluation changed in turn: channels_last toggled against the default in force (on), autograd's reference
   backward instead of the fused one; in evaluation contiguous memory, unfolded BatchNorm, and whole batches in one
   forward pass instead of :func:`maskstudy.evaluate.embed.forward_chunk` images;
-* with ``--compile``, training with ``torch.compile`` (compile time reported separately).
+* with ``--compile``, training with ``torch.compile`` (compile time reported separately);
+* with ``--loop``, the training loop as the study runs it (:func:`maskstudy.train.train`: the dataset decoded into
+  memory, each epoch's plan, the step, the progress bar, the per-epoch validation and checkpoint) for the plain
+  network on synthetic crops written to disk, its rate against the bare step's ("notebook loop / bench step");
+* with ``--evaluation DATA_DIR`` (a finished build, e.g. ``data/processed``), the evaluation of one model (plain,
+  untrained) on every test of the study as notebook 03 runs it: LFW scenarios and variants, FNMR, identification,
+  MFR2, in seconds (no embedding store: every crop embedded).
 
 Timing: every measurement is a window of ``--seconds``; windows of all measurements are interleaved in
 ``--repeats`` rounds and each keeps its best round, so that a shared, busy CPU (other processes) disturbs the
@@ -196,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levers", action="store_true",
                         help="also plain/SE/CBAM with each training and evaluation speed-up undone")
     parser.add_argument("--compile", action="store_true", help="also plain/SE/CBAM trained with torch.compile")
+    parser.add_argument("--loop", action="store_true", help="also the study's training loop (plain network)")
+    parser.add_argument("--evaluation", default=None, metavar="DATA_DIR",
+                        help="also time one model's evaluation on every test of a finished build")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="reports/bench", help="folder for bench.json and bench.md")
@@ -270,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
             row["train_overhead_vs_plain_cpu_time"] = plain["train_img_cpu_s"] / row["train_img_cpu_s"] - 1
             row["eval_overhead_vs_plain"] = plain["eval_img_s"] / row["eval_img_s"] - 1
             row["eval_overhead_vs_plain_cpu_time"] = plain["eval_img_cpu_s"] / row["eval_img_cpu_s"] - 1
+    extra = []
+    if args.loop:
+        extra.append(loop_measurement(variant_settings(config, "plain"), str(device), defaults.get("plain")))
+    if args.evaluation:
+        extra.append(evaluation_measurement(variant_settings(config, "plain"), config, Path(args.evaluation)))
     result = {"device": outputs.device_description(), "machine": platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "profile": config["profile"],
               "matmul_dtype": str(dtype).replace("torch.", ""), "matmul_gflop_s": peak.wall_rate / 1e9,
@@ -277,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
               "matmul_windows_gflop_s": [round(r / 1e9, 1) for r in peak.windows],
               "seconds_per_window": args.seconds, "repeats": args.repeats, "num_classes": args.classes,
               "eval_crops_per_call": eval_batch,
-              "rows": rows}
+              "rows": rows, "study_loops": extra}
     out = Path(args.out)
     storage.write_json(out / "bench.json", result)
     storage.write_text(out / "bench.md", _markdown(result))
@@ -310,7 +324,77 @@ def _markdown(result: dict) -> str:
         lever_table = pd.DataFrame(levers).reindex(columns=["variant", "setting", "train_img_s", "train_img_cpu_s",
                                                             "share_of_matmul", "eval_img_s", "eval_img_cpu_s"])
         text += "\n\nSpeed-ups undone one at a time (same run):\n\n" + outputs.to_markdown(lever_table)
+    if result.get("study_loops"):
+        text += ("\n\nThe study's own loops (same run): the training loop as notebook 03 runs it (its rate over the "
+                 "epochs' steps, and over the whole call with decoding, validation and checkpoints) against the bare "
+                 "step's best window above; one model's evaluation on every test.\n\n"
+                 + outputs.to_markdown(pd.DataFrame(result["study_loops"])))
     return text + "\n"
+
+
+def _synthetic_training_set(root: Path, identities: int = 40, per_identity: int = 20) -> Path:
+    """A training list of random 112 px crops and masked twins written as JPEG files (the loop reads files)."""
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(identities):
+        for j in range(per_identity):
+            for suffix in ("", "_mask"):
+                path = root / "synth" / "aligned" / f"id{i}" / f"img{j}{suffix}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (CROP, CROP, 3), dtype=np.uint8)).save(path, quality=95)
+            rows.append({"dataset": "synth", "identity": f"id{i}", "image": f"img{j}.jpg",
+                         "aligned": f"id{i}/img{j}.jpg", "masked": f"id{i}/img{j}_mask.jpg", "mask_style": "x"})
+    csv = root / "train.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return csv
+
+
+def loop_measurement(settings: dict, device: str, step_row: dict | None, epochs: int = 3) -> dict:
+    """The study's training loop (:func:`maskstudy.train.train`) for ``settings`` on synthetic crops: images/s over
+    the epochs' steps (as ``03_training``'s ``images_per_s``) and over the whole call, and the first against the
+    bare step's rate of the same run."""
+    import tempfile
+
+    from maskstudy.train import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        csv = _synthetic_training_set(root)
+        config = {**settings, "device": device, "epochs": epochs, "val_identities": 2, "max_steps": None}
+        began = time.perf_counter()
+        result = train(config, csv, root, root / "run", resume=False, progress=True, log=None)
+        wall = time.perf_counter() - began
+    history = result.history
+    images = float((history["images_per_s"] * history["seconds"]).sum())
+    loop_rate = images / float(history["seconds"].sum())
+    step_rate = step_row["train_img_s"] if step_row else float("nan")
+    return {"what": f"training loop, {settings['backbone']} ({epochs} epochs of {int(history['step'].iloc[0])} steps)",
+            "img_s": loop_rate, "img_s_whole_call": images / wall, "bench_step_img_s": step_rate,
+            "loop_vs_step": loop_rate / step_rate, "seconds": wall}
+
+
+def evaluation_measurement(settings: dict, config: dict, data_dir: Path) -> dict:
+    """Seconds of one model's evaluation on every test of the build in ``data_dir`` (notebook 03's call)."""
+    from maskstudy.datasets.protocol import Split
+    from maskstudy.models import build_backbone
+    from maskstudy.study.experiment import Evaluation
+
+    split = Split.load(data_dir / "split")
+    evaluation = Evaluation.from_run(data_dir, split, config)
+    evaluation.tests.embedding_dir = None  # every crop embedded, as for a newly trained model
+    model = build_backbone(settings["backbone"], width=settings["width"], input_size=settings["input_size"],
+                           embedding_size=settings["embedding_size"]).eval()
+    began = time.perf_counter()
+    results = evaluation.evaluate(model, settings["input_size"])
+    seconds = time.perf_counter() - began
+    crops = len(evaluation.tests.decoded_crops)  # the test crops, decoded once (the first model of a run does it)
+    return {"what": f"evaluation of one model on every test ({len(results.verification)} LFW tests"
+                    f"{', MFR2' if results.mfr2 else ''}, identification)", "img_s": float("nan"),
+            "img_s_whole_call": float("nan"), "bench_step_img_s": float("nan"), "loop_vs_step": float("nan"),
+            "seconds": seconds, "crops": crops}
 
 
 if __name__ == "__main__":

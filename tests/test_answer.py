@@ -98,7 +98,7 @@ def synthetic_results() -> dict[str, pd.DataFrame]:
             "subset": ["clean", "detected", "all photos"], "photos": [5000, 5000, 269], "masked": [0, 5000, 200],
             "accuracy": [0.99, 0.97, 0.955], "ci_low": [0.98, 0.96, 0.93], "ci_high": [1.0, 0.98, 0.975],
             "mean_probability": [0.02, 0.95, 0.7]}),
-        "03_mask_aware_fusion": pd.DataFrame({"rule": ["switch", "mix"], "pairs": [1800, 1800],
+        "03_mask_aware_fusion": pd.DataFrame({"rule": ["switch", "mix"], "normalisation": ["impostor", "impostor"], "pairs": [1800, 1800],
                                               "accuracy": [0.93, 0.92], "threshold": [2.1, 2.0],
                                               "chosen": [True, False]}),
         "03_track_differences": _differences([(ft["se"], ft["none"]), (ft["cbam"], ft["none"]), (ft["cbam"], ft["se"]),
@@ -113,6 +113,10 @@ def synthetic_results() -> dict[str, pd.DataFrame]:
             "p_value": [0.01, 0.8]}),
         "05_attention_strength": strength,
         "05_cbam_spatial_differences": spatial,
+        "05_cbam_spatial": pd.DataFrame([{"model": m, "block": b, "input": "unmasked", "eye_weight": 0.5,
+                                          "mask_weight": w} for m, b, w in (("cbam", "layer3.0.attn", 0.1),
+                                                                            ("cbam", "layer4.0.attn", 0.1),
+                                                                            (ft["cbam"], "stages.3.0.attention", 0.9))]),
         "03_baseline_differences": pd.DataFrame({
             "comparison": ["plain - plain_nomask", "plain_detected_twins - plain"], "test": [DETECTED, DETECTED],
             "diff": [0.049, 0.013], "ci_low": [0.037, 0.003], "ci_high": [0.062, 0.023]}),
@@ -200,8 +204,8 @@ def test_one_verdict_per_question_with_both_tracks_and_their_intervals():
                             "scratch, +1.0 [-2.0, +4.0] pretrained (points): a move of attention to the eyes is not "
                             "shown; CBAM's own spatial map on the mask region, masked minus unmasked probes (weight, "
                             "mean over blocks): -0.020 [-0.030, -0.010] from scratch, -0.020 [-0.030, -0.010] at full "
-                            "strength; it switches the mask off in 1 of 2 blocks from scratch, 0 of 1 blocks at full "
-                            "strength.")
+                            "strength; it switches the mask off (a fall of 10 % or more) in 1 of 2 blocks from "
+                            "scratch, 0 of 1 blocks at full strength.")
     assert text["recognizer"] == ("The mask-aware recognizer (whole face, upper face when a mask is found): 99.0 % "
                                   "unmasked, 93.0 % masked-unmasked, detected, 91.0 % MFR2 real masks (against the "
                                   "whole-face fine-tune: +2.1 [+1.1, +3.1] masked-unmasked, detected, +4.0 [+2.0, +6.0] "

@@ -111,6 +111,12 @@ def test_a_map_that_shuts_the_mask_region_is_called_so_and_one_that_does_not_is_
     assert yes.startswith("cbam: its own spatial map switches the mask off in 1 of 2 blocks")
     assert "-0.220" in yes and "in stage 3 block 0" in yes
     assert no.startswith("ft_cbam: its own spatial map does not switch the mask off")
+    # a separated fall that is small against the region's weight does not count as switching it off
+    small = pd.concat([_spatial_rows("cbam", 0.01)], ignore_index=True)
+    small_diff = spatial_differences(small, bootstrap_samples=200)
+    text = map_verdict(small_diff, spatial_summary(small, bootstrap_samples=200), "cbam", label=str)
+    assert text.startswith("cbam: its own spatial map does not switch the mask off (the mask region's weight falls "
+                           "in 1 of 2 blocks")
 
 
 def test_strength_summary_averages_blocks_and_reports_gates():

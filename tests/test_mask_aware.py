@@ -33,12 +33,12 @@ def test_switch_rule_takes_the_upper_face_when_either_photo_is_masked():
     w, u = unit(rng.normal(size=(4, 128))), unit(rng.normal(size=(4, 128)))
     a = vectors(w, u, np.array([0.1, 0.9, 0.2, 0.8]))
     b = vectors(w[::-1], u[::-1], np.array([0.3, 0.2, 0.7, 0.6]))
-    fusion = Fusion("switch", whole_mean=0.1, whole_std=0.2, upper_mean=0.3, upper_std=0.1)
+    fusion = Fusion("switch", whole_centre=0.1, whole_scale=0.2, upper_centre=0.3, upper_scale=0.1)
     scores = MaskAwareSimilarity(fusion).pairs(a, b)
     whole = (np.sum(w * w[::-1], axis=1) - 0.1) / 0.2
     upper = (np.sum(u * u[::-1], axis=1) - 0.3) / 0.1
     np.testing.assert_allclose(scores, [whole[0], upper[1], upper[2], upper[3]])
-    mixed = MaskAwareSimilarity(Fusion("mix", 0.1, 0.2, 0.3, 0.1)).pairs(a, b)
+    mixed = MaskAwareSimilarity(Fusion("mix", "threshold", 0.1, 0.2, 0.3, 0.1)).pairs(a, b)
     weight = np.maximum(a[:, 256], b[:, 256])
     np.testing.assert_allclose(mixed, (1 - weight) * whole + weight * upper)
     matrix = MaskAwareSimilarity(fusion).matrix(a, b)
@@ -47,6 +47,8 @@ def test_switch_rule_takes_the_upper_face_when_either_photo_is_masked():
         split_vectors(np.zeros((2, 128)))
     with pytest.raises(ValueError, match="rule"):
         Fusion("vote")
+    with pytest.raises(ValueError, match="normalisation"):
+        Fusion("mix", "rank")
 
 
 def test_mask_presence_head_is_fitted_on_training_rows_and_its_grid_chosen_held_out():
@@ -82,11 +84,15 @@ def test_fusion_is_chosen_on_held_out_pairs_with_one_threshold():
     pairs = [_pairs("clean_clean", 100, rng, 0.7, 0.5, 0.02), _pairs("masked_clean", 100, rng, 0.15, 0.5, 0.98),
              _pairs("masked_masked", 100, rng, 0.2, 0.5, 0.97)]
     fusion, table = choose_fusion(pairs, source="held out")
-    assert fusion.rule in ("switch", "mix") and bool(table.set_index("rule").loc[fusion.rule, "chosen"])
-    best = table.set_index("rule").loc[fusion.rule]
+    assert len(table) == 4 and table["chosen"].sum() == 1
+    best = table[table["chosen"]].iloc[0]
+    assert (best["rule"], best["normalisation"]) == (fusion.rule, fusion.normalisation)
+    assert best["accuracy"] == table["accuracy"].max()
     assert best["accuracy_masked_clean"] > 0.95 and best["accuracy_clean_clean"] > 0.95
     impostors = pairs[1].upper[pairs[1].labels == 0]
-    assert fusion.upper_mean == pytest.approx(impostors.mean()) and fusion.threshold_source == "held out"
+    assert fusion.upper_scale == pytest.approx(impostors.std(ddof=1)) and fusion.threshold_source == "held out"
+    if fusion.normalisation == "impostor":
+        assert fusion.upper_centre == pytest.approx(impostors.mean())
     with pytest.raises(ValueError, match="clean_clean"):
         choose_fusion(pairs[1:])
 
@@ -118,7 +124,7 @@ def recognizer():
             net.fc.weight.add_(0.01 * torch.randn_like(net.fc.weight))
     head = MaskPresenceHead(128, 2)
     torch.nn.init.normal_(head.linear.weight, std=0.1)
-    fusion = Fusion("switch", 0.9, 0.03, 0.85, 0.04, threshold=2.0, threshold_source="held-out pairs")
+    fusion = Fusion("switch", "impostor", 0.9, 0.03, 0.85, 0.04, threshold=2.0, threshold_source="held-out pairs")
     return MaskAwareRecognizer(whole, upper, head, fusion, 3, provenance={"whole": "ft_plain_seed0"}).eval()
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from ..faces.align import CROP_SIZE
 from ..faces.preprocess import load_crops
 from ..models.model_file import COSINE, LoadedModel, load_model
-from .embed import embed_crops, progress_bar
+from .embed import EVAL_CHANNELS_LAST, embed_crops, forward_chunk, progress_bar
 
 
 @dataclass
@@ -127,7 +127,8 @@ class FaceRecognizer:
                                flip=self.flip, progress=progress)
         if not isinstance(crops, np.ndarray):
             crops = load_crops(list(crops))
-        return self.loaded.encode(crops, self.batch_size, self.device)
+        return self.loaded.encode(crops, self.batch_size, self.device, chunk=forward_chunk(self.device, self.input_size),
+                                  channels_last=EVAL_CHANNELS_LAST.get(self.device.type, False))
 
     def mask_probability(self, vectors: np.ndarray) -> np.ndarray | None:
         """Per vector, the probability that a mask was found (mask-aware recogniser only; else ``None``)."""

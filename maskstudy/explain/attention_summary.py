@@ -175,32 +175,63 @@ def strength_sentence(summary: pd.DataFrame, models: list[str], label: Callable[
     return ", ".join(parts)
 
 
+#: A fall of the mask region's weight counts as switching the mask off when it is at least this share of the weight
+#: the region has on the same probes without masks (and separated from 0 after Holm's correction).
+SWITCH_OFF_SHARE = 0.1
+
+
+def switched_off(differences: pd.DataFrame, summary: pd.DataFrame | None, model: str) -> pd.DataFrame:
+    """The ``mask_effect`` rows of ``model``'s blocks with ``relative_fall`` (the fall of the mask region's weight
+    as a share of its weight on unmasked probes, :func:`spatial_summary`), ``falls`` (separated after Holm, below 0)
+    and ``switches_off`` (a fall of at least :data:`SWITCH_OFF_SHARE`)."""
+    rows = differences[(differences["model"] == model) & (differences["measure"] == "mask_effect")
+                       & (differences["block"] != "all blocks")].copy()
+    base = pd.Series(dtype=float)
+    if summary is not None and not summary.empty:
+        base = summary[(summary["model"] == model) & (summary["input"] == "unmasked")].set_index("block")[
+            "mask_weight"]
+    rows["relative_fall"] = -rows["difference"] / rows["block"].map(base).astype(float)
+    rows["falls"] = rows["separated"].astype(bool) & (rows["ci_high"] < 0)
+    rows["switches_off"] = rows["falls"] & (rows["relative_fall"] >= SWITCH_OFF_SHARE)
+    return rows
+
+
 def map_verdict(differences: pd.DataFrame, summary: pd.DataFrame, model: str,
                 label: Callable[[str], str] = str) -> str | None:
-    """One sentence: does ``model``'s CBAM switch the mask off, read from its own spatial maps? "Switches the mask
-    off" needs a separated fall of the mask region's weight when the mask is there (masked minus the same probes
-    unmasked, Holm over every CBAM block of the run) in at least one block; the numbers: the mean over blocks,
-    the block with the largest fall, and the weights of the eye band and the mask region on masked probes."""
+    """One sentence: does ``model``'s CBAM switch the mask off, read from its own spatial maps? It does in a block
+    where the mask region's weight falls when the mask is there (masked minus the same probes unmasked, separated
+    after Holm's correction over every CBAM block of the run) by at least :data:`SWITCH_OFF_SHARE` of its weight
+    without the mask; the numbers: the mean over blocks, the block with the largest fall, and the weights of the eye
+    band and the mask region on masked probes."""
     if differences is None or differences.empty:
         return None
     part = differences[(differences["model"] == model) & (differences["measure"] == "mask_effect")]
     if part.empty:
         return None
     name = label(model)
-    blocks = part[part["block"] != "all blocks"]
+    blocks = switched_off(differences, summary, model)
     overall = part[part["block"] == "all blocks"].iloc[0]
-    falls = blocks[blocks["separated"] & (blocks["ci_high"] < 0)]
-    rises = blocks[blocks["separated"] & (blocks["ci_low"] > 0)]
+    off, falls = blocks[blocks["switches_off"]], blocks[blocks["falls"]]
+    rises = blocks[blocks["separated"].astype(bool) & (blocks["ci_low"] > 0)]
     largest = blocks.sort_values("difference").iloc[0]
-    verdict = (f"{name}: its own spatial map switches the mask off in {len(falls)} of {len(blocks)} blocks"
-               if len(falls) else f"{name}: its own spatial map does not switch the mask off (no block's mask-region "
-               "weight falls when the mask is there, after Holm's correction)")
+    share = (f", {100 * largest['relative_fall']:.1f} % of its weight without the mask"
+             if np.isfinite(largest["relative_fall"]) else "")
+    if len(off):
+        verdict = f"{name}: its own spatial map switches the mask off in {len(off)} of {len(blocks)} blocks"
+    elif len(falls):
+        verdict = (f"{name}: its own spatial map does not switch the mask off (the mask region's weight falls in "
+                   f"{len(falls)} of {len(blocks)} blocks after Holm's correction, each by less than "
+                   f"{100 * SWITCH_OFF_SHARE:.0f} % of its weight)")
+    else:
+        verdict = (f"{name}: its own spatial map does not switch the mask off (no block's mask-region weight falls "
+                   "when the mask is there, after Holm's correction)")
     if len(rises):
         verdict += f"; in {len(rises)} block(s) the weight on the mask region rises with the mask"
     sentence = (f"{verdict}: weight on the mask region, masked minus the same probes unmasked, "
                 f"{_w(overall['difference'])} [{_w(overall['ci_low'])}, {_w(overall['ci_high'])}] over blocks "
                 f"({overall['interval']}), at most {_w(largest['difference'])} [{_w(largest['ci_low'])}, "
-                f"{_w(largest['ci_high'])}] in {block_label(largest['block'])} (Holm p {largest['p_holm']:.2g})")
+                f"{_w(largest['ci_high'])}] in {block_label(largest['block'])}{share} (Holm p "
+                f"{largest['p_holm']:.2g})")
     if summary is not None and not summary.empty:
         weights = summary[(summary["model"] == model) & (summary["input"] == "masked")]
         if len(weights):

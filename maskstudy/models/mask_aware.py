@@ -13,11 +13,13 @@ masked face recognition", Applied Intelligence 2021). Here, per aligned crop:
   lower half blanked) each give a unit embedding.
 
 A crop's vector is ``[whole (128), upper (128), p_mask]``; two vectors are compared by :class:`MaskAwareSimilarity`:
-each cosine is z-normalised against its own impostor scores (mean and sd on held-out training identities: a
-standard score normalisation, so that one threshold serves both), then the pair takes the upper-face score when
-either photo is masked (``rule="switch"``: the larger mask probability above 0.5) or mixes the two by that
-probability (``rule="mix"``). The rule, the statistics and the decision threshold are chosen on held-out training
-identities (:mod:`maskstudy.train.mask_aware`), never on a test, and saved with the weights
+each cosine is normalised, ``(s - centre) / scale`` with its own statistics on held-out training identities so that
+one threshold serves both (score normalisation: ``normalisation="impostor"`` centres on the impostors' mean,
+``"threshold"`` on the cosine's own best threshold; the scale is the impostors' sd), then the pair takes the
+upper-face score when either photo is masked (``rule="switch"``: the larger mask probability above 0.5) or mixes the
+two by that probability (``rule="mix"``). The rule, the normalisation, the statistics and the decision threshold are
+chosen on held-out training identities (:mod:`maskstudy.train.mask_aware`), never on a test, and saved with the
+weights
 (:data:`FORMAT`; only the fine-tuned stages and the heads: the frozen prefix is dlib's own weights, from the
 ``teacher`` extra).
 """
@@ -37,6 +39,8 @@ from torch import nn
 FORMAT = "maskstudy-mask-aware-v1"
 #: Fusion rules (module docstring).
 RULES = ("switch", "mix")
+#: Score normalisations (module docstring).
+NORMALISATIONS = ("impostor", "threshold")
 EMBEDDING = 128
 
 
@@ -69,14 +73,16 @@ class MaskPresenceHead(nn.Module):
 
 @dataclass(frozen=True)
 class Fusion:
-    """How two mask-aware vectors are compared (module docstring): the rule, the impostor mean and sd of the
-    whole-face and upper-face cosines, the decision threshold on the fused score and where it comes from."""
+    """How two mask-aware vectors are compared (module docstring): the rule, the normalisation and its centre and
+    scale for the whole-face and the upper-face cosine, the decision threshold on the fused score and where it
+    comes from."""
 
     rule: str = "switch"
-    whole_mean: float = 0.0
-    whole_std: float = 1.0
-    upper_mean: float = 0.0
-    upper_std: float = 1.0
+    normalisation: str = "impostor"
+    whole_centre: float = 0.0
+    whole_scale: float = 1.0
+    upper_centre: float = 0.0
+    upper_scale: float = 1.0
     threshold: float = 0.0
     mask_threshold: float = 0.5
     threshold_source: str = ""
@@ -84,8 +90,10 @@ class Fusion:
     def __post_init__(self):
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
-        if not (self.whole_std > 0 and self.upper_std > 0):
-            raise ValueError("the impostor standard deviations must be > 0")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {self.normalisation!r}")
+        if not (self.whole_scale > 0 and self.upper_scale > 0):
+            raise ValueError("the normalisation scales must be > 0")
 
 
 def split_vectors(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,8 +115,8 @@ class MaskAwareSimilarity:
         """The fused score of pairs given their whole-face and upper-face cosines and each end's mask
         probability (arrays that broadcast)."""
         f = self.fusion
-        z_whole = (whole - f.whole_mean) / f.whole_std
-        z_upper = (upper - f.upper_mean) / f.upper_std
+        z_whole = (whole - f.whole_centre) / f.whole_scale
+        z_upper = (upper - f.upper_centre) / f.upper_scale
         masked = np.maximum(p_a, p_b)
         weight = (masked > f.mask_threshold).astype(np.float64) if f.rule == "switch" else masked
         return (1.0 - weight) * z_whole + weight * z_upper

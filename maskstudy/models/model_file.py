@@ -85,10 +85,12 @@ class LoadedModel:
 
     @torch.no_grad()
     def encode(self, crops, batch_size: int = 64, device: torch.device | str | None = None,
-               embed: Callable | None = None) -> np.ndarray:
+               embed: Callable | None = None, chunk: int | None = None, channels_last: bool = False) -> np.ndarray:
         """Vectors of aligned uint8 crops ``(N, 112, 112, 3)`` as the study evaluates this kind (module
         docstring); ``embed``: the evaluation's embedding function for from-scratch networks
-        (:func:`maskstudy.evaluate.embed.embed_crops`)."""
+        (:func:`maskstudy.evaluate.embed.embed_crops`); ``chunk`` and ``channels_last``: how many images and in
+        which memory format the other kinds see at once (as the study computes their frozen stages,
+        :func:`maskstudy.evaluate.embed.forward_chunk`; the rows do not depend on it up to float rounding)."""
         crops = check_crops(crops)
         device = torch.device(device) if device is not None else next(self.model.parameters()).device
         if self.kind == "scratch":
@@ -99,14 +101,17 @@ class LoadedModel:
         parts = []
         for start in range(0, len(crops), batch_size):
             x = to_input(crops[start:start + batch_size], self.input_size, device=device)
-            if self.prefix_stages is not None:
-                k = self.prefix_stages
-                out = F.normalize(self.model.head(self.model.features(x, k).half().float(), k), dim=1)
-            elif self.kind == "mask_aware":
-                out = self.model(x)
-            else:
-                out = F.normalize(self.model(x), dim=1)
-            parts.append(out.float().cpu().numpy())
+            x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            for i in range(0, len(x), chunk or len(x)):
+                piece = x[i:i + (chunk or len(x))]
+                if self.prefix_stages is not None:
+                    k = self.prefix_stages
+                    out = F.normalize(self.model.head(self.model.features(piece, k).half().float(), k), dim=1)
+                elif self.kind == "mask_aware":
+                    out = self.model(piece)
+                else:
+                    out = F.normalize(self.model(piece), dim=1)
+                parts.append(out.float().cpu().numpy())
         width = getattr(self.model, "embedding_size", 0)
         return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 

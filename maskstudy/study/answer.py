@@ -344,6 +344,8 @@ def cams_verdict(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any])
 def _map_clause(results: Mapping[str, pd.DataFrame]) -> str:
     """``"; CBAM's own map on the mask region, masked minus unmasked probes: ... from scratch, ...: it switches the
     mask off in 2 of 8 blocks from scratch, in none ..."``: the direct reading of CBAM's spatial map per track."""
+    from ..explain.attention_summary import SWITCH_OFF_SHARE, switched_off
+
     differences = _table(results, "05_cbam_spatial_differences")
     if differences is None:
         return ""
@@ -355,15 +357,15 @@ def _map_clause(results: Mapping[str, pd.DataFrame]) -> str:
         if rows.empty:
             continue
         overall = rows[rows["block"] == "all blocks"].iloc[0]
-        blocks = rows[rows["block"] != "all blocks"]
-        falls = int((blocks["separated"] & (blocks["ci_high"] < 0)).sum())
+        blocks = switched_off(differences, _table(results, "05_cbam_spatial"), model)
         parts.append(f"{overall['difference'] + 0.0:+.3f} [{overall['ci_low'] + 0.0:+.3f}, "
                      f"{overall['ci_high'] + 0.0:+.3f}] {words}")
-        verdicts.append(f"{falls} of {len(blocks)} blocks {words}")
+        verdicts.append(f"{int(blocks['switches_off'].sum())} of {len(blocks)} blocks {words}")
     if not parts:
         return ""
     return ("; CBAM's own spatial map on the mask region, masked minus unmasked probes (weight, mean over blocks): "
-            + ", ".join(parts) + "; it switches the mask off in " + ", ".join(verdicts))
+            + ", ".join(parts) + f"; it switches the mask off (a fall of {100 * SWITCH_OFF_SHARE:.0f} % or more) in "
+            + ", ".join(verdicts))
 
 
 def recognizer_verdict(results: Mapping[str, pd.DataFrame]) -> str | None:

@@ -411,10 +411,12 @@ def recognizer_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
     fusion = results.get("03_mask_aware_fusion")
     if fusion is not None and len(fusion):
         chosen = fusion[fusion["chosen"].astype(str) == "True"].iloc[0]
-        others = "; ".join(f"{r.rule} {_pct(r.accuracy)}" for r in fusion.itertuples() if r.rule != chosen["rule"])
+        others = "; ".join(f"{r.rule}, centred on {r.normalisation} {_pct(r.accuracy)}" for r in fusion.itertuples()
+                           if str(r.chosen) != "True")
         out.append(f"Chosen on {int(chosen['pairs']):,} pairs of held-out training identities (never a test): the "
-                   f"'{chosen['rule']}' rule, {_pct(chosen['accuracy'])} at one threshold ({chosen['threshold']:.2f}, "
-                   f"z-normalised scores)" + (f"; {others}" if others else "") + ".")
+                   f"'{chosen['rule']}' rule with scores centred on their {chosen['normalisation']}, "
+                   f"{_pct(chosen['accuracy'])} at one threshold ({chosen['threshold']:.2f})"
+                   + (f"; the others: {others}" if others else "") + ".")
     versus = results.get("03_track_mask_aware")
     if versus is not None and len(versus):
         for test in (UNMASKED_UNMASKED, DETECTED, MFR2):

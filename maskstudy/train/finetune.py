@@ -50,6 +50,14 @@ from ..models.dlib_resnet import ATTENTION_FORMS, DlibResNet, student_network
 
 FORMAT = "maskstudy-finetune-v1"
 FEATURES_FORMAT = "maskstudy-prefix-features-v1"
+#: Device type -> whether the fine-tuned stages run channels-last (training and :func:`head_embeddings`): on the CPU
+#: oneDNN's convolutions of these 256-channel 4x4 maps work in NHWC (measured with torch 2.14 on 2 cores: a training
+#: step 1.2-1.5x and the test crops' embeddings 1.1-1.2x faster); the outputs differ by float rounding only.
+CHANNELS_LAST = {"cpu": True}
+
+
+def _memory_format(device: torch.device) -> torch.memory_format:
+    return torch.channels_last if CHANNELS_LAST.get(device.type, False) else torch.contiguous_format
 
 
 @dataclass(frozen=True)
@@ -262,8 +270,11 @@ def head_embeddings(model: DlibResNet, features: torch.Tensor, start: int, batch
     """(N, 128) raw embeddings from cached prefix features (eval mode, fp32)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
+    layout = _memory_format(device)
     try:
-        parts = [model.head(features[i:i + batch_size].float(), start) for i in range(0, len(features), batch_size)]
+        parts = [model.head(features[i:i + batch_size].to(device).float().contiguous(memory_format=layout),
+                            start).cpu() for i in range(0, len(features), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(parts) if parts else torch.zeros((0, 128))
@@ -332,6 +343,8 @@ def finetune(config: FinetuneConfig, clean: torch.Tensor, masked: torch.Tensor, 
     targets = F.normalize(head_embeddings(teacher, clean, start), dim=1)
     del teacher
     model = build_student(config)
+    layout = _memory_format(next(model.parameters()).device)
+    model.to(memory_format=layout)
     for module in [model.stem, *model.stages[:start]]:
         module.requires_grad_(False)
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -375,6 +388,7 @@ def finetune(config: FinetuneConfig, clean: torch.Tensor, masked: torch.Tensor, 
                 group["lr"] = _lr(config, epoch * steps_per_epoch + step, total) * group["scale"]
             copies = 2 if config.twins else 1
             x = (torch.cat([clean[rows], masked[rows]]) if config.twins else clean[rows]).float()
+            x = x.contiguous(memory_format=layout)
             embeddings = model.head(x, start)
             target = targets[rows].repeat(copies, 1)
             distill = (1 - F.cosine_similarity(embeddings, target, dim=1)).mean()

@@ -5,9 +5,10 @@
   detected on the masked photo), on the frozen stages' features pooled over a ``pool x pool`` grid; the grid is
   chosen by accuracy on the held-out training identities' crops;
 * :func:`choose_fusion`: on pairs of the held-out training identities (clean-clean, masked-clean and
-  masked-masked), the impostor statistics of each fine-tune's cosine and the rule (upper face when either photo
-  is masked, or a mix by the mask probability) with the best accuracy at one threshold over all pairs, and that
-  threshold.
+  masked-masked), the normalisation of each fine-tune's cosine (centred on its impostors' mean, or on its own best
+  threshold; scaled by its impostors' sd: the whole face's on clean-clean pairs, the upper face's on masked-clean
+  pairs) and the rule (upper face when either photo is masked, or a mix by the mask probability) with the best
+  accuracy at one threshold over all pairs, and that threshold.
 
 Never a test: LFW's folds and MFR2 are only evaluated on (:mod:`maskstudy.study.mask_aware`).
 """
@@ -22,7 +23,7 @@ import pandas as pd
 import torch
 
 from ..evaluate.metrics import best_threshold
-from ..models.mask_aware import RULES, Fusion, MaskAwareSimilarity, MaskPresenceHead
+from ..models.mask_aware import NORMALISATIONS, RULES, Fusion, MaskAwareSimilarity, MaskPresenceHead
 
 #: Pooling grids tried for the mask-presence head.
 POOLS = (1, 2, 4)
@@ -94,33 +95,39 @@ class PairScores:
     labels: np.ndarray
 
 
-def choose_fusion(pairs: Sequence[PairScores], rules: Sequence[str] = RULES, source: str = "") -> tuple[Fusion, pd.DataFrame]:
+def choose_fusion(pairs: Sequence[PairScores], rules: Sequence[str] = RULES,
+                  normalisations: Sequence[str] = NORMALISATIONS, source: str = "") -> tuple[Fusion, pd.DataFrame]:
     """The fusion (:class:`~maskstudy.models.mask_aware.Fusion`) with the best accuracy over all ``pairs`` at one
-    threshold: impostor mean and sd of the whole-face cosine on clean-clean pairs and of the upper-face cosine on
-    masked-clean pairs, each rule tried; returns it and a table (rule, accuracy per kind and overall,
-    threshold). Ties go to the first rule (the simpler switch)."""
+    threshold, of every rule and normalisation (module docstring); returns it and a table (rule, normalisation,
+    accuracy per kind and overall, threshold). Ties go to the first candidate (the switch, centred on impostors)."""
     by_kind = {p.kind: p for p in pairs}
     for needed in ("clean_clean", "masked_clean"):
         if needed not in by_kind or not (by_kind[needed].labels == 0).any():
             raise ValueError(f"choose_fusion needs {needed} pairs with impostors")
     clean, masked = by_kind["clean_clean"], by_kind["masked_clean"]
-    stats = {"whole_mean": float(clean.whole[clean.labels == 0].mean()),
-             "whole_std": float(clean.whole[clean.labels == 0].std(ddof=1)),
-             "upper_mean": float(masked.upper[masked.labels == 0].mean()),
-             "upper_std": float(masked.upper[masked.labels == 0].std(ddof=1))}
+    scales = {"whole_scale": float(clean.whole[clean.labels == 0].std(ddof=1)),
+              "upper_scale": float(masked.upper[masked.labels == 0].std(ddof=1))}
+    centres = {"impostor": {"whole_centre": float(clean.whole[clean.labels == 0].mean()),
+                            "upper_centre": float(masked.upper[masked.labels == 0].mean())},
+               "threshold": {"whole_centre": float(best_threshold(clean.whole, clean.labels)[0]),
+                             "upper_centre": float(best_threshold(masked.upper, masked.labels)[0])}}
     rows, fusions = [], {}
-    for rule in rules:
-        similarity = MaskAwareSimilarity(Fusion(rule=rule, **stats))
-        scores = {p.kind: similarity.fuse(p.whole, p.upper, p.p_a, p.p_b) for p in pairs}
-        all_scores = np.concatenate(list(scores.values()))
-        all_labels = np.concatenate([p.labels for p in pairs])
-        threshold, accuracy = best_threshold(all_scores, all_labels)
-        row = {"rule": rule, "pairs": len(all_labels), "accuracy": accuracy, "threshold": threshold}
-        for p in pairs:
-            row[f"accuracy_{p.kind}"] = float(np.mean((scores[p.kind] > threshold) == (p.labels == 1)))
-        rows.append(row)
-        fusions[rule] = Fusion(rule=rule, threshold=float(threshold), threshold_source=source, **stats)
+    all_labels = np.concatenate([p.labels for p in pairs])
+    for normalisation in normalisations:
+        for rule in rules:
+            candidate = Fusion(rule=rule, normalisation=normalisation, **centres[normalisation], **scales)
+            similarity = MaskAwareSimilarity(candidate)
+            scores = {p.kind: similarity.fuse(p.whole, p.upper, p.p_a, p.p_b) for p in pairs}
+            threshold, accuracy = best_threshold(np.concatenate(list(scores.values())), all_labels)
+            row = {"rule": rule, "normalisation": normalisation, "pairs": len(all_labels), "accuracy": accuracy,
+                   "threshold": threshold}
+            for p in pairs:
+                row[f"accuracy_{p.kind}"] = float(np.mean((scores[p.kind] > threshold) == (p.labels == 1)))
+            rows.append(row)
+            fusions[(rule, normalisation)] = Fusion(rule=rule, normalisation=normalisation,
+                                                    threshold=float(threshold), threshold_source=source,
+                                                    **centres[normalisation], **scales)
     table = pd.DataFrame(rows)
-    best = table.sort_values("accuracy", ascending=False, kind="stable").iloc[0]["rule"]
-    table["chosen"] = table["rule"] == best
-    return fusions[best], table
+    best = table.sort_values("accuracy", ascending=False, kind="stable").iloc[0]
+    table["chosen"] = (table["rule"] == best["rule"]) & (table["normalisation"] == best["normalisation"])
+    return fusions[(best["rule"], best["normalisation"])], table
