@@ -269,6 +269,17 @@ def test_smoke_run_of_notebook_03_training(smoke_run):
         assert set(control["comparison"]) == {"ft_plain_clean_seed0 - ft_plain_seed0",
                                               "ft_plain_clean_seed0 - dlib_resnet29_pretrained"}
         assert "mfr2" in set(control["test"])
+        # the mask-aware recogniser: a model of the track, its mask detector scored, its file loadable
+        from maskstudy.models.model_file import load_model
+
+        mask_aware = pd.read_csv(run / "tables" / "03_track_mask_aware.csv")
+        assert set(mask_aware["comparison"]) == {"ft_mask_aware_seed0 - dlib_resnet29_pretrained",
+                                                 "ft_mask_aware_seed0 - ft_plain_seed0"}
+        presence = pd.read_csv(run / "tables" / "03_mask_presence.csv")
+        assert {"clean", "shared", "all photos"} <= set(presence["subset"]) and presence["accuracy"].between(0, 1).all()
+        assert "ft_mask_aware" in set(pd.read_csv(run / "tables" / "03_track_seed_summary.csv")["model"])
+        loaded = load_model(run / "outputs" / "checkpoints" / "ft_mask_aware.pt")
+        assert loaded.kind == "mask_aware" and np.isfinite(loaded.threshold)
 
 
 @pytest.mark.slow
