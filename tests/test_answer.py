@@ -210,8 +210,9 @@ def test_one_verdict_per_question_with_both_tracks_and_their_intervals():
                                   "unmasked, 93.0 % masked-unmasked, detected, 91.0 % MFR2 real masks (against the "
                                   "whole-face fine-tune: +2.1 [+1.1, +3.1] masked-unmasked, detected, +4.0 [+2.0, +6.0] "
                                   "MFR2 real masks points, main seed); its mask detector is right on 95.5 % [93.0, "
-                                  "97.5] of MFR2's photos: the model to use on photos with or without masks "
-                                  "(`python -m maskstudy compare`).")
+                                  "97.5] of MFR2's photos: within 1 point of the best model of the track on each of "
+                                  "these tests, the one to use on photos with or without masks (`python -m maskstudy "
+                                  "compare`).")
     assert all(len(v["text"]) < 500 for v in verdicts)  # a few lines each
 
 
