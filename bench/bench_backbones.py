@@ -15,7 +15,7 @@ a CPU, ``gpu`` with CUDA):
   evaluation changed in turn: channels_last toggled against the default in force (on), autograd's reference
   backward instead of the fused one; in evaluation contiguous memory, unfolded BatchNorm, and whole batches in one
   forward pass instead of :func:`maskstudy.evaluate.embed.forward_chunk` images;
-* with ``--compile``, training with ``torch.compile`` (compile time reported separately);
+* with ``--compile``, training and evaluation with ``torch.compile`` (compile time reported separately);
 * with ``--loop``, the training loop as the study runs it (:func:`maskstudy.train.train`: the dataset decoded into
   memory, each epoch's plan, the step, the progress bar, the per-epoch validation and checkpoint) for the plain
   network on synthetic crops written to disk, its rate against the bare step's ("notebook loop / bench step");
@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from maskstudy.core import profiles, storage
+from maskstudy.core.compilation import CompiledOrEager
 from maskstudy.evaluate.embed import embed_crops
 from maskstudy.models import count_flops
 from maskstudy.models.attention import reference_backward
@@ -146,10 +147,11 @@ def training_workload(name: str, settings: dict, num_classes: int, device: str, 
 
 def evaluation_workload(name: str, model: torch.nn.Module, input_size: int, batch: int, *,
                         channels_last: bool | None = None, fold: bool = True,
-                        whole_batches: bool = False) -> Measurement:
+                        whole_batches: bool = False, compiled: bool = False) -> Measurement:
     """Evaluation embeddings of ``batch`` synthetic crops: :func:`embed_crops`, or with ``channels_last`` /
-    ``fold`` / ``whole_batches`` given, :func:`compute_embeddings` in that setting (flip fusion, normalised, as
-    evaluation)."""
+    ``fold`` / ``whole_batches`` / ``compiled`` given, :func:`compute_embeddings` in that setting (flip fusion,
+    normalised, as evaluation; ``compiled``: the folded model through ``torch.compile``, compiled once, before the
+    windows)."""
     from maskstudy.evaluate.embed import EVAL_CHANNELS_LAST, compute_embeddings
     from maskstudy.models import fold_batchnorm, model_device
 
@@ -159,14 +161,16 @@ def evaluation_workload(name: str, model: torch.nn.Module, input_size: int, batc
     # convolution channels-last whatever the input's format), eval mode
     model = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
     device = model_device(model)
-    if channels_last is None and fold and not whole_batches:
+    if channels_last is None and fold and not whole_batches and not compiled:
         def run():
             return embed_crops(model, crops, input_size, batch_size=batch)
     else:
         cl = EVAL_CHANNELS_LAST.get(device.type, False) if channels_last is None else channels_last
+        compiled_model = CompiledOrEager(fold_batchnorm(model), "evaluation model", dynamic=False) if compiled else None
 
         def run():
-            return compute_embeddings(fold_batchnorm(model) if fold else model, crops, input_size, batch_size=batch,
+            ready = compiled_model if compiled_model is not None else fold_batchnorm(model) if fold else model
+            return compute_embeddings(ready, crops, input_size, batch_size=batch,
                                       flip=True, channels_last=cl, forward_batch=2 * batch if whole_batches else None,
                                       amp_dtype=torch.bfloat16 if device.type == "cuda" else None)
     run()
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="short windows, 3 rounds, 64 evaluation crops per call (a smoke run; noisier)")
     parser.add_argument("--levers", action="store_true",
                         help="also plain/SE/CBAM with each training and evaluation speed-up undone")
-    parser.add_argument("--compile", action="store_true", help="also plain/SE/CBAM trained with torch.compile")
+    parser.add_argument("--compile", action="store_true", help="also plain/SE/CBAM trained and evaluated with torch.compile")
     parser.add_argument("--loop", action="store_true", help="also the study's training loop (plain network)")
     parser.add_argument("--evaluation", default=None, metavar="DATA_DIR",
                         help="also time one model's evaluation on every test of a finished build")
@@ -255,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
             compile_s = time.perf_counter() - began
             measurements.append(compiled)
             rows_spec.append((variant, settings, flops, compiled, None, f"train: compile (first step {compile_s:.0f} s)"))
+            began = time.perf_counter()
+            lever = evaluation_workload(f"{variant} eval compiled", step.raw_backbone, settings["input_size"],
+                                        eval_batch, compiled=True)
+            measurements.append(lever)
+            rows_spec.append((variant, settings, flops, None, lever,
+                              f"eval: compile (first call {time.perf_counter() - began:.0f} s)"))
         print(f"set up {variant} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     for round_ in range(args.repeats):

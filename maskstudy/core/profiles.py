@@ -91,8 +91,10 @@ BASE: dict[str, Any] = {
     "train_device": "auto",  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
     "train_amp": "auto",  # "auto" (bf16 on CUDA if supported else fp16; none on CPU) | "bf16" | "fp16" | "none"
     "train_channels_last": "auto",  # "auto" = on (CUDA and CPU: 1.28x faster CPU training steps, measured)
-    # torch.compile the backbone: measured 12-16 % faster CPU training steps, but 20-170 s of compilation per
-    # variant (more than a cpu-profile run saves); try it for long runs or on GPUs
+    # torch.compile the backbone (maskstudy.core.compilation: eager, with one log line, where Inductor cannot
+    # compile): measured 8-14 % faster CPU training steps (plain/SE/CBAM, bench_backbones --compile, one run at
+    # 186 GFLOP/s) for 40-48 s of compilation per network, about what a cpu-profile training of 80 s saves;
+    # try it for long runs or on GPUs
     "train_compile": False,
     "train_num_workers": "auto",  # loader processes for on-the-fly decoding; "auto" = 0 on CPU, 4+ on CUDA
     "train_num_threads": None,  # torch CPU threads while training (null = as set); 1 can be far faster on a busy CPU

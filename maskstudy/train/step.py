@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.compilation import CompiledOrEager
 from ..core.seeding import derive_seed, seed_everything
 from ..models import build_backbone
 from .config import INIT_STREAM, TrainConfig
@@ -105,7 +106,8 @@ def build_training_step(config: TrainConfig, rt: Runtime, num_classes: int,
 
 
 def _wrap(backbone: nn.Module, head: nn.Module, config: TrainConfig, rt: Runtime) -> tuple[nn.Module, nn.Module]:
-    """The modules the steps call: DDP wrappers under several processes, the backbone compiled with ``compile``."""
+    """The modules the steps call: DDP wrappers under several processes, the backbone compiled with ``compile``
+    (eager, with one log line, where Inductor cannot compile: :class:`~maskstudy.core.compilation.CompiledOrEager`)."""
     if rt.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -113,5 +115,5 @@ def _wrap(backbone: nn.Module, head: nn.Module, config: TrainConfig, rt: Runtime
         backbone = DDP(backbone, device_ids=ids)
         head = DDP(head, device_ids=ids)
     if config.compile:
-        backbone = torch.compile(backbone)
+        backbone = CompiledOrEager(backbone, "training backbone")
     return backbone, head
