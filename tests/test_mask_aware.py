@@ -250,3 +250,14 @@ def test_crop_variants_and_the_presence_table():
     mfr2 = table.loc[("MFR2 photos (real masks)", "all photos")]
     assert (mfr2["photos"], mfr2["masked"], mfr2["accuracy"]) == (3, 2, pytest.approx(2 / 3))
     assert table.loc[("MFR2 photos (real masks)", "no-mask"), "accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("normalisation, words", [("impostor", "its impostors' mean"),
+                                                  ("threshold", "its own best threshold"), (None, "cosine")])
+def test_compare_names_the_score_the_model_file_uses(normalisation, words):
+    from types import SimpleNamespace
+
+    from maskstudy.evaluate.compare import _score_description
+
+    similarity = SimpleNamespace(normalisation=normalisation) if normalisation else None
+    assert words in _score_description(SimpleNamespace(similarity=similarity))

@@ -48,10 +48,20 @@ def compare_command(photo_a: str | os.PathLike, photo_b: str | os.PathLike, chec
     out = {"model": loaded.description if loaded else str(checkpoint), "kind": loaded.kind if loaded else "",
            "photos": [str(p) for p in photos], "similarity": score, "threshold": threshold,
            "threshold_source": source, "same_person": None if threshold is None else bool(score > threshold),
-           "mask_probability": None if masks is None else [float(p) for p in masks]}
+           "mask_probability": None if masks is None else [float(p) for p in masks],
+           "score": _score_description(loaded)}
     if log is not None:
         _log_comparison(out, log)
     return out
+
+
+def _score_description(loaded) -> str:
+    """What the similarity is: a cosine, or the mask-aware recogniser's fused score with its own normalisation."""
+    normalisation = getattr(getattr(loaded, "similarity", None), "normalisation", None)
+    if normalisation is None:
+        return "cosine similarity"
+    centre = "its impostors' mean" if normalisation == "impostor" else "its own best threshold"
+    return f"fused score: the whole-face or upper-face cosine minus {centre}, over its impostors' sd"
 
 
 def _log_comparison(out: dict, log: Callable[[str], None]) -> None:
@@ -62,9 +72,7 @@ def _log_comparison(out: dict, log: Callable[[str], None]) -> None:
                 f"mask: {'yes' if out['mask_probability'][index] > 0.5 else 'no'} "
                 f"(probability {out['mask_probability'][index]:.2f})")
         log(f"photo {label}: {photo}: face found; {mask}")
-    score = ("fused score (each cosine z-normalised against impostors)" if out["kind"] == "mask_aware"
-             else "cosine similarity")
-    log(f"similarity: {out['similarity']:.4f} ({score})")
+    log(f"similarity: {out['similarity']:.4f} ({out['score']})")
     if out["threshold"] is None:
         log("threshold: none in this model file; pass --threshold to decide")
         return
