@@ -252,12 +252,12 @@ def test_crop_variants_and_the_presence_table():
     assert table.loc[("MFR2 photos (real masks)", "no-mask"), "accuracy"] == 0.0
 
 
+
 @pytest.mark.parametrize("normalisation, words", [("impostor", "its impostors' mean"),
-                                                  ("threshold", "its own best threshold"), (None, "cosine")])
-def test_compare_names_the_score_the_model_file_uses(normalisation, words):
-    from types import SimpleNamespace
+                                                  ("threshold", "its own best threshold")])
+def test_the_mask_aware_score_names_its_own_normalisation(normalisation, words):
+    from maskstudy.models.mask_aware import Fusion, MaskAwareSimilarity
+    from maskstudy.models.model_file import COSINE
 
-    from maskstudy.evaluate.compare import _score_description
-
-    similarity = SimpleNamespace(normalisation=normalisation) if normalisation else None
-    assert words in _score_description(SimpleNamespace(similarity=similarity))
+    assert words in MaskAwareSimilarity(Fusion(normalisation=normalisation)).description
+    assert COSINE.description == "cosine similarity"

@@ -280,6 +280,7 @@ def test_smoke_run_of_notebook_03_training(smoke_run):
         assert "ft_mask_aware" in set(pd.read_csv(run / "tables" / "03_track_seed_summary.csv")["model"])
         loaded = load_model(run / "outputs" / "checkpoints" / "ft_mask_aware.pt")
         assert loaded.kind == "mask_aware" and np.isfinite(loaded.threshold)
+        assert loaded.similarity.description.startswith("fused score")  # what compare prints beside the score
 
 
 @pytest.mark.slow

@@ -49,19 +49,10 @@ def compare_command(photo_a: str | os.PathLike, photo_b: str | os.PathLike, chec
            "photos": [str(p) for p in photos], "similarity": score, "threshold": threshold,
            "threshold_source": source, "same_person": None if threshold is None else bool(score > threshold),
            "mask_probability": None if masks is None else [float(p) for p in masks],
-           "score": _score_description(loaded)}
+           "score": loaded.similarity.description if loaded else "cosine similarity"}
     if log is not None:
         _log_comparison(out, log)
     return out
-
-
-def _score_description(loaded) -> str:
-    """What the similarity is: a cosine, or the mask-aware recogniser's fused score with its own normalisation."""
-    normalisation = getattr(getattr(loaded, "similarity", None), "normalisation", None)
-    if normalisation is None:
-        return "cosine similarity"
-    centre = "its impostors' mean" if normalisation == "impostor" else "its own best threshold"
-    return f"fused score: the whole-face or upper-face cosine minus {centre}, over its impostors' sd"
 
 
 def _log_comparison(out: dict, log: Callable[[str], None]) -> None:

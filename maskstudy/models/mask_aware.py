@@ -111,6 +111,12 @@ class MaskAwareSimilarity:
     def __init__(self, fusion: Fusion):
         self.fusion = fusion
 
+    @property
+    def description(self) -> str:
+        """What a score is, in words (``compare`` prints it)."""
+        centre = "its impostors' mean" if self.fusion.normalisation == "impostor" else "its own best threshold"
+        return f"fused score: the whole-face or upper-face cosine minus {centre}, over its impostors' sd"
+
     def fuse(self, whole: np.ndarray, upper: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray:
         """The fused score of pairs given their whole-face and upper-face cosines and each end's mask
         probability (arrays that broadcast)."""

@@ -45,6 +45,8 @@ KINDS = {CHECKPOINT_FORMAT: "scratch", FINETUNE_FORMAT: "finetuned", MASK_AWARE_
 class Cosine:
     """Cosine similarity of unit vectors: ``pairs(a, b)`` row by row, ``matrix(a, b)`` all against all."""
 
+    description = "cosine similarity"
+
     @staticmethod
     def pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.sum(np.asarray(a, np.float64) * b, axis=1)
