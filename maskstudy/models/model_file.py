@@ -104,8 +104,9 @@ class LoadedModel:
         for start in range(0, len(crops), batch_size):
             x = to_input(crops[start:start + batch_size], self.input_size, device=device)
             x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-            for i in range(0, len(x), chunk or len(x)):
-                piece = x[i:i + (chunk or len(x))]
+            size = chunk or len(x)
+            for i in range(0, len(x), size):
+                piece = x[i:i + size]
                 if self.prefix_stages is not None:
                     k = self.prefix_stages
                     out = F.normalize(self.model.head(self.model.features(piece, k).half().float(), k), dim=1)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..datasets.pairs import MASKED_UNMASKED, UNMASKED_UNMASKED
+from ..explain.attention_summary import SWITCH_OFF_SHARE, switched_off
 from ..explain.verdict import separated_after_holm
 from . import design
 from .comparisons import MFR2
@@ -344,8 +345,6 @@ def cams_verdict(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any])
 def _map_clause(results: Mapping[str, pd.DataFrame]) -> str:
     """``"; CBAM's own map on the mask region, masked minus unmasked probes: ... from scratch, ...: it switches the
     mask off in 2 of 8 blocks from scratch, in none ..."``: the direct reading of CBAM's spatial map per track."""
-    from ..explain.attention_summary import SWITCH_OFF_SHARE, switched_off
-
     differences = _table(results, "05_cbam_spatial_differences")
     if differences is None:
         return ""
@@ -366,6 +365,11 @@ def _map_clause(results: Mapping[str, pd.DataFrame]) -> str:
     return ("; CBAM's own spatial map on the mask region, masked minus unmasked probes (weight, mean over blocks): "
             + ", ".join(parts) + f"; it switches the mask off (a fall of {100 * SWITCH_OFF_SHARE:.0f} % or more) in "
             + ", ".join(verdicts))
+
+
+#: How far (accuracy) the mask-aware recogniser may trail the best model of the track on a test and still be called
+#: the one to use on photos with or without masks.
+RECOGNIZER_MARGIN = 0.01
 
 
 def recognizer_verdict(results: Mapping[str, pd.DataFrame]) -> str | None:
@@ -404,11 +408,6 @@ def recognizer_verdict(results: Mapping[str, pd.DataFrame]) -> str | None:
         return text + "; " + "; ".join(behind) + "."
     return (text + f": within {100 * RECOGNIZER_MARGIN:.0f} point of the best model of the track on each of these "
             "tests, the one to use on photos with or without masks (`python -m maskstudy compare`).")
-
-
-#: How far (accuracy) the mask-aware recogniser may trail the best model of the track on a test and still be called
-#: the one to use on photos with or without masks.
-RECOGNIZER_MARGIN = 0.01
 
 
 def verdicts(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> list[dict[str, str]]:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..datasets.pairs import MASKED_UNMASKED, UNMASKED_UNMASKED
+from ..explain.attention_summary import map_verdict, strength_sentence
 from . import design
 from .comparisons import MFR2
 
@@ -271,8 +272,6 @@ def clean_control_finding(results: Mapping[str, pd.DataFrame]) -> str | None:
 
 def strength_findings(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any]) -> list[str]:
     """One sentence per track: how strongly the attention blocks act (notebook 05's ``05_attention_strength``)."""
-    from ..explain.attention_summary import strength_sentence
-
     strength = results.get("05_attention_strength")
     if strength is None or not len(strength):
         return []
@@ -379,8 +378,6 @@ def cam_findings(results: Mapping[str, pd.DataFrame], config: Mapping[str, Any],
 
 def cbam_map_findings(results: Mapping[str, pd.DataFrame]) -> list[str]:
     """Per CBAM model, whether its own spatial map switches the mask off (notebook 05's ``05_cbam_spatial_*``)."""
-    from ..explain.attention_summary import map_verdict
-
     differences, summary = results.get("05_cbam_spatial_differences"), results.get("05_cbam_spatial")
     if differences is None or not len(differences):
         return []

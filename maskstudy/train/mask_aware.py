@@ -16,7 +16,7 @@ Never a test: LFW's folds and MFR2 are only evaluated on (:mod:`maskstudy.study.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -124,9 +124,7 @@ def choose_fusion(pairs: Sequence[PairScores], rules: Sequence[str] = RULES,
             for p in pairs:
                 row[f"accuracy_{p.kind}"] = float(np.mean((scores[p.kind] > threshold) == (p.labels == 1)))
             rows.append(row)
-            fusions[(rule, normalisation)] = Fusion(rule=rule, normalisation=normalisation,
-                                                    threshold=float(threshold), threshold_source=source,
-                                                    **centres[normalisation], **scales)
+            fusions[(rule, normalisation)] = replace(candidate, threshold=float(threshold), threshold_source=source)
     table = pd.DataFrame(rows)
     best = table.sort_values("accuracy", ascending=False, kind="stable").iloc[0]
     table["chosen"] = (table["rule"] == best["rule"]) & (table["normalisation"] == best["normalisation"])
