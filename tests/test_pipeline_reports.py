@@ -192,6 +192,18 @@ def test_record_figure_keeps_first_place_and_rerun_starts_afresh(tmp_path):
     assert outputs._read_figure_order(order) == []
 
 
+def test_cpu_model_names_the_processor_beside_the_architecture(tmp_path, monkeypatch):
+    monkeypatch.setattr(outputs.platform, "processor", lambda: "")
+    monkeypatch.setattr(outputs.platform, "machine", lambda: "x86_64")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC  9554 64-Core Processor\n\n"
+                       "processor\t: 1\nmodel name\t: AMD EPYC 9554 64-Core Processor\n")
+    assert outputs.cpu_model(cpuinfo) == "AMD EPYC 9554 64-Core Processor (x86_64)"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t:\n")  # no name (some virtual machines, other systems)
+    assert outputs.cpu_model(cpuinfo) == "x86_64"
+    assert outputs.cpu_model(tmp_path / "absent") == "x86_64"
+
+
 @pytest.mark.parametrize("seconds,text", [(None, ""), ("x", ""), (5, "5.0 s"), (65.4, "1 min 05 s"),
                                           (3725, "1 h 02 min")])
 def test_format_duration(seconds, text):
