@@ -252,7 +252,6 @@ def test_crop_variants_and_the_presence_table():
     assert table.loc[("MFR2 photos (real masks)", "no-mask"), "accuracy"] == 0.0
 
 
-
 @pytest.mark.parametrize("normalisation, words", [("impostor", "its impostors' mean"),
                                                   ("threshold", "its own best threshold")])
 def test_the_mask_aware_score_names_its_own_normalisation(normalisation, words):

@@ -168,8 +168,8 @@ def package_versions() -> dict[str, str]:
 
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """The CPU's model name (Linux's ``/proc/cpuinfo``, e.g. ``AMD EPYC 9554``) followed by the architecture in
-    brackets; the architecture alone where no model name is found. Machines of one matmul rate ran the study's
-    memory-bound loops up to 1.7x apart when their CPUs differed, so a timing names the CPU beside the rate."""
+    brackets; the architecture alone where no model name is found. Two CPUs whose matmul rates differed 1.26x ran
+    the cpu study 1.95x apart (92 and 47 min), so a timing names the CPU beside the rate."""
     machine = platform.processor() or platform.machine()
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
